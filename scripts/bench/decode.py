@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Decode speed: anima's ChatEngine vs plain transformers ``generate`` on the same weights, in one run.
+
+    python scripts/bench/decode.py                       # builds the tiny model (random init)
+    python scripts/bench/decode.py --model-dir DIR       # any anima/HF Llama model dir
+    python scripts/bench/decode.py --profile             # also print where the time goes
+
+Batch 1, greedy, N new tokens (EOS ignored on both sides so both produce exactly N), runs interleaved
+(generate, engine, generate, engine, ...) so machine noise hits both alike. tokens/s = new tokens /
+wall time of the whole call (prefill + decode; for the engine also detokenization and streaming).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+TINY = dict(hidden_size=288, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6,
+            intermediate_size=768, max_position_embeddings=256)
+
+
+def _corpus_files() -> list[Path]:
+    """Real local text for the tokenizer: license texts and the Python standard library's sources."""
+    files = sorted(Path("/usr/share/common-licenses").glob("*"))
+    stdlib = Path(json.__file__).resolve().parents[1]
+    files += sorted(stdlib.glob("*.py"))[:150]
+    return [f for f in files if f.is_file()]
+
+
+def build_tiny_model_dir(out: Path, vocab_size: int = 4096, seed: int = 0) -> Path:
+    """A random-init tiny Llama + a SentencePiece/HF tokenizer of the same vocab, as an anima model dir."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from anima.chat.templates import get_template
+    from anima.tokenizer.hf import build_hf_tokenizer, save_tokenizer
+    from anima.tokenizer.train import train_sentencepiece
+
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in _corpus_files()]
+    sp = train_sentencepiece(texts, vocab_size, out.parent / f".{out.name}-spm", seed=seed)
+    tok = build_hf_tokenizer(sp, get_template("chatml").chat_template)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **TINY)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    model.save_pretrained(str(out))
+    save_tokenizer(tok, sp, out, "chatml")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, help="model dir (default: build the tiny model in a temp dir)")
+    ap.add_argument("--save-dir", type=Path, help="where to build the tiny model (kept; reused if present)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=255)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--backend", default="auto", choices=["auto", "fast", "hf"])
+    ap.add_argument("--profile", action="store_true", help="print the top ops of one run of each")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    from anima.generation import ChatEngine, SamplingParams
+
+    tmp = None
+    model_dir = args.model_dir
+    if model_dir is None:
+        if args.save_dir is not None and (args.save_dir / "config.json").is_file():
+            model_dir = args.save_dir
+        else:
+            if args.save_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="anima-bench-")
+                target = Path(tmp.name) / "tiny"
+            else:
+                target = args.save_dir
+            t0 = time.perf_counter()
+            model_dir = build_tiny_model_dir(target)
+            print(f"built tiny model in {time.perf_counter() - t0:.1f}s: {model_dir}")
+
+    t0 = time.perf_counter()
+    engine = ChatEngine(model_dir, threads=args.threads, backend=args.backend)
+    load_s = time.perf_counter() - t0
+    engine.stop_ids = frozenset()  # benchmark exactly N tokens, like min_new_tokens on generate
+    model, n = engine.model, args.new_tokens
+    messages = [{"role": "user", "content": "Tell me a story about the sea."}]
+    params = SamplingParams(temperature=0.0, max_new_tokens=n)
+    prompt_ids = engine.chat_prompt_ids(messages, n)
+    cfg = model.config
+    print(f"model: hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, heads {cfg.num_attention_heads}, "
+          f"vocab {cfg.vocab_size}, ctx {cfg.max_position_embeddings}; prompt {len(prompt_ids)} tokens, "
+          f"{n} new tokens, {torch.get_num_threads()} threads, engine backend={engine.backend_name} "
+          f"(load {load_s:.2f}s)")
+
+    input_ids = torch.tensor([prompt_ids])
+
+    def run_generate() -> list[int]:
+        with torch.inference_mode():
+            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False, pad_token_id=cfg.pad_token_id)
+        return out[0, len(prompt_ids):].tolist()
+
+    def run_engine() -> list[int]:
+        stream = engine.stream_chat(messages, params)
+        for _ in stream:
+            pass
+        engine._cached_ids = []  # no prefix reuse between rounds: measure prefill too
+        return stream.token_ids
+
+    t0 = time.perf_counter()
+    ref = run_generate()
+    warm_gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    got = run_engine()
+    warm_eng = time.perf_counter() - t0
+    print(f"warm-up: generate {warm_gen:.2f}s, engine {warm_eng:.2f}s; greedy tokens identical: {ref == got}"
+          + ("" if ref == got else f" (first difference at {next(i for i, (a, b) in enumerate(zip(ref, got)) if a != b) if any(a != b for a, b in zip(ref, got)) else min(len(ref), len(got))})"))
+
+    gen_tps, eng_tps = [], []
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        toks = run_generate()
+        gen_tps.append(len(toks) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        toks = run_engine()
+        eng_tps.append(len(toks) / (time.perf_counter() - t0))
+        print(f"round {r + 1}: generate {gen_tps[-1]:7.1f} tok/s   anima {eng_tps[-1]:7.1f} tok/s   "
+              f"x{eng_tps[-1] / gen_tps[-1]:.2f}")
+    g, e = statistics.median(gen_tps), statistics.median(eng_tps)
+    print(f"median: generate {g:.1f} tok/s, anima {e:.1f} tok/s, ratio x{e / g:.2f} "
+          f"(best: {max(gen_tps):.1f} vs {max(eng_tps):.1f})")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for label, fn in (("generate", run_generate), ("anima", run_engine)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            print(f"\n--- {label}: top ops by self CPU time ---")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    if args.json:
+        args.json.write_text(json.dumps({"generate_tps": gen_tps, "anima_tps": eng_tps, "ratio": e / g,
+                                         "backend": engine.backend_name, "threads": args.threads,
+                                         "new_tokens": n, "identical": ref == got}, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from anima.cli import main
+
+sys.exit(main())

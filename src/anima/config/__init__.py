@@ -1,0 +1,1 @@
+"""Config schemas (dataclasses), their registration with Hydra, validation and composition helpers."""

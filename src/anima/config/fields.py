@@ -1,0 +1,28 @@
+"""`setting()`: a dataclass field that carries its own doc and valid range.
+
+The schema is the single source of truth: validation (`anima.config.validate`) and the generated config
+reference (`anima config-doc`) both read this metadata, so a key's documentation cannot drift from its check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field
+from typing import Any, Sequence
+
+
+def setting(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: Sequence[Any] | None = None,
+    factory: Any = None,
+) -> Any:
+    """Declare a config key with a one-line doc and optional bounds (gt/ge/lt/le) or allowed choices."""
+    meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le, "choices": tuple(choices) if choices else None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, generation metrics (local `evaluate` modules under metrics/), comparisons."""

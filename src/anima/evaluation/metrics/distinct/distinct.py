@@ -1,0 +1,46 @@
+"""distinct-1/2: share of unique word n-grams among all n-grams of the replies (local module)."""
+
+import datasets
+import evaluate
+
+_CITATION = """Li, Galley, Brockett, Gao, Dolan. 2016. A Diversity-Promoting Objective Function for Neural
+Conversation Models. NAACL-HLT."""
+
+_DESCRIPTION = """distinct-n = number of unique n-grams / total number of n-grams, pooled over all predictions
+(corpus level; n-grams never cross reply boundaries). Tokens: lowercased whitespace-split words.
+0 when there is no n-gram at all. In [0, 1]; higher = more diverse."""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: list of generated replies (str).
+    orders: n-gram orders to report (default (1, 2)).
+Returns:
+    distinct_<n> for each order.
+"""
+
+
+def ngrams(tokens, n):
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(predictions, n):
+    total, unique = 0, set()
+    for text in predictions:
+        grams = ngrams(text.lower().split(), n)
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class Distinct(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, orders=(1, 2)):
+        return {f"distinct_{n}": distinct_n(predictions, n) for n in orders}

@@ -1,0 +1,67 @@
+"""ROUGE-L: longest-common-subsequence F-measure between a reply and its reference (local module)."""
+
+import datasets
+import evaluate
+
+_CITATION = """Lin, Chin-Yew. 2004. ROUGE: A Package for Automatic Evaluation of Summaries.
+Text Summarization Branches Out, ACL Workshop."""
+
+_DESCRIPTION = """ROUGE-L F-measure (beta = 1, as in rouge_score's rougeL): tokens are whitespace-split, lowercased
+words; P = LCS/len(prediction), R = LCS/len(reference), F = 2PR/(P+R) (0 when either side is empty or
+LCS is 0). Reported as the mean over pairs, in [0, 1]. No stemming, no punctuation stripping."""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: list of generated replies (str).
+    references: list of reference replies (str), one per prediction.
+Returns:
+    rouge_l: mean F-measure; rouge_l_precision, rouge_l_recall: mean P and R.
+"""
+
+
+def _tokens(text):
+    return text.lower().split()
+
+
+def lcs_length(a, b):
+    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, start=1):
+            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_pair(prediction, reference):
+    p_tok, r_tok = _tokens(prediction), _tokens(reference)
+    lcs = lcs_length(p_tok, r_tok)
+    if lcs == 0:
+        return 0.0, 0.0, 0.0
+    p, r = lcs / len(p_tok), lcs / len(r_tok)
+    return p, r, 2 * p * r / (p + r)
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class RougeL(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        scores = [rouge_l_pair(p, r) for p, r in zip(predictions, references)]
+        n = max(len(scores), 1)
+        return {
+            "rouge_l": sum(s[2] for s in scores) / n,
+            "rouge_l_precision": sum(s[0] for s in scores) / n,
+            "rouge_l_recall": sum(s[1] for s in scores) / n,
+        }

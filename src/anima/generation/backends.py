@@ -1,0 +1,203 @@
+"""Decode backends: something that holds a KV cache and turns new token ids into next-token logits.
+
+Two implementations of the same small interface:
+
+* ``HFBackend`` calls the transformers model with its own ``DynamicCache`` (the reference; works for
+  any causal LM transformers can load).
+* ``FastLlamaBackend`` is a minimal Llama forward written directly over the HF model's weights:
+  fused QKV and gate/up matmuls, RoPE folded into one matmul per step (precomputed per-position
+  rotation matrices), residual adds fused into ``addmm``, a preallocated KV cache, and logits only for
+  the last position. Per generated token it runs ~12 torch ops per layer instead of the ~100+ small
+  ops, Python hooks, cache objects and logits processors of ``generate`` -- on a tiny CPU model the
+  per-op dispatch overhead, not the FLOPs, is what decides tokens/s.
+
+Both expose: ``position`` (tokens in the cache), ``truncate(n)`` (forget everything after n, used to
+reuse a shared prompt prefix), ``forward(ids) -> logits`` (1-D float32 logits after the last id).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+_STATIC_ROPE = {"default", "linear", "llama3"}
+_MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
+
+
+class DecodeBackend(Protocol):
+    name: str
+    position: int
+    max_positions: int
+
+    def truncate(self, n: int) -> None: ...
+
+    def forward(self, ids: list[int]) -> torch.Tensor: ...
+
+
+class HFBackend:
+    """Plain transformers forward with a DynamicCache: slow but supports every model."""
+
+    name = "hf"
+
+    def __init__(self, model, max_positions: int):
+        self.model = model
+        self.max_positions = max_positions
+        self.cache = None
+        self.position = 0
+
+    def truncate(self, n: int) -> None:
+        if n <= 0 or self.cache is None:
+            self.cache, self.position = None, 0
+            return
+        if n < self.position:
+            try:
+                self.cache.crop(n - self.position)  # transformers 5: negative = tokens to remove
+            except (ValueError, AttributeError):
+                self.cache, self.position = None, 0
+                return
+        self.position = min(n, self.position)
+
+    @torch.inference_mode()
+    def forward(self, ids: list[int]) -> torch.Tensor:
+        if self.position + len(ids) > self.max_positions:
+            raise ValueError(f"sequence of {self.position + len(ids)} tokens exceeds the context of {self.max_positions}")
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        self.position += len(ids)
+        return out.logits[0, -1].float()
+
+
+def fast_llama_unsupported(model) -> str | None:
+    """Why the hand-written forward cannot run this model (None when it can)."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) != "llama":
+        return f"model_type={getattr(cfg, 'model_type', None)!r} is not llama"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act={cfg.hidden_act!r}"
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        return "attention/mlp bias"
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in _STATIC_ROPE:
+        return f"rope_type={rope_type!r}"
+    if next(model.parameters()).device.type != "cpu":
+        return "model is not on the CPU"
+    return None
+
+
+class FastLlamaBackend:
+    """Minimal Llama decode over the HF model's weights (checked against HF logits in the tests)."""
+
+    name = "fast"
+
+    def __init__(self, model, max_positions: int | None = None):
+        why = fast_llama_unsupported(model)
+        if why:
+            raise ValueError(f"fast backend unsupported: {why}")
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.hidden = cfg.hidden_size
+        self.eps = float(cfg.rms_norm_eps)
+        self.max_positions = int(max_positions or cfg.max_position_embeddings)
+        self.dtype = next(model.parameters()).dtype
+        hd, nq, nkv = self.head_dim, self.n_heads, self.n_kv
+        self.q_dim, self.kv_dim = nq * hd, nkv * hd
+
+        inner = model.model
+        with torch.no_grad():
+            self.embed = inner.embed_tokens.weight.detach()
+            self.final_norm = inner.norm.weight.detach()
+            self.lm_head = model.lm_head.weight.detach()
+            self.layers = []
+            for layer in inner.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                wqkv = torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight], 0).contiguous()
+                wgu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], 0).contiguous()
+                self.layers.append(
+                    (
+                        layer.input_layernorm.weight.detach(),
+                        wqkv,
+                        at.o_proj.weight.detach().t(),  # transposed view: addmm(x, a, W^T)
+                        layer.post_attention_layernorm.weight.detach(),
+                        wgu,
+                        mlp.down_proj.weight.detach().t(),
+                    )
+                )
+            self.inter = self.layers[0][4].shape[0] // 2
+            # RoPE tables from the model's own rotary module, so scaling variants match exactly.
+            pos = torch.arange(self.max_positions).unsqueeze(0)
+            probe = torch.zeros(1, dtype=self.dtype)
+            cos, sin = inner.rotary_emb(probe, pos)
+            cos, sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # (P, D)
+        self.cos, self.sin = cos, sin
+        half = hd // 2
+        # rotate_half(x) == x @ R
+        rot = torch.zeros(hd, hd, dtype=self.dtype)
+        idx = torch.arange(half)
+        rot[idx + half, idx] = -1.0
+        rot[idx, idx + half] = 1.0
+        self.rot = rot
+        table_bytes = self.max_positions * hd * hd * torch.finfo(self.dtype).bits // 8
+        if table_bytes <= _MAX_ROPE_TABLE_BYTES:
+            # rope(x) = x*cos + rotate_half(x)*sin = x @ (diag(cos) + R*sin): one matmul per step.
+            self.rope_mats = torch.diag_embed(cos) + rot.unsqueeze(0) * sin.unsqueeze(1)
+        else:
+            self.rope_mats = None
+        n_layers = len(self.layers)
+        self.k_cache = torch.zeros(n_layers, self.max_positions, nkv, hd, dtype=self.dtype)
+        self.v_cache = torch.zeros(n_layers, self.max_positions, nkv, hd, dtype=self.dtype)
+        self.scale = 1.0 / math.sqrt(hd)
+        self.gqa = nkv != nq
+        self.position = 0
+
+    def truncate(self, n: int) -> None:
+        self.position = max(0, min(n, self.position))
+
+    def _rope(self, x: torch.Tensor, start: int, t: int) -> torch.Tensor:
+        """x: (T, heads, D) at positions start..start+T-1."""
+        if self.rope_mats is not None:
+            if t == 1:
+                return torch.matmul(x, self.rope_mats[start])
+            return torch.matmul(x, self.rope_mats[start : start + t])
+        cos = self.cos[start : start + t].unsqueeze(1)
+        sin = self.sin[start : start + t].unsqueeze(1)
+        return torch.addcmul(x * cos, torch.matmul(x, self.rot), sin)
+
+    @torch.inference_mode()
+    def forward(self, ids: list[int]) -> torch.Tensor:
+        t = len(ids)
+        start = self.position
+        end = start + t
+        if end > self.max_positions:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.max_positions}")
+        nq, nkv, hd, eps = self.n_heads, self.n_kv, self.head_dim, self.eps
+        q_dim, kv_dim, inter = self.q_dim, self.kv_dim, self.inter
+        x = self.embed[torch.tensor(ids, dtype=torch.long)] if t > 1 else self.embed[ids[0]].unsqueeze(0)
+        mask = None
+        if t > 1:
+            mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
+        hidden = (self.hidden,)
+        for li, (ln1, wqkv, wo_t, ln2, wgu, wd_t) in enumerate(self.layers):
+            h = F.rms_norm(x, hidden, ln1, eps)
+            qkv = F.linear(h, wqkv)  # (T, q+2kv)
+            qk = self._rope(qkv[:, : q_dim + kv_dim].view(t, nq + nkv, hd), start, t)
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc[start:end] = qk[:, nq:]
+            vc[start:end] = qkv[:, q_dim + kv_dim :].view(t, nkv, hd)
+            q = qk[:, :nq].transpose(0, 1)  # (H, T, D)
+            k = kc[:end].transpose(0, 1)  # (Hkv, L, D)
+            v = vc[:end].transpose(0, 1)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
+            x = torch.addmm(x, attn.transpose(0, 1).reshape(t, q_dim), wo_t)
+            h = F.rms_norm(x, hidden, ln2, eps)
+            gu = F.linear(h, wgu)
+            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd_t)
+        self.position = end
+        h = F.rms_norm(x[-1], hidden, self.final_norm, eps)
+        return F.linear(h, self.lm_head).float()

@@ -1,0 +1,270 @@
+"""ChatEngine: load a model dir once, answer chat/completion requests as streams of text deltas.
+
+One engine owns one model and one KV cache. Requests are serialized by a lock held for the whole
+stream (a server runs them one after another; each still sees a clean state). The cache is reused
+across requests for the longest shared token prefix, so a multi-turn chat only prefills the new turn.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from anima.errors import AnimaError, ConfigError, ModelError
+from anima.generation.detok import IncrementalDetokenizer, StopHolder, make_decoder
+from anima.generation.sampling import SamplingParams, make_generator, sample_next
+
+BACKENDS = ("auto", "fast", "hf")
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+class TextStream(Iterator[str]):
+    """An iterator of text deltas that also carries this request's usage once it is exhausted.
+
+    Prefer ``stream.prompt_tokens`` / ``completion_tokens`` / ``finish_reason`` over the engine's
+    ``last_usage`` when several requests run concurrently.
+    """
+
+    def __init__(self, gen: Iterator[str], prompt_tokens: int):
+        self._gen = gen
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.token_ids: list[int] = []  # every sampled id, including a final stop token
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+def _read_anima_json(model_dir: Path) -> dict:
+    path = model_dir / "anima.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+class ChatEngine:
+    """Loads a model dir once and answers chat/completion requests, streaming text deltas."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, backend: str = "auto"):
+        import torch
+        from transformers import AutoTokenizer
+
+        from anima.model.build import load_model_dir
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+        model_dir = Path(model_dir).expanduser()
+        if not (model_dir / "config.json").is_file():
+            raise ModelError(f"{model_dir}: not a model directory (no config.json)")
+        if threads:
+            torch.set_num_threads(int(threads))
+        meta = _read_anima_json(model_dir)
+        self.model_dir = model_dir
+        self.name: str = str(meta.get("name") or model_dir.name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{model_dir}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        model = load_model_dir(model_dir, dtype=torch.float32)
+        model.eval()
+        self.model = model
+        vocab = self.tokenizer.get_vocab()
+        default_template = "chatml" if "<|im_end|>" in vocab else "qa"
+        self.template_name: str = str(meta.get("chat_template") or default_template)
+        self.context_length: int = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size: int = int(model.config.vocab_size)
+        self.stop_ids = self._stop_token_ids(vocab)
+        self.backend = self._make_backend(backend)
+        self.backend_name: str = self.backend.name
+        # The Rust tokenizer is shared by prompt rendering (outside the model lock, so a request that
+        # is too long fails before it queues) and streaming decode: guard it with its own small lock.
+        self._tok_lock = threading.Lock()
+        decode = make_decoder(self.tokenizer)
+
+        def locked_decode(ids: list[int]) -> str:
+            with self._tok_lock:
+                return decode(ids)
+
+        self._decode = locked_decode
+        self._lock = threading.Lock()
+        self._cached_ids: list[int] = []
+        self.last_usage: tuple[int, int, str] | None = None
+
+    # ----------------------------------------------------------------- setup
+    def _stop_token_ids(self, vocab: dict[str, int]) -> frozenset[int]:
+        from anima.chat.templates import stop_token_ids
+
+        ids: set[int] = set(stop_token_ids(self.tokenizer, self.template_name))
+        for e in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(e, int):
+                ids.add(e)
+            elif isinstance(e, (list, tuple)):
+                ids.update(int(x) for x in e)
+        return frozenset(ids)
+
+    def _make_backend(self, which: str):
+        from anima.generation.backends import FastLlamaBackend, HFBackend, fast_llama_unsupported
+
+        if which == "hf":
+            return HFBackend(self.model, self.context_length)
+        why = fast_llama_unsupported(self.model)
+        if why is None:
+            return FastLlamaBackend(self.model, self.context_length)
+        if which == "fast":
+            raise ModelError(f"{self.model_dir}: backend=fast cannot run this model ({why})")
+        return HFBackend(self.model, self.context_length)
+
+    # --------------------------------------------------------------- prompts
+    def chat_prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
+        """Render the conversation with the model's template, dropping the oldest exchanges (never the
+        system prompt) so that prompt + max_new_tokens fits the context window. At least half the window
+        stays available to the prompt; generation is clamped to whatever room is left."""
+        from anima.chat.templates import get_template, render_prompt
+
+        if not messages:
+            raise AnimaError("chat request has no messages")
+        get_template(self.template_name)  # unknown preset -> ConfigError naming it
+        reserve = min(max(int(max_new_tokens), 1), self.context_length // 2)
+        with self._tok_lock:
+            ids = render_prompt(messages, self.tokenizer, self.template_name, max_length=self.context_length - reserve)
+        return list(ids)
+
+    def completion_prompt_ids(self, prompt: str) -> list[int]:
+        """Raw prompt ids (BOS added as the tokenizer is configured); no template, no trimming."""
+        if not isinstance(prompt, str):
+            raise AnimaError(f"completion prompt must be a string, got {type(prompt).__name__}")
+        with self._tok_lock:
+            return list(self.tokenizer.encode(prompt, add_special_tokens=True))
+
+    # ------------------------------------------------------------- decoding
+    def _stream(self, prompt_ids: list[int], params: SamplingParams) -> TextStream:
+        if not isinstance(params, SamplingParams):
+            raise ConfigError(f"sampling params must be SamplingParams, got {type(params).__name__}")
+        params.validate()
+        if not prompt_ids:
+            raise AnimaError("prompt is empty after tokenization")
+        if len(prompt_ids) >= self.context_length:
+            raise AnimaError(
+                f"prompt is {len(prompt_ids)} tokens; model {self.name} has a context of {self.context_length}"
+            )
+        stream = TextStream(iter(()), len(prompt_ids))
+        stream._gen = self._decode_loop(list(prompt_ids), params, stream)
+        return stream
+
+    def _decode_loop(self, prompt_ids: list[int], params: SamplingParams, stream: TextStream) -> Iterator[str]:
+        import torch
+
+        with self._lock:
+            backend = self.backend
+            # Reuse the cached prefix shared with the previous request (keep >= 1 token to feed).
+            common = 0
+            limit = min(len(self._cached_ids), len(prompt_ids) - 1)
+            cached_ids = self._cached_ids
+            while common < limit and cached_ids[common] == prompt_ids[common]:
+                common += 1
+            backend.truncate(common)
+            common = backend.position
+            self._cached_ids = []  # invalid until the cache is consistent again
+            logits = backend.forward(prompt_ids[common:])
+            fed = list(prompt_ids)
+            self._cached_ids = fed
+
+            generator = None if params.greedy else make_generator(params.seed)
+            seen = None
+            if params.repetition_penalty != 1.0:
+                seen = torch.zeros(self.vocab_size, dtype=torch.bool)
+                seen[torch.tensor(prompt_ids, dtype=torch.long).clamp_(0, self.vocab_size - 1)] = True
+            plain_greedy = params.greedy and seen is None
+            detok = IncrementalDetokenizer(self._decode)
+            holder = StopHolder(params.stop)
+            stop_ids = self.stop_ids
+            max_new = min(params.max_new_tokens, self.context_length - len(prompt_ids))
+            finish, n, stop_hit = "length", 0, False
+            try:
+                while n < max_new:
+                    if plain_greedy:
+                        tok = int(torch.argmax(logits))
+                    else:
+                        tok = sample_next(logits, params, generator, seen)
+                    n += 1
+                    stream.completion_tokens = n
+                    stream.token_ids.append(tok)
+                    if tok in stop_ids:
+                        finish = "stop"
+                        break
+                    delta = detok.push(tok)
+                    if delta:
+                        out, hit = holder.feed(delta)
+                        if out:
+                            yield out
+                        if hit:
+                            finish, stop_hit = "stop", True
+                            break
+                    if n >= max_new:
+                        break
+                    self._cached_ids = []
+                    logits = backend.forward([tok])
+                    fed.append(tok)
+                    self._cached_ids = fed
+                    if seen is not None and 0 <= tok < self.vocab_size:
+                        seen[tok] = True
+                if not stop_hit:
+                    tail = detok.flush()
+                    out, hit = holder.feed(tail) if tail else ("", False)
+                    if hit:
+                        finish = "stop"
+                    else:
+                        out += holder.flush()
+                    if out:
+                        yield out
+            except BaseException:
+                if not self._cached_ids:
+                    backend.truncate(0)
+                raise
+            stream.finish_reason = finish
+            self.last_usage = (len(prompt_ids), n, finish)
+
+    # ------------------------------------------------------------------ API
+    def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[str]:
+        """Text deltas of the assistant's reply to ``messages`` (OpenAI-style role/content dicts)."""
+        params.validate()
+        return self._stream(self.chat_prompt_ids(messages, params.max_new_tokens), params)
+
+    def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Text deltas continuing a raw prompt (no chat template; BOS added per the tokenizer)."""
+        params.validate()
+        return self._stream(self.completion_prompt_ids(prompt), params)
+
+    @staticmethod
+    def _collect(stream: TextStream) -> Completion:
+        text = "".join(stream)
+        return Completion(text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason or "length")
+
+    def chat(self, messages: list[dict], params: SamplingParams) -> Completion:
+        return self._collect(self.stream_chat(messages, params))
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        return self._collect(self.stream_completion(prompt, params))

@@ -1,0 +1,136 @@
+"""Sampling settings and the logits processors of one decode step.
+
+The processors work on a 1-D logits vector (one sequence, batch 1): the chat engine decodes one
+request at a time, so there is no batch dimension to carry and every op stays small.
+Order and semantics follow transformers' ``generate``: repetition penalty, temperature, top-k, top-p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from anima.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported inside the functions: importing SamplingParams stays cheap
+    import torch
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8  # 0 => greedy
+    top_p: float = 0.95
+    top_k: int = 0  # 0 => off
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 128
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def validate(self) -> "SamplingParams":
+        """Reject values that would silently produce garbage; names the key at fault."""
+        if self.temperature < 0:
+            raise ConfigError(f"sampling.temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off)")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 0")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in self.stop if s]
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty on every token already seen (divide positive logits, multiply negative).
+
+    ``seen`` is either a bool mask over the vocabulary (what the engine keeps, O(1) per step) or a
+    tensor of token ids (duplicates allowed), as transformers' processor takes.
+    """
+    import torch
+
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    if seen.dtype == torch.bool:
+        return torch.where(seen, penalized, logits)
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[seen.long()] = True
+    return torch.where(mask, penalized, logits)
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits (ties at the k-th value are kept, like transformers)."""
+    import torch
+
+    if k <= 0 or k >= logits.numel():
+        return logits
+    kth = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of tokens whose probability mass reaches p.
+
+    Same rule as transformers' TopPLogitsWarper: drop a token when the mass of all tokens *less*
+    likely than it is <= 1 - p; the most likely token always survives.
+    """
+    import torch
+
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cum <= (1.0 - p)
+    drop_sorted[-1] = False
+    drop = torch.empty_like(drop_sorted).scatter_(0, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """All processors in transformers' order; returns the logits to sample from (float32, 1-D)."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    logits = apply_top_k(logits, params.top_k)
+    logits = apply_top_p(logits, params.top_p)
+    return logits
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """One generator per request, so concurrent requests never disturb each other's stream."""
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def sample_next(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+) -> int:
+    """Pick the next token id from one step's logits."""
+    import torch
+
+    logits = process_logits(logits, params, seen)
+    if params.greedy:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

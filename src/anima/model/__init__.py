@@ -1,0 +1,1 @@
+"""Building, saving and resolving models (every model is a standard Hugging Face Llama dir)."""

@@ -1,0 +1,3 @@
+"""placeholder"""
+def run(cfg):
+    print(cfg.tracking.uri)

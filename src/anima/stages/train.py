@@ -1,0 +1,213 @@
+"""pretrain / sft / distill: compose data, model and loss terms; fit; log and register the result."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from anima.errors import AnimaError
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_dir: Path
+    metrics: dict[str, float]
+    version: str | None = None
+    registered_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        if self.version:
+            return f"models:/{self.registered_name}/{self.version}"
+        return f"runs:/{self.run_id}/model"
+
+
+def run(cfg: DictConfig) -> TrainResult:
+    result = train(cfg)
+    from rich.console import Console
+
+    c = Console()
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "persona/")))
+    c.print(f"[bold green]✓ {cfg.stage}[/] run {result.run_id}: {shown}")
+    if result.version:
+        c.print(f"  registered [bold]{result.model_uri}[/]  (chat: anima chat model={result.model_uri})")
+    return result
+
+
+def _configure_torch(cfg: DictConfig) -> None:
+    import logging
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
+
+    if cfg.device.threads:
+        torch.set_num_threads(int(cfg.device.threads))
+    torch.set_float32_matmul_precision(str(cfg.device.matmul_precision))
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    from anima.tracking.run import hydra_output_dir
+
+    out = hydra_output_dir()
+    if out is None:
+        out = Path(str(cfg.paths.experiments_dir)) / str(cfg.stage) / time.strftime("%Y-%m-%d_%H-%M-%S")
+        out = out.with_name(out.name + f"_{time.time_ns() % 1_000_000:06d}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_loss_terms(cfg: DictConfig, model, bundle) -> list:
+    """The objective: lm first, then the optional terms (kd, persona_guard) when their weight is > 0."""
+    from anima.train.losses import LanguageModelingLoss
+
+    terms: list = [LanguageModelingLoss(float(cfg.loss.lm.weight))]
+    if float(cfg.loss.kd.weight) > 0 or float(cfg.loss.persona_guard.weight) > 0:
+        from anima.train.extra_terms import build_extra_terms
+
+        terms.extend(build_extra_terms(cfg, model, bundle))
+    return terms
+
+
+def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundle) -> Any:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+    from anima.train.callbacks import AtomicCheckpointIO, SampleGenerations, Throughput
+
+    t = cfg.trainer
+    cbs = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                        auto_insert_metric_name=False, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(t.ckpt_every),
+                        save_top_k=1, enable_version_counter=False),
+        Throughput(int(cfg.tracking.log_every_n_steps)),
+        *callbacks,
+    ]
+    if t.num_samples and bundle.sample_prompts:
+        cbs.append(SampleGenerations(bundle.tokenizer, bundle.sample_prompts, int(t.sample_tokens), cfg.sampling,
+                                     int(cfg.seed)))
+    if t.progress == "rich":
+        cbs.append(RichProgressBar(leave=True))
+    elif t.progress == "tqdm":
+        cbs.append(TQDMProgressBar())
+    return L.Trainer(
+        accelerator=str(cfg.device.accelerator), devices=cfg.device.devices, num_nodes=int(cfg.device.num_nodes),
+        strategy=str(cfg.device.strategy), precision=str(cfg.device.precision),
+        max_steps=int(t.max_steps), max_time=t.max_time or None,
+        accumulate_grad_batches=int(t.grad_accum), gradient_clip_val=float(t.grad_clip) or None,
+        val_check_interval=int(t.val_every) * int(t.grad_accum), check_val_every_n_epoch=None,
+        limit_val_batches=int(t.val_batches) or 1.0, num_sanity_val_steps=0,
+        log_every_n_steps=int(cfg.tracking.log_every_n_steps), logger=logger, callbacks=cbs,
+        enable_progress_bar=t.progress != "none", enable_model_summary=False,
+        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO()], default_root_dir=str(ckpt_dir.parent),
+    )
+
+
+def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | None = None,
+          nested: bool = False) -> TrainResult:
+    """Run one training stage end to end. `callbacks` lets tests and sweeps hook into the Lightning loop."""
+    import lightning as L
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+    from torch.utils.data import DataLoader
+
+    from anima.model.build import count_parameters
+    from anima.train.module import CausalLMModule
+    from anima.train.prepare import prepare_data
+    from anima.train.resume import CHECKPOINT_TAG, find_resume
+    from anima.tracking.datasets import log_dataset_input
+    from anima.tracking.run import stage_run
+
+    run_id, ckpt_path = None, None
+    if str(cfg.get("resume", "none")) != "none":
+        cfg, run_id, ckpt_path = find_resume(cfg)
+    _configure_torch(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    bundle = prepare_data(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep
+    from anima.train.init import initial_model
+
+    model, parent_uri = initial_model(cfg, bundle.tokenizer)
+    out_dir = Path(ckpt_path).parent.parent if ckpt_path else _output_dir(cfg)
+    ckpt_dir = out_dir / "checkpoints"
+    with stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested,
+                   extra_tags={CHECKPOINT_TAG: str(ckpt_dir)}) as active:
+        run_id = active.info.run_id
+        n_params = count_parameters(model)
+        if ckpt_path is None:
+            mlflow.log_params({"model.n_parameters": n_params, **{f"data.{k}": v for k, v in bundle.stats.items()}})
+            mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
+                             "anima.tokenizer": bundle.tokenizer_dir.name})
+            log_dataset_input(bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
+        terms = build_loss_terms(cfg, model, bundle)
+        module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
+                                val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token)
+        logger = MLFlowLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
+                              run_id=run_id, log_model=False)
+        trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
+        accum = int(cfg.trainer.grad_accum)
+        total = int(cfg.trainer.max_steps) * accum
+        train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
+        val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
+        trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
+                    val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if not any(k.startswith("val/") for k in metrics) or trainer.global_step % int(cfg.trainer.val_every):
+            trainer.validate(module, val_loaders, verbose=False)  # final numbers on the final weights
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        for k, v in metrics.items():
+            if not math.isfinite(v):
+                raise AnimaError(f"training diverged: {k}={v} (lower optim.lr or raise optim.warmup_steps)")
+        if cfg.tracking.log_checkpoints:
+            for name in ("best.ckpt", "last.ckpt"):
+                if (ckpt_dir / name).is_file():
+                    mlflow.log_artifact(str(ckpt_dir / name), "checkpoints")
+        result = _finish(cfg, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params)
+    return result
+
+
+def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics: dict[str, float],
+            parent_uri: str | None, n_params: int) -> TrainResult:
+    """Save the final model dir, log it with sample generations, register a version with its lineage tags."""
+    import mlflow
+
+    from anima.model.save import save_model_dir
+    from anima.train.callbacks import generate_samples
+    from anima.tracking.registry import log_model_dir, register_version
+    from anima.tracking.run import config_hash
+
+    model = getattr(model, "merged_for_save", lambda: model)()
+    meta = {"chat_template": str(cfg.chat.template), "stage": str(cfg.stage), "run_id": run_id,
+            "data_fingerprint": bundle.fingerprint, "parent": parent_uri}
+    model_dir = save_model_dir(model, bundle.tokenizer_dir, out_dir / "model", meta)
+    if bundle.sample_prompts and cfg.trainer.num_samples:
+        samples = generate_samples(model, bundle.tokenizer, bundle.sample_prompts, int(cfg.trainer.sample_tokens),
+                                   cfg.sampling, int(cfg.seed))
+        mlflow.log_text("\n\n---\n\n".join(samples), "samples/final.md")
+    source = log_model_dir(model_dir)
+    result = TrainResult(run_id, model_dir, metrics)
+    if cfg.registry.register:
+        tags = {
+            "stage": cfg.stage, "val_ppl": metrics.get("val/ppl"), "val_bpc": metrics.get("val/bpc"),
+            "persona_ppl": metrics.get("persona/ppl"), "data_fingerprint": bundle.fingerprint,
+            "config_hash": config_hash(cfg), "git_commit": mlflow.get_run(run_id).data.tags.get(
+                "mlflow.source.git.commit"), "parent": parent_uri, "teacher": cfg.get("teacher"),
+            "n_parameters": n_params, "chat_template": cfg.chat.template,
+        }
+        mv = register_version(str(cfg.registry.name), run_id, source, tags, alias=cfg.registry.alias)
+        result.version, result.registered_name = str(mv.version), str(cfg.registry.name)
+        mlflow.set_tag("anima.registered", result.model_uri)
+    return result

@@ -1,0 +1,1 @@
+"""MLflow glue: one stage = one run; the tracking contract of DESIGN.md lives here."""

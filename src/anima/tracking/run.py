@@ -1,0 +1,120 @@
+"""`stage_run`: every stage is one MLflow run carrying the tracking contract of DESIGN.md."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from anima.fingerprint import hash_obj
+from anima.paths import project_root
+from anima.tracking.gitinfo import git_state
+from anima.tracking.redact import redact
+from anima.tracking.store import setup_mlflow
+
+# Keys that say where/how a run is recorded, not what it computes: excluded from the config hash.
+NON_SEMANTIC_KEYS = ("paths", "tracking", "run_name", "resume")
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """Hash of what a run computes (not where it is stored): the pipeline's cache key."""
+    data = resolved_config(cfg) if isinstance(cfg, DictConfig) else cfg
+    return hash_obj({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def hydra_overrides() -> list[str]:
+    """The task overrides of the current Hydra job (empty outside @hydra.main)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:
+        return []
+
+
+def hydra_output_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        return None
+
+
+def log_config(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Flattened params + config.yaml + overrides + command line, secrets redacted."""
+    import mlflow
+
+    data = redact(resolved_config(cfg))
+    params = {k: str(v)[:500] for k, v in flatten(data).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+    mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(data)), "config.yaml")
+    mlflow.log_text("\n".join(redact({"o": list(overrides)})["o"]) + "\n", "overrides.txt")
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: DictConfig,
+    *,
+    run_id: str | None = None,
+    overrides: Sequence[str] | None = None,
+    nested: bool = False,
+    extra_tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """Start (or continue, given `run_id`) the stage's MLflow run; end it FINISHED, FAILED or KILLED."""
+    import mlflow
+
+    setup_mlflow(cfg.tracking)
+    overrides = list(hydra_overrides() if overrides is None else overrides)
+    sha, dirty = git_state(project_root())
+    stage = str(cfg.stage)
+    name = cfg.get("run_name") or f"{stage}-{'-'.join(o.split('=')[-1] for o in overrides)[:40]}".rstrip("-")
+    parent = mlflow.active_run() if nested else None
+    tags = {
+        "anima.stage": stage,
+        "anima.command": shlex.join(["anima", stage, *redact({"o": overrides})["o"]]),
+        "anima.config_hash": config_hash(cfg),
+        "mlflow.source.git.commit": sha,
+        "anima.git_dirty": str(dirty).lower(),
+        **(extra_tags or {}),
+    }
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent.info.run_id
+    out_dir = hydra_output_dir()
+    if out_dir is not None:
+        tags["anima.output_dir"] = str(out_dir)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested, tags=tags)
+    try:
+        if run_id is None:
+            log_config(cfg, overrides)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+

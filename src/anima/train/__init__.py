@@ -1,0 +1,1 @@
+"""Training: the one LightningModule, its loss terms, data modules and callbacks."""

@@ -1,0 +1,84 @@
+"""Lightning callbacks: throughput, sample generations, atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file and rename: an interrupted save never leaves a truncated .ckpt."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class Throughput(L.Callback):
+    """Logs train/tokens_per_s over each logging window (tokens actually fed to the model)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self._tokens = 0
+        self._t0: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += int(batch["input_ids"].numel())
+        if trainer.global_step % self.every == 0 and self._t0 is not None:
+            elapsed = time.perf_counter() - self._t0
+            if elapsed > 0:
+                pl_module.log("train/tokens_per_s", self._tokens / elapsed, on_step=True, prog_bar=True)
+                pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+            self._tokens, self._t0 = 0, time.perf_counter()
+
+
+def generate_samples(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, sampling: Any,
+                     seed: int) -> list[str]:
+    """Sample one continuation per prompt without disturbing the training RNG."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        for ids in prompts:
+            x = torch.tensor([ids], device=model.device)
+            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                               do_sample=sampling.temperature > 0, temperature=sampling.temperature or None,
+                               top_p=sampling.top_p, top_k=sampling.top_k or None,
+                               pad_token_id=tokenizer.pad_token_id)
+            outs.append(tokenizer.decode(ids, skip_special_tokens=False) + "⟶" +
+                        tokenizer.decode(y[0, len(ids):], skip_special_tokens=True))
+    model.train(was_training)
+    return outs
+
+
+class SampleGenerations(L.Callback):
+    """After each validation, log a few sample generations as samples/step_XXXXXX.md (rank 0 only)."""
+
+    def __init__(self, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, sampling: Any, seed: int):
+        self.tokenizer, self.prompts = tokenizer, list(prompts)
+        self.max_new_tokens, self.sampling, self.seed = max_new_tokens, sampling, seed
+        self.last: list[str] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self.prompts or trainer.global_rank != 0:
+            return
+        self.last = generate_samples(pl_module.model, self.tokenizer, self.prompts, self.max_new_tokens,
+                                     self.sampling, self.seed)
+        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
+            text = "\n\n---\n\n".join(self.last)
+            trainer.logger.experiment.log_text(trainer.logger.run_id, text,
+                                               f"samples/step_{trainer.global_step:06d}.md")

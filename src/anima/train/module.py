@@ -1,0 +1,100 @@
+"""The one LightningModule behind pretrain, sft and distill: a causal LM and a weighted list of loss terms."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+
+from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
+from anima.train.schedule import lr_factor
+
+
+class CausalLMModule(L.LightningModule):
+    """Wraps a Hugging Face causal LM. Validation reports loss, perplexity and (for text) bits per character
+    for each named validation set: `val/*` for the first, `<name>/*` for the others (e.g. `persona/ppl`)."""
+
+    def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int,
+                 val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None):
+        super().__init__()
+        self.model = model
+        self.terms = list(terms)
+        self.optim_cfg = optim
+        self.max_steps = max_steps
+        self.val_names = list(val_names)
+        self.chars_per_token = chars_per_token or {}
+        self._forward = model
+        if getattr(optim, "compile", False):
+            object.__setattr__(self, "_forward", torch.compile(model))  # not a submodule: no duplicate keys
+        self._val_sums: dict[str, list[float]] = {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        total = logits.new_zeros(())
+        for term in self.terms:
+            if term.weight == 0:
+                continue
+            value = term(self.global_step, batch, logits, self)
+            if value is None:
+                continue
+            total = total + term.weight * value
+            self.log(f"train/{term.name}", value.detach(), on_step=True, on_epoch=False)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return total
+
+    # -- validation: exact token-weighted means over the whole (limited) split ---------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {name: [0.0, 0.0] for name in self.val_names}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        labels = batch["labels"]
+        n = int((labels != IGNORE_INDEX).sum())
+        if n == 0:
+            return
+        loss_sum = token_cross_entropy(logits, labels, reduction="sum")
+        sums = self._val_sums[self.val_names[dataloader_idx]]
+        sums[0] += float(loss_sum)
+        sums[1] += n
+
+    def on_validation_epoch_end(self) -> None:
+        for name, (loss_sum, n) in self._val_sums.items():
+            if n == 0:
+                continue
+            loss = loss_sum / n
+            self.log(f"{name}/loss", loss, prog_bar=name == self.val_names[0], add_dataloader_idx=False)
+            self.log(f"{name}/ppl", math.exp(min(loss, 50.0)), add_dataloader_idx=False)
+            if name in self.chars_per_token:
+                bpc = loss / math.log(2) / self.chars_per_token[name]
+                self.log(f"{name}/bpc", bpc, prog_bar=name == self.val_names[0], add_dataloader_idx=False)
+
+    # -- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = {"auto": None, "true": True, "false": False}[str(cfg.fused)]
+        if fused is None:
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        factor = partial(lr_factor, warmup=cfg.warmup_steps, total=self.max_steps, schedule=cfg.schedule,
+                         min_ratio=cfg.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- RNG state rides along in checkpoints so a resumed run samples exactly as an uninterrupted one ---
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["anima_rng"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("anima_rng")
+        if state:
+            torch.set_rng_state(state["torch"])

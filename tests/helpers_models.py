@@ -1,0 +1,93 @@
+"""Build a real nano chat model dir for tests (SentencePiece + HF tokenizer + random LlamaForCausalLM).
+
+Real files, real tokenizer, real torch model: nothing is mocked. Kept tiny (vocab ~400, hidden 64, 2 layers)
+so that building it takes a couple of seconds on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+_FALLBACK_TEXT = """\
+The quick brown fox jumps over the lazy dog. What is your name? My name is anima.
+How are you today? I am well, thank you for asking. Tell me a story about the sea.
+Once upon a time there was a ship that sailed over the waves to a far away island.
+"""
+
+
+def corpus_text() -> str:
+    """Real local text: license texts and stdlib docstrings shipped on every machine that runs the tests."""
+    parts: list[str] = []
+    gpl = Path("/usr/share/common-licenses/GPL-3")
+    if gpl.is_file():
+        parts.append(gpl.read_text(encoding="utf-8", errors="replace"))
+    import argparse
+    import collections
+    import json as json_mod
+    import pathlib
+    import textwrap
+
+    for mod in (argparse, collections, json_mod, pathlib, textwrap):
+        if mod.__doc__:
+            parts.append(mod.__doc__)
+    parts.append(_FALLBACK_TEXT * 5)
+    return "\n".join(parts)
+
+
+def build_nano_model_dir(out_dir: Path, *, vocab_size: int = 400, seed: int = 0) -> Path:
+    """Write a complete anima model dir (HF files + tokenizer.model + anima.json) into ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from anima.chat.templates import get_template
+    from anima.tokenizer.hf import build_hf_tokenizer, save_tokenizer
+    from anima.tokenizer.train import train_sentencepiece
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sp_dir = out_dir.parent / f".{out_dir.name}-spm"
+    sp_model = train_sentencepiece([corpus_text()], vocab_size, sp_dir, seed=seed)
+    tpl = get_template("chatml")
+    tok = build_hf_tokenizer(sp_model, tpl.chat_template)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(str(out_dir))
+    save_tokenizer(tok, sp_model, out_dir, "chatml")
+    meta_path = out_dir / "anima.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["chat_template"] = "chatml"
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+_CACHED: dict[str, Path] = {}
+
+
+def cached_nano_model_dir(tmp_path_factory) -> Path:
+    """One nano model dir per pytest session, shared by every test file that asks (built on first use)."""
+    if "nano" not in _CACHED:
+        _CACHED["nano"] = build_nano_model_dir(tmp_path_factory.mktemp("nano") / "model")
+    return _CACHED["nano"]
+
+
+if __name__ == "__main__":  # python tests/helpers_models.py OUT_DIR  (used by the serve bench)
+    print(build_nano_model_dir(Path(sys.argv[1])))

@@ -1,0 +1,194 @@
+"""The HTTP server, end to end: a real uvicorn server on a free loopback port, a real nano model, and the
+official ``openai`` client (plus raw httpx for what a client library would never send)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from helpers_models import cached_nano_model_dir
+
+API_KEY = "test-key-123"
+MSGS = [{"role": "user", "content": "What is your name?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import torch
+
+    from anima.generation.engine import ChatEngine
+
+    torch.set_num_threads(1)
+    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from anima.serve.app import ServeLimits, create_app
+    from anima.serve.server import start_server_thread
+
+    limits = ServeLimits(max_body_bytes=20_000, max_messages=8, max_tokens=48, max_prompt_chars=2_000)
+    app = create_app(engine, api_key=API_KEY, limits=limits)
+    srv = start_server_thread(app, "127.0.0.1", 0)
+    srv.app = app
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _auth():
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_binds_loopback(server):
+    assert server.host == "127.0.0.1" and server.port > 0
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"  # /health needs no key
+
+
+def test_chat_non_stream_and_stream_agree(client):
+    a = client.chat.completions.create(model="anything", messages=MSGS, max_tokens=12, seed=7, temperature=0.9)
+    assert a.object == "chat.completion"
+    assert a.choices[0].message.role == "assistant"
+    assert isinstance(a.choices[0].message.content, str)
+    assert a.choices[0].finish_reason in ("stop", "length")
+    assert a.usage.prompt_tokens > 0 and 0 < a.usage.completion_tokens <= 12
+    assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+
+    stream = client.chat.completions.create(model="anything", messages=MSGS, max_tokens=12, seed=7, temperature=0.9,
+                                            stream=True, stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            if ch.delta.content:
+                pieces.append(ch.delta.content)
+            finish = ch.finish_reason or finish
+    assert "".join(pieces) == a.choices[0].message.content  # same seed, same reply
+    assert finish == a.choices[0].finish_reason
+    assert usage.completion_tokens == a.usage.completion_tokens
+
+
+def test_completions_and_models(client):
+    c = client.completions.create(model="m", prompt="The quick brown", max_tokens=8, temperature=0)
+    assert c.object == "text_completion" and isinstance(c.choices[0].text, str)
+    assert c.usage.completion_tokens <= 8
+    streamed = "".join(ch.choices[0].text for ch in client.completions.create(
+        model="m", prompt="The quick brown", max_tokens=8, temperature=0, stream=True) if ch.choices)
+    assert streamed == c.choices[0].text
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["model"]
+
+
+def test_concurrent_requests_all_answered_correctly(client):
+    seeds = list(range(100, 108))
+
+    def ask(seed, stream):
+        kw = dict(model="m", messages=[{"role": "user", "content": f"Tell me about {seed}"}], max_tokens=10,
+                  seed=seed, temperature=1.0)
+        if stream:
+            return "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(stream=True, **kw)
+                           if ch.choices)
+        return client.chat.completions.create(**kw).choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:  # 8 clients at once, half of them streaming
+        concurrent = list(pool.map(lambda s: ask(s, s % 2 == 0), seeds))
+    sequential = [ask(s, False) for s in seeds]
+    assert concurrent == sequential
+
+
+def test_ollama_chat_ndjson(server):
+    body = {"model": "m", "messages": MSGS, "options": {"num_predict": 10, "seed": 3, "temperature": 0.9}}
+    with httpx.stream("POST", server.url + "/api/chat", json=body, headers=_auth(), timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] <= 10
+    assert all(line["done"] is False for line in lines[:-1])
+    streamed = "".join(line["message"]["content"] for line in lines)
+    whole = httpx.post(server.url + "/api/chat", json={**body, "stream": False}, headers=_auth(), timeout=60).json()
+    assert whole["done"] is True and whole["message"]["content"] == streamed
+
+
+def test_limits_are_4xx_json(client, server):
+    def err(exc_info):
+        return exc_info.value.body if isinstance(exc_info.value.body, dict) else {}
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=MSGS, max_tokens=49)
+    assert e.value.status_code == 400 and err(e)["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=MSGS * 9, max_tokens=4)
+    assert err(e)["code"] == "too_many_messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 2_001}], max_tokens=4)
+    assert err(e)["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=[{"role": "robot", "content": "hi"}], max_tokens=4)
+    assert "role" in err(e)["param"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=MSGS, temperature=5)
+
+    url = server.url + "/v1/chat/completions"
+    big = httpx.post(url, content=b'{"messages": "' + b"x" * 30_000 + b'"}', headers=_auth(), timeout=30)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    bad = httpx.post(url, content=b'{"messages": [', headers={**_auth(), "content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    for payload in (b"[1, 2]", b"", b"\xff\xfe"):
+        r = httpx.post(url, content=payload, headers=_auth())
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(server.url + "/v1/nowhere", headers=_auth()).status_code == 404
+
+    # ...and the server keeps answering.
+    ok = client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_api_key(server):
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+    assert e.value.status_code == 401
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": MSGS})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert API_KEY not in r.text
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+
+
+def test_event_loop_stays_responsive_while_generating(server, client):
+    runner = server.app.state.runner
+    runner.lock.acquire()  # as if a long generation held the model
+    result = {}
+    try:
+        t = threading.Thread(target=lambda: result.setdefault(
+            "r", client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)))
+        t.start()
+        time.sleep(0.3)
+        assert "r" not in result  # queued behind the lock...
+        t0 = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=5).status_code == 200  # ...while the loop still serves
+        bad = httpx.post(server.url + "/v1/chat/completions", content=b"{", headers=_auth(), timeout=5)
+        assert bad.status_code == 400
+        assert time.monotonic() - t0 < 3
+    finally:
+        runner.lock.release()
+    t.join(60)
+    assert result["r"].choices[0].message.content is not None
+
+
+def test_run_server_rejects_bad_port(engine):
+    from anima.errors import ConfigError
+    from anima.serve.server import run_server
+
+    with pytest.raises(ConfigError, match="port"):
+        run_server(engine, port=70000)
