@@ -54,4 +54,4 @@ def compose_cfg(stage: str, overrides: list[str], raw: Path | None = None):
     return cfg
 
 
-NANO_FAST = ["model=nano", "trainer=smoke", "tracking.log_checkpoints=false"]
+NANO_FAST = ["model=nano", "trainer=smoke", "tracking.log_checkpoints=false", "tracking.log_every_n_steps=1"]

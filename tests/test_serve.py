@@ -138,10 +138,14 @@ def test_limits_are_4xx_json(client, server):
     assert "role" in err(e)["param"]
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="m", messages=MSGS, temperature=5)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=MSGS, seed=2**70)
 
     url = server.url + "/v1/chat/completions"
     big = httpx.post(url, content=b'{"messages": "' + b"x" * 30_000 + b'"}', headers=_auth(), timeout=30)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    chunked = httpx.post(url, content=iter([b"x" * 10_000] * 3), headers=_auth(), timeout=30)  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
     bad = httpx.post(url, content=b'{"messages": [', headers={**_auth(), "content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
     for payload in (b"[1, 2]", b"", b"\xff\xfe"):
@@ -192,3 +196,29 @@ def test_run_server_rejects_bad_port(engine):
 
     with pytest.raises(ConfigError, match="port"):
         run_server(engine, port=70000)
+
+
+def test_abandoned_stream_does_not_wedge_the_server(server, client):
+    body = {"model": "m", "messages": MSGS, "max_tokens": 48, "stream": True, "temperature": 1.0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=_auth(), timeout=30) as r:
+        assert r.status_code == 200
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    # the client hung up mid-stream; the lock is released and the next request is answered
+    r = client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+    assert r.choices[0].message.content is not None
+    assert not server.app.state.runner.lock.locked()
+
+
+def test_prompt_longer_than_context(client):
+    digits = "1234567890 " * 60  # 660 chars (limit 2000), > 600 tokens (context 256)
+    # chat: the engine keeps the end of an over-long conversation, so this is answered...
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": digits}], max_tokens=4)
+    assert r.usage.prompt_tokens + r.usage.completion_tokens <= 256
+    # ...a raw completion prompt is never cut: 400, streaming or not, before any byte of a stream is sent
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            out = client.completions.create(model="m", prompt=digits, max_tokens=4, stream=stream)
+            if stream:
+                list(out)
+        assert "context" in e.value.body["message"]

@@ -50,6 +50,13 @@ class FilterConfig:
     model: Optional[str] = setting(None, "Reference model URI for perplexity scoring (none = off).")
     max_perplexity: Optional[float] = setting(None, "Drop examples above this reference perplexity.", gt=0)
     drop_worst: float = setting(0.0, "Drop this worst-scored fraction.", ge=0, lt=1)
+    min_words: int = setting(0, "Drop examples with fewer words than this (0 = off).", ge=0)
+    max_words: Optional[int] = setting(None, "Drop examples with more words than this (none = off).", ge=1)
+    min_alpha_ratio: float = setting(0.0, "Drop examples whose letter fraction (of non-space chars) is below this.",
+                                     ge=0, le=1)
+    score_batch: int = setting(16, "Examples per forward pass when scoring with the reference model.", ge=1)
+    score_max_tokens: int = setting(256, "Tokens of an example the reference model scores (longer: truncated).",
+                                    ge=8)
 
 
 @dataclass
@@ -80,3 +87,4 @@ class DataConfig:
     persona: Optional[str] = setting(None, "Source name (in `sources`) that defines the persona seed set.")
     seed: int = setting(1234, "Seed of the mix sampling.")
     on_error: str = setting("raise", "Malformed records: raise, or skip and count them.", choices=["raise", "skip"])
+    shard_records: int = setting(100000, "Records per output shard file (<split>-NNNNN.jsonl).", ge=1)

@@ -70,11 +70,19 @@ class TrainConfig(StageConfig):
 
 
 @dataclass
+class DataStageConfig(StageConfig):
+    """`anima data`: read, clean, dedupe, filter, mix, split and version one dataset."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass
 class StatusConfig(StageConfig):
     limit: int = setting(10, "Recent runs to list.", ge=1)
 
 
 STAGE_SCHEMAS: dict[str, type] = {
+    "data": DataStageConfig,
     "tokenizer": TokenizerStageConfig,
     "pretrain": TrainConfig,
     "sft": TrainConfig,

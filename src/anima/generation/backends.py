@@ -150,11 +150,32 @@ class FastLlamaBackend:
         else:
             self.rope_mats = None
         n_layers = len(self.layers)
-        self.k_cache = torch.zeros(n_layers, self.max_positions, nkv, hd, dtype=self.dtype)
-        self.v_cache = torch.zeros(n_layers, self.max_positions, nkv, hd, dtype=self.dtype)
+        # KV cache, head-major so that k[:, :L] is one strided view per layer for bmm.
+        self.k_cache = torch.zeros(n_layers, nkv, self.max_positions, hd, dtype=self.dtype)
+        self.v_cache = torch.zeros(n_layers, nkv, self.max_positions, hd, dtype=self.dtype)
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
         self.position = 0
+        self._build_step_weights()
+
+    def _build_step_weights(self) -> None:
+        """Weights for the single-token step with constant factors folded in (fewer ops per token):
+        RMSNorm gains and sqrt(hidden) go into the next matmul's input columns, 1/sqrt(head_dim) into W_q."""
+        root = math.sqrt(self.hidden)
+        q_scale = torch.ones(self.q_dim + 2 * self.kv_dim, 1, dtype=self.dtype)
+        q_scale[: self.q_dim] = self.scale
+        self.step_layers = []
+        for ln1, wqkv, wo_t, ln2, wgu, wd_t in self.layers:
+            self.step_layers.append(
+                (
+                    (wqkv * (ln1 * root).unsqueeze(0) * q_scale).t().contiguous().t(),
+                    wo_t,
+                    (wgu * (ln2 * root).unsqueeze(0)).contiguous(),
+                    wd_t,
+                )
+            )
+        self.step_head = (self.lm_head * (self.final_norm * root).unsqueeze(0)).contiguous()
+        self.eps_h = self.eps * self.hidden
 
     def truncate(self, n: int) -> None:
         self.position = max(0, min(n, self.position))
@@ -169,8 +190,50 @@ class FastLlamaBackend:
         sin = self.sin[start : start + t].unsqueeze(1)
         return torch.addcmul(x * cos, torch.matmul(x, self.rot), sin)
 
-    @torch.inference_mode()
     def forward(self, ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            if len(ids) == 1:
+                return self._step(ids[0])
+            return self._prefill(ids)
+
+    def _step(self, tok: int) -> torch.Tensor:
+        """One token: ~14 torch ops per layer, no Python objects created beyond the op results."""
+        pos = self.position
+        end = pos + 1
+        if end > self.max_positions:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.max_positions}")
+        nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+        qk_rows = nq + nkv
+        qk_dim = self.q_dim + self.kv_dim
+        inter, eps_h = self.inter, self.eps_h
+        group = nq // nkv
+        rope = self.rope_mats[pos] if self.rope_mats is not None else None
+        x = self.embed[tok : tok + 1]
+        kcache, vcache = self.k_cache, self.v_cache
+        for li, (wqkv, wo_t, wgu, wd_t) in enumerate(self.step_layers):
+            # RMSNorm: x * rsqrt(x.x + eps*H) (the sqrt(H) and gain live in the weights)
+            r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
+            qkv = F.linear(x, wqkv).mul_(r)
+            if rope is not None:
+                qk = torch.matmul(qkv[:, :qk_dim].view(qk_rows, 1, hd), rope)  # (H+Hkv, 1, D)
+            else:
+                qk = self._rope(qkv[:, :qk_dim].view(1, qk_rows, hd), pos, 1).view(qk_rows, 1, hd)
+            kc, vc = kcache[li], vcache[li]
+            kc[:, pos : pos + 1] = qk[nq:]
+            vc[:, pos : pos + 1] = qkv[:, qk_dim:].view(nkv, 1, hd)
+            # (Hkv, G, D) @ (Hkv, D, L): grouped-query attention without repeating K/V
+            scores = torch.bmm(qk[:nq].view(nkv, group, hd), kc[:, :end].transpose(1, 2))
+            probs = torch.softmax(scores, dim=-1)
+            attn = torch.bmm(probs, vc[:, :end])  # (Hkv, G, D)
+            x = torch.addmm(x, attn.view(1, self.q_dim), wo_t)
+            r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
+            gu = F.linear(x, wgu).mul_(r)
+            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd_t)
+        self.position = end
+        r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
+        return F.linear(x[0], self.step_head).mul_(r)
+
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
         t = len(ids)
         start = self.position
         end = start + t
@@ -188,11 +251,11 @@ class FastLlamaBackend:
             qkv = F.linear(h, wqkv)  # (T, q+2kv)
             qk = self._rope(qkv[:, : q_dim + kv_dim].view(t, nq + nkv, hd), start, t)
             kc, vc = self.k_cache[li], self.v_cache[li]
-            kc[start:end] = qk[:, nq:]
-            vc[start:end] = qkv[:, q_dim + kv_dim :].view(t, nkv, hd)
+            kc[:, start:end] = qk[:, nq:].transpose(0, 1)
+            vc[:, start:end] = qkv[:, q_dim + kv_dim :].view(t, nkv, hd).transpose(0, 1)
             q = qk[:, :nq].transpose(0, 1)  # (H, T, D)
-            k = kc[:end].transpose(0, 1)  # (Hkv, L, D)
-            v = vc[:end].transpose(0, 1)
+            k = kc[:, :end]  # (Hkv, L, D)
+            v = vc[:, :end]
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
             x = torch.addmm(x, attn.transpose(0, 1).reshape(t, q_dim), wo_t)
             h = F.rms_norm(x, hidden, ln2, eps)

@@ -3,8 +3,9 @@
 Each method sees ONE parameter tensor at a time through a :class:`TensorSource` (ingredient ``i``'s
 copy of that tensor, and the base model's copy when the method needs one), so the driver in
 :mod:`anima.merge.streaming` can stream any number of ingredients with memory bounded by one output
-model plus a few tensors. Arithmetic is done in float64 so that linear methods are exact at their
-identities (uniform of identical models, weight 1, t=0/1) and cast back to the stored dtype.
+model plus a few tensors. Arithmetic is done in float64 by default so that linear methods are exact at
+their identities (uniform of identical models, weight 1, t=0/1), then cast back to the stored dtype;
+TIES, which keeps several temporaries of a tensor alive, computes in float32 to halve them.
 
 Adding a method::
 
@@ -26,7 +27,7 @@ COMPUTE_DTYPE = torch.float64
 
 
 class TensorSource(Protocol):
-    """One parameter tensor (``key``) across ingredients; tensors come back in float64."""
+    """One parameter tensor (``key``) across ingredients, in the method's compute dtype."""
 
     key: str
     n: int
@@ -46,6 +47,7 @@ class MergeMethod:
     needs_base: bool = False
     n_models: int | None = None  # exact number of ingredients, None = any (>= 1)
     check: Callable[[int, dict[str, Any]], None] | None = None
+    compute_dtype: torch.dtype = COMPUTE_DTYPE
 
     def resolve_params(self, n: int, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults + given params, validated before any tensor is touched (fail fast, one line)."""
@@ -79,6 +81,7 @@ def register(
     needs_base: bool = False,
     n_models: int | None = None,
     check: Callable[[int, dict[str, Any]], None] | None = None,
+    compute_dtype: torch.dtype = COMPUTE_DTYPE,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register ``fn(src, **params) -> Tensor`` under ``name``; ``params`` maps names to defaults."""
 
@@ -86,7 +89,7 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} registered twice")
         _REGISTRY[name] = MergeMethod(
-            name, description, paper, fn, dict(params or {}), needs_base, n_models, check
+            name, description, paper, fn, dict(params or {}), needs_base, n_models, check, compute_dtype
         )
         return fn
 
@@ -247,7 +250,7 @@ def trim_top_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
         return delta
     flat = delta.view(-1)
     k = max(1, math.ceil(density * flat.numel()))
-    mag = flat.to(torch.float32).abs_()  # float32 is plenty to rank magnitudes, half the memory
+    mag = flat.to(torch.float32, copy=True).abs_()  # float32 ranks magnitudes well enough
     cut = mag.kthvalue(flat.numel() - k + 1).values
     flat.masked_fill_(mag < cut, 0.0)
     return delta
@@ -268,6 +271,7 @@ def _check_ties(n: int, p: dict[str, Any]) -> None:
     params={"density": 0.5, "scaling": 1.0, "weights": None},
     needs_base=True,
     check=_check_ties,
+    compute_dtype=torch.float32,
 )
 def ties(src: TensorSource, density: float, scaling: float, weights: Sequence[float] | None) -> torch.Tensor:
     """TIES, paper/mergekit convention ('sum' sign consensus, weighted disjoint mean, then * scaling).

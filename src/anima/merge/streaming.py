@@ -87,20 +87,26 @@ class SafetensorsModel:
 
 
 class _Source:
-    """TensorSource for one key: ingredient tensors (and the base) as float64 on demand."""
+    """TensorSource for one key: ingredient tensors (and the base) in ``dtype``, read on demand."""
 
-    def __init__(self, key: str, models: Sequence[SafetensorsModel], base: SafetensorsModel | None):
-        self.key, self.n, self._models, self._base = key, len(models), models, base
+    def __init__(
+        self,
+        key: str,
+        models: Sequence[SafetensorsModel],
+        base: SafetensorsModel | None,
+        dtype: torch.dtype = COMPUTE_DTYPE,
+    ):
+        self.key, self.n, self._models, self._base, self.dtype = key, len(models), models, base, dtype
         self._base_cache: torch.Tensor | None = None
 
     def get(self, i: int) -> torch.Tensor:
-        return self._models[i].load(self.key).to(COMPUTE_DTYPE)
+        return self._models[i].load(self.key).to(self.dtype)
 
     def base(self) -> torch.Tensor:
         if self._base is None:
             raise ModelError(f"merge of {self.key!r} needs a base model and none was given")
         if self._base_cache is None:  # read once per key: methods use it in several passes
-            self._base_cache = self._base.load(self.key).to(COMPUTE_DTYPE)
+            self._base_cache = self._base.load(self.key).to(self.dtype)
         return self._base_cache
 
 
@@ -130,7 +136,7 @@ def merge_state_dict(
                 raise ModelError(
                     f"tensor {key!r} has shape {other.shape(key)} in {other.dir} but {shape} in {ref.dir}"
                 )
-        merged = spec.fn(_Source(key, models, base), **resolved)
+        merged = spec.fn(_Source(key, models, base, spec.compute_dtype), **resolved)
         out[key] = merged.to(_dtype_of(ref, key)).reshape(shape).contiguous()
         del merged
     return out

@@ -235,7 +235,7 @@ def openai_sampling(body: dict[str, Any], defaults: SamplingParams, limits: Serv
         repetition_penalty=float(_number(body, "repetition_penalty", defaults.repetition_penalty, lo=0, hi=10,
                                          lo_open=True)),
         max_new_tokens=_max_tokens(body.get(mt_key), defaults.max_new_tokens, limits, mt_key),
-        seed=_number(body, "seed", defaults.seed, integer=True),
+        seed=_number(body, "seed", defaults.seed, integer=True, lo=-(2**63), hi=2**64 - 1),
         stop=list(defaults.stop) if stop is None else stop,
     )
     return params
@@ -257,7 +257,7 @@ def ollama_sampling(body: dict[str, Any], defaults: SamplingParams, limits: Serv
         repetition_penalty=float(_number(opts, "repeat_penalty", defaults.repetition_penalty, lo=0, hi=10,
                                          lo_open=True, param="options.repeat_penalty")),
         max_new_tokens=_max_tokens(num_predict, defaults.max_new_tokens, limits, "options.num_predict"),
-        seed=_number(opts, "seed", defaults.seed, integer=True, param="options.seed"),
+        seed=_number(opts, "seed", defaults.seed, integer=True, lo=-(2**63), hi=2**64 - 1, param="options.seed"),
         stop=list(defaults.stop) if stop is None else stop,
     )
 

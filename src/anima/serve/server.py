@@ -108,3 +108,34 @@ def start_server_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, log
             raise RuntimeError(f"server on {host}:{actual_port} did not start within {startup_timeout}s")
         time.sleep(0.02)
     return RunningServer(server=server, thread=thread, host=host, port=actual_port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Development entry point until ``anima serve`` is wired: ``python -m anima.serve.server MODEL_DIR``.
+
+    The API key, if any, is read from the environment variable named by ``--api-key-env``.
+    """
+    import argparse
+    import os
+
+    from anima.generation.engine import ChatEngine
+    from anima.serve.app import ServeLimits
+
+    p = argparse.ArgumentParser(prog="python -m anima.serve.server", description=main.__doc__)
+    p.add_argument("model_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    p.add_argument("--max-tokens", type=int, default=ServeLimits.max_tokens)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    engine = ChatEngine(args.model_dir, threads=args.threads)
+    run_server(engine, args.host, args.port, api_key=api_key, limits=ServeLimits(max_tokens=args.max_tokens),
+               log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,9 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("data", "anima.stages.data:run", "build a versioned dataset (also: data fetch | data export)"),
+        Stage("data fetch", "anima.stages.data:fetch_main", "download the demo corpora into data/raw",
+              hydra=False),
+        Stage("data export", "anima.stages.data:export", "export a built dataset: sharegpt, alpaca, chatml, qa"),
         Stage("tokenizer", "anima.stages.tokenizer:run", "train a SentencePiece tokenizer with a chat template"),
         Stage("pretrain", "anima.stages.train:run", "pretrain a Llama model on plain text"),
         Stage("sft", "anima.stages.train:run", "fine-tune on conversations (assistant-only loss)"),

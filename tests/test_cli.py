@@ -1,0 +1,65 @@
+"""The CLI's contract: fast help without heavy imports, one-line errors with non-zero exit, Hydra flags."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from anima.cli import main
+
+HEAVY = ("torch", "lightning", "mlflow", "transformers")
+
+
+def _anima(*args: str, env_root=None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    if env_root:
+        env["ANIMA_ROOT"] = str(env_root)
+    return subprocess.run([sys.executable, "-m", "anima", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_help_lists_stages_without_heavy_imports():
+    code = ("import sys, anima.cli as c; c.main(['--help']); "
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pretrain" in out and "tokenizer" in out and "status" in out
+    assert "HEAVY []" in out
+
+
+def test_unknown_stage_is_one_line_error(capsys):
+    assert main(["nosuchstage"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nosuchstage" in err
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("foo=1", "foo"),
+        ("optim.lr=-1", "optim.lr=-1.0 must be > 0"),
+        ("optim.lr=fast", "optim.lr"),
+        ("model.vocab_size=100", "model.vocab_size=100 must be >= 262"),
+        ("device.precision=fp8", "device.precision"),
+        ("trainer.max_time=soon", "trainer.max_time"),
+        ("model=gigantic", "gigantic"),
+    ],
+)
+def test_bad_overrides_fail_before_work_naming_the_key(project, override, expected):
+    proc = _anima("pretrain", override, env_root=project)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("anima: error:") and expected in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (project / "mlruns").exists()  # nothing started
+
+
+def test_cfg_job_prints_composed_config(project):
+    proc = _anima("pretrain", "model=nano", "--cfg", "job", env_root=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "dim: 64" in proc.stdout and "lr: 0.0006" in proc.stdout
+    assert not (project / "mlruns").exists()
