@@ -109,6 +109,8 @@ def test_bad_parameters_refused_before_writing(trio, tmp_path):
         merge("ties", trio[1:], tmp_path / "o", base_dir=trio[0], density=0)
     with pytest.raises(ModelError, match="needs a base"):
         merge("task_arithmetic", trio, tmp_path / "o")
+    with pytest.raises(ConfigError, match="takes no base"):
+        merge("uniform", trio[1:], tmp_path / "o", base_dir=trio[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m0", "m1", "m2"]
 
 

@@ -2,9 +2,13 @@
 
 SentencePiece byte-fallback tokens can split one UTF-8 character over several tokens, and the
 decoder strips one leading space of whatever it decodes. So a token's text is only known in context:
-we decode a short window twice (with and without the newest tokens) and emit the difference once it
-no longer ends in U+FFFD (the same scheme vLLM and TGI use). Concatenated deltas equal the decode of
-all generated ids.
+we decode a short window twice (with and without the newest tokens) and emit the difference (the
+scheme vLLM and TGI use). One more rule makes it exact: the ByteFallback decoder judges a whole run
+of consecutive byte tokens at once (an invalid run turns *every* byte into U+FFFD, even bytes that
+formed a valid character on their own), and skipped special tokens do not break a run. So nothing is
+emitted while the newest token is a byte or special token; the run is final once an ordinary token
+follows it. Concatenated deltas then always equal the decode of all generated ids, and no delta ends
+in half a character.
 """
 
 from __future__ import annotations
@@ -22,11 +26,24 @@ def make_decoder(tokenizer) -> Callable[[list[int]], str]:
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+def hold_token_ids(tokenizer) -> frozenset[int]:
+    """Ids after which decoded text is not final yet: byte-fallback pieces (<0xNN>) and special tokens."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for piece, i in tokenizer.get_vocab().items():
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            ids.add(i)
+    for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(i))
+    return frozenset(ids)
+
+
 class IncrementalDetokenizer:
     """Feed token ids one at a time; get back the text that became final."""
 
-    def __init__(self, decode: Callable[[list[int]], str]):
+    def __init__(self, decode: Callable[[list[int]], str], hold_ids: frozenset[int] = frozenset()):
         self.decode = decode
+        self.hold_ids = hold_ids
         self.ids: list[int] = []
         self.prefix = 0  # window start: tokens before it are fully emitted and never re-decoded
         self.read = 0  # tokens before it have been emitted
@@ -34,6 +51,8 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
+        if token_id in self.hold_ids:
+            return ""
         return self._step(final=False)
 
     def flush(self) -> str:

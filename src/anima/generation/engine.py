@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from anima.errors import AnimaError, ConfigError, ModelError
-from anima.generation.detok import IncrementalDetokenizer, StopHolder, make_decoder
+from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
 from anima.generation.sampling import SamplingParams, make_generator, sample_next
 
 BACKENDS = ("auto", "fast", "hf")
@@ -109,6 +109,7 @@ class ChatEngine:
                 return decode(ids)
 
         self._decode = locked_decode
+        self._hold_ids = hold_token_ids(self.tokenizer)
         self._lock = threading.Lock()
         self._cached_ids: list[int] = []
         self.last_usage: tuple[int, int, str] | None = None
@@ -198,7 +199,7 @@ class ChatEngine:
                 seen = torch.zeros(self.vocab_size, dtype=torch.bool)
                 seen[torch.tensor(prompt_ids, dtype=torch.long).clamp_(0, self.vocab_size - 1)] = True
             plain_greedy = params.greedy and seen is None
-            detok = IncrementalDetokenizer(self._decode)
+            detok = IncrementalDetokenizer(self._decode, self._hold_ids)
             holder = StopHolder(params.stop)
             stop_ids = self.stop_ids
             max_new = min(params.max_new_tokens, self.context_length - len(prompt_ids))

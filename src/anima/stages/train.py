@@ -129,6 +129,10 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
+    if str(cfg.stage) == "distill" and str(cfg.distill.mode) == "generate":
+        from anima.train.seqdistill import generate_stage
+
+        return generate_stage(cfg, overrides=overrides, nested=nested)
     run_id, ckpt_path = None, None
     if str(cfg.get("resume", "none")) != "none":
         cfg, run_id, ckpt_path = find_resume(cfg)
@@ -146,10 +150,16 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
         run_id = active.info.run_id
         n_params = count_parameters(model)
         if ckpt_path is None:
-            mlflow.log_params({"model.n_parameters": n_params, **{f"data.{k}": v for k, v in bundle.stats.items()}})
+            n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+            mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
+                               **{f"data.{k}": v for k, v in bundle.stats.items()}})
             mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
                              "anima.tokenizer": bundle.tokenizer_dir.name})
             log_dataset_input(bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
+            for name, fp, path, context in bundle.aux.get("inputs", []):  # prompts, persona seeds
+                log_dataset_input(name, fp, path, context)
+            if bundle.lineage:
+                mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
         terms = build_loss_terms(cfg, model, bundle)
         module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token)
@@ -206,6 +216,7 @@ def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics:
             "config_hash": config_hash(cfg), "git_commit": mlflow.get_run(run_id).data.tags.get(
                 "mlflow.source.git.commit"), "parent": parent_uri, "teacher": cfg.get("teacher"),
             "n_parameters": n_params, "chat_template": cfg.chat.template,
+            **bundle.lineage,  # datasets used, canonical teacher URI, persona seed set
         }
         mv = register_version(str(cfg.registry.name), run_id, source, tags, alias=cfg.registry.alias)
         result.version, result.registered_name = str(mv.version), str(cfg.registry.name)

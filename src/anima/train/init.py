@@ -8,8 +8,12 @@ from typing import Any
 from anima.errors import ModelError
 
 
-def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str) -> None:
-    """init_from must match the `model` config's architecture and the run's tokenizer, field by field."""
+def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str, model_dir: Path | None = None) -> None:
+    """init_from must match the `model` config's architecture and the run's tokenizer, field by field.
+
+    Only the weights' shape and vocabulary are checked: batch size, lr, steps, schedule and every other
+    training setting are free to differ from the parent run.
+    """
     from anima.model.build import architecture_diff, llama_config
 
     if str(model_cfg.arch) == "llama":
@@ -20,19 +24,37 @@ def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str) -> N
     if tokenizer is not None and len(tokenizer) > loaded_config.vocab_size:
         raise ModelError(f"init_from={source}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
                          f"is {loaded_config.vocab_size}")
+    if tokenizer is not None and model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
+        from anima.train.teacher import vocab_diff
+
+        diff = vocab_diff(model_dir, tokenizer)
+        if diff:
+            raise ModelError(f"init_from={source}: the run's tokenizer is not the model's: {diff} "
+                             f"(drop tokenizer.path to use the model's own tokenizer)")
 
 
 def initial_model(cfg: Any, tokenizer) -> tuple[Any, str | None]:
-    """(model, parent canonical URI or None)."""
+    """(model, parent canonical URI or None). model=hf with model.lora.r > 0 gets LoRA adapters."""
     from anima.model.build import build_model, load_model_dir
+    from anima.train.lora import apply_lora, lora_enabled
 
+    if lora_enabled(cfg.model) and str(cfg.model.arch) != "hf":
+        raise ModelError(f"model.lora.r={cfg.model.lora.r} needs model=hf (LoRA is for Hugging Face students); "
+                         f"model={cfg.model.name} trains all weights")
     if not cfg.get("init_from"):
         if str(cfg.model.arch) == "hf":
-            return load_model_dir(Path(str(cfg.model.path))), str(cfg.model.path)
+            path = Path(str(cfg.model.path))
+            model = load_model_dir(path)
+            check_compatible(cfg.model, tokenizer, model.config, str(path), path)
+            if lora_enabled(cfg.model):
+                model = apply_lora(model, cfg.model.lora)
+            return model, str(path.resolve())
         return build_model(cfg.model, tokenizer), None
     from anima.model.resolve import resolve_model
 
     resolved = resolve_model(str(cfg.init_from), cfg.tracking)
     model = load_model_dir(resolved.path)
-    check_compatible(cfg.model, tokenizer, model.config, str(cfg.init_from))
+    check_compatible(cfg.model, tokenizer, model.config, str(cfg.init_from), resolved.path)
+    if lora_enabled(cfg.model):
+        model = apply_lora(model, cfg.model.lora)
     return model, resolved.canonical_uri

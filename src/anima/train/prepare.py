@@ -23,6 +23,8 @@ class DataBundle:
     chars_per_token: dict[str, float] = field(default_factory=dict)
     sample_prompts: list[list[int]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    aux: dict[str, Any] = field(default_factory=dict)  # stage-specific extras (chat rows for kd/persona_guard)
+    lineage: dict[str, str] = field(default_factory=dict)  # tags for the registered version (datasets, teacher)
 
 
 def prepare_text_data(cfg: Any, batch_size: int, block_size: int) -> DataBundle:

@@ -1,0 +1,55 @@
+"""Schema of `anima chat` (conf/chat.yaml): which model to talk to, sampling, where feedback goes.
+
+Also holds what chat, serve and export share: the registry reference that gives the default model URI
+(`models:/<registry.name>@champion`) and the `_register` helper that puts a stage schema in the ConfigStore
+(the CLI imports this module after the store was filled, so registering in STAGE_SCHEMAS alone is too late).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from anima.config.fields import setting
+from anima.config.groups import SamplingConfig
+from anima.config.stages import StageConfig, register_schema
+
+BACKENDS = ["auto", "fast", "hf"]
+
+
+@dataclass
+class RegistryRef:
+    name: str = setting("anima-tiny", "Registered model whose @champion is used when `model` is not given.")
+
+
+@dataclass
+class ChatOptions:
+    max_retries: int = setting(2, "Fresh replies the model may try after a `n` rating before asking for a "
+                                  "better reply.", ge=0, le=20)
+    feedback: Optional[str] = setting("${paths.data_dir}/feedback.jsonl",
+                                      "Feedback file (JSONL, append-only); null = do not save ratings.")
+    system_prompt: Optional[str] = setting(None, "System message sent before the conversation (none by default).")
+    transcripts_dir: str = setting("${paths.experiments_dir}/chat", "Where `/save` without a path writes.")
+    backend: str = setting("auto", "Decode backend: auto (fast when the model allows), fast, hf (transformers).",
+                           choices=BACKENDS)
+    assistant_name: str = setting("anima", "Name shown before the model's replies.")
+
+
+@dataclass
+class ChatStageConfig(StageConfig):
+    model: str = setting("models:/${registry.name}@champion",
+                         "Model URI: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
+    registry: RegistryRef = field(default_factory=RegistryRef)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    chat: ChatOptions = field(default_factory=ChatOptions)
+
+
+def _register(name: str, schema: type) -> None:
+    """STAGE_SCHEMAS (for validation) and the ConfigStore (for composition), idempotently."""
+    from hydra.core.config_store import ConfigStore
+
+    register_schema(name, schema)
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+
+_register("chat", ChatStageConfig)

@@ -1,0 +1,45 @@
+"""Schema of `anima serve` (conf/serve.yaml): model, bind address, API key variable, request limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from anima.config.chat import BACKENDS, RegistryRef, _register
+from anima.config.fields import setting
+from anima.config.groups import SamplingConfig
+from anima.config.stages import StageConfig
+
+
+@dataclass
+class ServeLimitsConfig:
+    max_body_bytes: int = setting(1_000_000, "Largest request body in bytes (413 above it).", ge=1024)
+    max_messages: int = setting(64, "Most messages in one chat request (400 above it).", ge=1)
+    max_tokens: int = setting(512, "Largest max_tokens a request may ask for (400 above it).", ge=1)
+    max_prompt_chars: int = setting(32_000, "Most characters over all messages of one request.", ge=1)
+    max_stop: int = setting(4, "Most stop sequences per request.", ge=0)
+
+
+@dataclass
+class ServeOptions:
+    host: str = setting("127.0.0.1", "Address to bind; anything but loopback should come with an API key.")
+    port: int = setting(8000, "TCP port (0 = any free port).", ge=0, le=65535)
+    api_key_env: Optional[str] = setting(None, "Name of the environment variable holding the API key "
+                                               "(the key itself is never in the config or the logs).")
+    model_name: Optional[str] = setting(None, "Model id reported by /v1/models (default: the registry name).")
+    backend: str = setting("auto", "Decode backend: auto, fast, hf.", choices=BACKENDS)
+    log_level: str = setting("info", "uvicorn log level.", choices=["critical", "error", "warning", "info", "debug"])
+    workers: int = setting(8, "Threads that run generations (one at a time; the rest wait their turn).", ge=1)
+    limits: ServeLimitsConfig = field(default_factory=ServeLimitsConfig)
+
+
+@dataclass
+class ServeStageConfig(StageConfig):
+    model: str = setting("models:/${registry.name}@champion",
+                         "Model URI: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
+    registry: RegistryRef = field(default_factory=RegistryRef)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+
+
+_register("serve", ServeStageConfig)

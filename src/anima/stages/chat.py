@@ -1,0 +1,63 @@
+"""anima chat: talk to a model in the terminal; ratings and corrections go to the feedback file.
+
+No MLflow run per session (a chat is interactive, not an experiment): what it produces is feedback.jsonl,
+each record stamped with the resolved registry version, which `anima retrain` turns into training data.
+The helpers here (resolve + load an engine, sampling settings from the config) are shared with serve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+def sampling_params(sampling: Any):
+    """The `sampling` config group as the engine's SamplingParams (validated, naming the key at fault)."""
+    from anima.generation.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k),
+        repetition_penalty=float(sampling.repetition_penalty), max_new_tokens=int(sampling.max_new_tokens),
+        seed=None if sampling.seed is None else int(sampling.seed),
+    ).validate()
+
+
+def load_engine(cfg: DictConfig, backend: str = "auto"):
+    """(resolved model, ChatEngine). An unknown model or alias fails in one line listing what exists."""
+    from anima.generation.engine import ChatEngine
+    from anima.model.resolve import resolve_model
+
+    resolved = resolve_model(str(cfg.model), cfg.tracking)
+    threads = cfg.device.get("threads") if cfg.get("device") is not None else None
+    engine = ChatEngine(resolved.path, threads=int(threads) if threads else None, backend=backend)
+    return resolved, engine
+
+
+def describe(resolved: Any) -> str:
+    """`models:/anima-tiny@champion (v3)`: what the user asked for and what it pointed at."""
+    if resolved.version and resolved.canonical_uri != resolved.uri:
+        return f"{resolved.uri} (v{resolved.version})"
+    return resolved.uri
+
+
+def run(cfg: DictConfig) -> int:
+    from anima.chat.repl import ChatSession, run_repl
+
+    resolved, engine = load_engine(cfg, str(cfg.chat.backend))
+    feedback = cfg.chat.feedback
+    session = ChatSession(
+        engine,
+        sampling_params(cfg.sampling),
+        feedback_path=Path(str(feedback)) if feedback else None,
+        model_uri=resolved.canonical_uri,
+        max_retries=int(cfg.chat.max_retries),
+        model_version=resolved.version,
+        system_prompt=cfg.chat.system_prompt or None,
+        transcript_dir=str(cfg.chat.transcripts_dir),
+        assistant_name=str(cfg.chat.assistant_name),
+    )
+    print(f"model: {describe(resolved)} [{engine.backend_name} backend, {engine.template_name} template]",
+          flush=True)
+    return run_repl(session)

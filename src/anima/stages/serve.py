@@ -1,0 +1,94 @@
+"""anima serve: the model behind an OpenAI-compatible (and Ollama-style) HTTP API on 127.0.0.1:8000.
+
+The API key, if any, is read from the environment variable named by `serve.api_key_env`: it never enters the
+config, the command line or a log. No MLflow run: a server is a long-lived process, not an experiment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from anima.errors import ConfigError
+
+
+def api_key(cfg: DictConfig) -> str | None:
+    env = cfg.serve.api_key_env
+    if not env:
+        return None
+    key = os.environ.get(str(env), "")
+    if not key:
+        raise ConfigError(f"serve.api_key_env={env}: the environment variable {env} is not set or empty "
+                          f"(export it, or drop serve.api_key_env to serve without a key)")
+    return key
+
+
+def limits(cfg: DictConfig):
+    from anima.serve.app import ServeLimits
+
+    lim = cfg.serve.limits
+    return ServeLimits(max_body_bytes=int(lim.max_body_bytes), max_messages=int(lim.max_messages),
+                       max_tokens=int(lim.max_tokens), max_prompt_chars=int(lim.max_prompt_chars),
+                       max_stop=int(lim.max_stop))
+
+
+def model_name(cfg: DictConfig, resolved) -> str:
+    return str(cfg.serve.model_name or resolved.name or resolved.path.name)
+
+
+def build_app(cfg: DictConfig):
+    """(app, resolved model, served name): what `run` serves; tests start it with start_server_thread."""
+    from anima.serve.app import create_app
+    from anima.stages.chat import load_engine, sampling_params
+
+    key = api_key(cfg)  # before loading the model: a missing key fails at once
+    defaults = sampling_params(cfg.sampling)
+    resolved, engine = load_engine(cfg, str(cfg.serve.backend))
+    name = model_name(cfg, resolved)
+    app = create_app(engine, api_key=key, limits=limits(cfg), defaults=defaults, model_name=name,
+                     workers=int(cfg.serve.workers))
+    return app, resolved, name
+
+
+def bind(host: str, port: int):
+    """A listening socket on host:port, or a one-line error naming the keys (before the model loads)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # address in use, permission denied, unknown host
+        sock.close()
+        raise ConfigError(f"serve.host={host} serve.port={port}: cannot listen ({e.strerror or e})") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(cfg: DictConfig) -> None:
+    import uvicorn
+
+    from anima.serve.server import _check_bind
+    from anima.stages.chat import describe
+
+    host = str(cfg.serve.host)
+    key_env = cfg.serve.api_key_env
+    _check_bind(host, int(cfg.serve.port), "set" if key_env else None)  # warns: public address, no key
+    sock = bind(host, int(cfg.serve.port))
+    try:
+        app, resolved, name = build_app(cfg)
+        port = sock.getsockname()[1]
+        base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        print(f"serving {describe(resolved)} as {name!r} on {base}/v1 (OpenAI: /v1/chat/completions, "
+              f"/v1/completions, /v1/models; Ollama: /api/chat)" + (f"; API key from ${key_env}" if key_env else ""),
+              flush=True)
+        print(f"  try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+              flush=True)
+        level = str(cfg.serve.log_level)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=level == "debug", lifespan="on"))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,171 @@
+"""`anima sweep`: an Optuna study over any config keys of pretrain/sft/distill; each trial is a child MLflow run
+of the sweep's run. Several processes (or machines) given the same storage and study name share the study."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from anima.errors import ConfigError
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    run_id: str
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    preset: Path | None = None
+    registered: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def propagated_overrides(cfg: DictConfig) -> list[str]:
+    """The sweep's paths, tracking store, and device become every trial's: children log where the parent does."""
+    from anima.sweep.space import to_overrides
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {}
+    groups = ["paths", "tracking"]
+    if not any(str(o).lstrip("+~").startswith("device") for o in cfg.sweep.overrides):
+        groups.append("device")
+    for g in groups:
+        for k, v in (data.get(g) or {}).items():
+            if not isinstance(v, (dict, list)):
+                out[f"{g}.{k}"] = v
+    return to_overrides(out)
+
+
+def _out_dir(cfg: DictConfig) -> Path:
+    from anima.tracking.run import hydra_output_dir
+
+    out = hydra_output_dir()
+    if out is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{time.time_ns() % 1_000_000:06d}"
+        out = Path(str(cfg.paths.experiments_dir)) / "sweep" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(cfg: DictConfig) -> SweepResult:
+    import mlflow
+    import optuna
+    from optuna.samplers import GridSampler
+    from rich.console import Console
+
+    from anima.paths import conf_dir
+    from anima.sweep import results
+    from anima.sweep.objective import MetricMissing, SweepContext, make_objective
+    from anima.sweep.space import check_space, parse_space
+    from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
+                                   safe_url, used_budget)
+    from anima.tracking.run import stage_run
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    console = Console(highlight=False)
+    sw = cfg.sweep
+    stage = str(sw.stage)
+    if not (conf_dir() / f"{stage}.yaml").is_file():
+        raise ConfigError(f"sweep.stage={stage}: no conf/{stage}.yaml in {conf_dir()} (stage not available)")
+    if sw.n_trials is None and sw.timeout is None:
+        raise ConfigError("sweep.n_trials=null needs sweep.timeout (seconds), or the sweep would never end")
+    space = parse_space(OmegaConf.to_container(sw.params, resolve=True))
+    propagated = propagated_overrides(cfg)
+    check_space(stage, [*propagated, *map(str, sw.overrides)], space)  # a wrong key fails before any trial
+    if sw.sampler == "grid":
+        for p in space:
+            p.grid()  # names the first non-discrete param
+    storage = make_storage(sw.storage, int(sw.heartbeat))
+    name = str(sw.study_name or default_study_name(storage, str(sw.name)))
+    study = open_study(sw, storage, name, space)
+    requeued = requeue_interrupted(study)
+    budget = sw.n_trials
+    if sw.sampler == "grid":
+        budget = min(int(budget or 10**9), grid_size(space))
+    out_dir = _out_dir(cfg)
+    before = used_budget(study)
+    console.print(f"[bold]sweep[/] study [bold]{name}[/] ({safe_url(sw.storage)}): {stage} trials, "
+                  f"{sw.direction} {sw.metric}, sampler={sw.sampler}, pruner={sw.pruner}; "
+                  f"{before}/{budget if budget else '∞'} trials done" + (f", {requeued} requeued" if requeued else ""))
+    tags = {"anima.sweep.study": name, "anima.sweep.storage": safe_url(sw.storage), "anima.sweep.space": str(sw.name),
+            "anima.sweep.stage": stage}
+    with stage_run(cfg, extra_tags=tags) as parent:
+        ctx = SweepContext(cfg, name, space, propagated, out_dir, console)
+        objective = make_objective(ctx)
+        start, interrupted = time.monotonic(), False
+        try:
+            while True:
+                if sw.timeout and time.monotonic() - start >= float(sw.timeout):
+                    break
+                if budget and used_budget(study) >= int(budget):
+                    break
+                if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
+                    break
+                study.optimize(objective, n_trials=1, gc_after_trial=False)
+        except KeyboardInterrupt:
+            interrupted = True
+        except MetricMissing:
+            raise
+        result = _finish(ctx, study, parent.info.run_id, interrupted)
+        mlflow.log_text("\n".join(ctx.trial_lines) + "\n", "trials.log")
+        if interrupted:
+            console.print(f"[yellow]interrupted[/]: study {name} is intact; resume with "
+                          f"`anima sweep sweep={sw.name} sweep.study_name={name}`")
+            raise KeyboardInterrupt
+    _print_summary(console, ctx, result, time.monotonic() - start)
+    return result
+
+
+def _finish(ctx: Any, study: Any, run_id: str, interrupted: bool) -> SweepResult:
+    """Best value/params on the parent run and the preset always; plots, table and registry unless Ctrl-C."""
+    import mlflow
+
+    from anima.sweep import results
+
+    top = results.ranked(study)
+    best = top[0] if top else None
+    results.log_best(study, best)
+    res = SweepResult(ctx.study_name, run_id, results.counts(study), interrupted=interrupted)
+    if best is not None:
+        res.best_value, res.best_params, res.best_trial = float(best.value), dict(best.params), best.number
+        res.preset = results.write_preset(ctx, best)
+        mlflow.log_artifact(str(res.preset), "preset")
+    if interrupted:
+        return res
+    if ctx.sweep.plots and study.get_trials(deepcopy=False):
+        res.plots = results.write_plots(study, ctx.out_dir / "plots")
+        for p in res.plots:
+            mlflow.log_artifact(str(p), "plots")
+    table = results.trials_table(study, ctx.out_dir / "trials.csv")
+    if table:
+        mlflow.log_artifact(str(table))
+    if top and int(ctx.sweep.top_k):
+        res.registered = results.register_top_k(ctx, top)
+        if res.registered:
+            mlflow.set_tag("anima.sweep.registered", " ".join(res.registered))
+    return res
+
+
+def _print_summary(console: Any, ctx: Any, res: SweepResult, seconds: float) -> None:
+    c = res.counts
+    console.print(f"[bold green]✓ sweep[/] {res.study_name}: {c.get('complete', 0)} complete, "
+                  f"{c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed  ({seconds:.0f}s, run {res.run_id})")
+    if res.best_value is None:
+        console.print("  no trial completed: no preset written, nothing registered")
+        return
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.best_params.items())
+    console.print(f"  best: trial {res.best_trial} {ctx.sweep.metric}={res.best_value:.5g}  ({params})")
+    console.print(f"  reproduce: anima {ctx.sweep.stage} +experiment=sweeps/{res.study_name}-best   ({res.preset})")
+    if res.registered:
+        console.print(f"  registered: {' '.join(res.registered)}")

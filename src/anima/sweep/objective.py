@@ -1,0 +1,166 @@
+"""One trial: compose the stage's config with the trial's suggestions, validate it, train in process as a
+child MLflow run of the sweep's run, report the metric at every validation, return the objective.
+
+A trial that raises or ends with a non-finite objective is recorded as failed (its run FAILED, tagged with
+the error) and the study goes on; Ctrl-C marks it interrupted (rerun on resume) and stops the sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import optuna
+
+from anima.errors import AnimaError, ConfigError
+from anima.sweep.space import Param, to_overrides
+from anima.sweep.study import INTERRUPTED
+
+TAG_STUDY, TAG_TRIAL, TAG_STATE = "anima.sweep.study", "anima.sweep.trial", "anima.sweep.state"
+INTERRUPTED_MSG = "interrupted (Ctrl-C)"
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class MetricMissing(ConfigError):
+    """The objective metric is not logged by the stage: every trial would fail the same way, so stop."""
+
+
+@dataclass
+class SweepContext:
+    cfg: Any  # the sweep's composed config
+    study_name: str
+    space: Sequence[Param]
+    propagated: list[str]  # paths/tracking/device/seed of the sweep, so trials log into the same store
+    out_dir: Path
+    console: Any = None
+    trial_lines: list[str] = field(default_factory=list)
+
+    @property
+    def sweep(self) -> Any:
+        return self.cfg.sweep
+
+    def preset_overrides(self, values: dict[str, Any]) -> list[str]:
+        """What reproduces a trial on its own: the base overrides and the suggested values (+ the seed)."""
+        seed = [] if any(o.split("=")[0].lstrip("+~") == "seed" for o in self.sweep.overrides) or "seed" in values \
+            else [f"seed={int(self.cfg.seed)}"]
+        return [*seed, *map(str, self.sweep.overrides), *to_overrides(values)]
+
+    def trial_overrides(self, number: int, values: dict[str, Any]) -> list[str]:
+        return [*self.propagated, *self.preset_overrides(values), f"run_name={self.study_name}-t{number}",
+                "registry.register=false"]
+
+
+@contextlib.contextmanager
+def trial_output_dir(path: Path, overrides: Sequence[str]) -> Iterator[None]:
+    """Point Hydra's runtime.output_dir (which the training stage writes into) at the trial's own folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    inst = HydraConfig.instance()
+    saved = inst.cfg
+    path.mkdir(parents=True, exist_ok=True)
+    inst.cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(path)},
+                                           "overrides": {"task": list(overrides)}}})
+    try:
+        yield
+    finally:
+        inst.cfg = saved
+
+
+def _tag(run_id: str | None, tags: dict[str, Any], status: str | None = None) -> None:
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+    if status:
+        client.set_terminated(run_id, status)
+
+
+def _record_failed_run(ctx: SweepContext, trial: optuna.Trial, error: str) -> str:
+    """A trial that failed before training started still gets its child run, FAILED, naming the error."""
+    import mlflow
+
+    with mlflow.start_run(run_name=f"{ctx.study_name}-t{trial.number}", nested=True,
+                          tags={"anima.stage": str(ctx.sweep.stage), "anima.error": error[:5000]}) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in trial.params.items()})
+    return run.info.run_id
+
+
+def make_objective(ctx: SweepContext):
+    from anima.cli import compose, one_line
+    from anima.config.stages import STAGE_SCHEMAS
+    from anima.config.validate import validate
+    from anima.stages.train import train
+    from anima.sweep.pruning import StepPruningCallback
+
+    sweep = ctx.sweep
+    metric = str(sweep.metric)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {p.key: p.suggest(trial) for p in ctx.space}
+        overrides = ctx.trial_overrides(trial.number, values)
+        trial.set_user_attr("overrides", ctx.preset_overrides(values))
+        base_tags = {TAG_STUDY: ctx.study_name, TAG_TRIAL: trial.number}
+        cb = StepPruningCallback(trial, metric, on_start=lambda rid: _tag(rid, {**base_tags, TAG_STATE: "RUNNING"}))
+        start = time.perf_counter()
+        state, value, error = "FAIL", float("nan"), None
+        try:
+            cfg = compose(str(sweep.stage), overrides)
+            validate(cfg, STAGE_SCHEMAS[str(sweep.stage)])
+            trial.set_user_attr("registered_name", str(sweep.register_name or cfg.registry.name))
+            with trial_output_dir(ctx.out_dir / f"trial-{trial.number:03d}", overrides):
+                result = train(cfg, callbacks=[cb], overrides=overrides, nested=True)
+            trial.set_user_attr("run_id", result.run_id)
+            if metric not in result.metrics:
+                logged = ", ".join(sorted(k for k in result.metrics if "/" in k))
+                raise MetricMissing(f"sweep.metric={metric} is not logged by {sweep.stage}; it logs: {logged}")
+            value = float(result.metrics[metric])
+            if not math.isfinite(value):
+                raise AnimaError(f"{metric}={value}")
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
+            error = INTERRUPTED_MSG
+            raise
+        except MetricMissing:
+            raise
+        except Exception as e:
+            error = str(e).splitlines()[0] if isinstance(e, AnimaError) else one_line(e)
+            trial.set_user_attr("error", error[:1000])
+            return float("nan")  # Optuna records the trial as failed and the study goes on
+        finally:
+            seconds = time.perf_counter() - start
+            trial.set_user_attr("steps", cb.steps)
+            trial.set_user_attr("seconds", round(seconds, 2))
+            run_id = cb.run_id
+            if run_id is None and state == "FAIL":
+                with contextlib.suppress(Exception):
+                    run_id = _record_failed_run(ctx, trial, error or "failed")
+            if run_id:
+                trial.set_user_attr("run_id", run_id)
+                tags = {**base_tags, TAG_STATE: state, **({"anima.error": error[:5000]} if error else {})}
+                with contextlib.suppress(Exception):
+                    status = "KILLED" if error == INTERRUPTED_MSG else RUN_STATUS[state]
+                    _tag(run_id, tags, status=status if state != "COMPLETE" else None)
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            what = f"{metric}={value:.4f}" if state == "COMPLETE" else \
+                f"at step {cb.pruned_at}" if state == "PRUNED" else (error or "failed")
+            line = f"trial {trial.number:>3} {state:<8} {what}  ({shown})  {cb.steps} steps, {seconds:.1f}s"
+            ctx.trial_lines.append(line)
+            if ctx.console is not None:
+                style = {"COMPLETE": "green", "PRUNED": "yellow"}.get(state, "red")
+                ctx.console.print(f"[{style}]{line}[/]", highlight=False)
+            gc.collect()
+
+    return objective

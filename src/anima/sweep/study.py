@@ -1,0 +1,139 @@
+"""Create or resume the Optuna study: storage (sqlite under mlruns/ or any database URL), sampler, pruner,
+the study's name, and how many trials are still to run (a budget shared by every worker)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from anima.errors import ConfigError
+from anima.sweep.space import Param
+from anima.tracking.redact import redact
+
+INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C: rerun when the study resumes
+RETRY_OF = "retry_of"
+
+
+def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
+    """An RDB storage with heartbeats: a trial whose worker died is failed after 3 beats and retried once."""
+    if not url:
+        return None
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine = {"connect_args": {"timeout": 60}}
+    else:
+        engine = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except Exception as e:  # bad URL, unreachable server, missing driver
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"sweep.storage={safe_url(url)}: cannot open: {first[:200]}") from None
+
+
+def safe_url(url: str | None) -> str:
+    return str(redact({"u": url})["u"]) if url else "memory"
+
+
+def make_sampler(cfg: Any, space: Sequence[Param]) -> optuna.samplers.BaseSampler:
+    seed = cfg.sampler_seed
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler({p.key: p.grid() for p in space}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(cfg.n_startup_trials), multivariate=True,
+                                      constant_liar=True)  # constant liar: parallel workers spread out
+
+
+def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.pruner_startup_trials),
+                                           n_warmup_steps=int(cfg.pruner_warmup_steps))
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, int(cfg.pruner_warmup_steps)),
+                                              reduction_factor=int(cfg.reduction_factor))
+    return optuna.pruners.NopPruner()
+
+
+def grid_size(space: Sequence[Param]) -> int:
+    n = 1
+    for p in space:
+        n *= len(p.grid())
+    return n
+
+
+def default_study_name(storage: RDBStorage | None, space_name: str) -> str:
+    """`<space>-<N>`: the next free number, so each plain `anima sweep` starts a new study."""
+    prefix = space_name.replace("_", "-")
+    names = optuna.get_all_study_names(storage) if storage is not None else []
+    used = [int(m.group(1)) for n in names if (m := re.fullmatch(re.escape(prefix) + r"-(\d+)", n))]
+    return f"{prefix}-{max(used, default=0) + 1}"
+
+
+def open_study(cfg: Any, storage: RDBStorage | None, name: str, space: Sequence[Param]) -> optuna.Study:
+    """Create the study or load it (same name = resume / join); refuse to resume with another objective."""
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if storage is not None else {}
+    if name in existing:
+        old = existing[name]
+        want = optuna.study.StudyDirection.MINIMIZE if cfg.direction == "minimize" else \
+            optuna.study.StudyDirection.MAXIMIZE
+        if old.direction != want:
+            raise ConfigError(f"sweep.direction={cfg.direction}: study {name!r} was created to "
+                              f"{old.direction.name.lower()}")
+        for key in ("metric", "stage"):
+            was = old.user_attrs.get(key)
+            if was is not None and was != str(cfg[key]):
+                raise ConfigError(f"sweep.{key}={cfg[key]}: study {name!r} was created with {key}={was}; "
+                                  f"pick another sweep.study_name")
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=str(cfg.direction),
+                                    sampler=make_sampler(cfg, space), pruner=make_pruner(cfg), load_if_exists=True)
+    except Exception as e:
+        raise ConfigError(f"sweep.study_name={name}: cannot open study: {str(e).splitlines()[0][:200]}") from None
+    if name not in existing:
+        study.set_user_attr("metric", str(cfg.metric))
+        study.set_user_attr("stage", str(cfg.stage))
+        study.set_user_attr("space", str(cfg.name))
+    return study
+
+
+def _retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
+    out: set[int] = set()
+    for t in trials:
+        n = RetryFailedTrialCallback.retried_trial_number(t)
+        if n is not None:
+            out.add(n)
+        if RETRY_OF in t.user_attrs:
+            out.add(int(t.user_attrs[RETRY_OF]))
+    return out
+
+
+def used_budget(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: finished, pruned, running, queued, and failures that were not
+    a Ctrl-C or a crashed worker (those are rerun)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and (t.user_attrs.get(INTERRUPTED) or t.number in retried):
+            continue
+        n += 1
+    return n
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Queue the parameters of trials stopped by Ctrl-C again (once), so a resumed study reruns them."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
+            n += 1
+    return n

@@ -1,0 +1,46 @@
+"""LoRA adapters (peft) for `model=hf` students; merged into plain weights when the model is saved.
+
+Only the adapter matrices train (the optimizer sees parameters with requires_grad). The saved and registered
+model is the merged LlamaForCausalLM (or whatever the base class is): a standard HF dir that every consumer
+(chat, serve, export, merge) loads without peft.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from anima.errors import ConfigError
+
+
+def lora_enabled(model_cfg: Any) -> bool:
+    return int(model_cfg.get("lora", {}).get("r", 0) or 0) > 0
+
+
+def apply_lora(model, lora_cfg: Any):
+    """Wrap `model` in a peft LoRA model; the result has `merged_for_save()` -> a merged deep copy."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(lora_cfg.target_modules)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    unknown = [t for t in targets if t not in present]
+    if not targets or unknown:
+        known = sorted(n for n in present if n and not n.isdigit())
+        raise ConfigError(f"model.lora.target_modules={targets}: {', '.join(unknown) or 'empty'} not in the model "
+                          f"(modules: {', '.join(known[:20])})")
+    config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha), lora_dropout=float(lora_cfg.dropout),
+                        target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    peft_model = get_peft_model(model, config)
+
+    def merged_for_save():
+        """A deep copy with the adapters folded into the base weights (training can continue on the original)."""
+        return copy.deepcopy(peft_model).merge_and_unload()
+
+    object.__setattr__(peft_model, "merged_for_save", merged_for_save)
+    return peft_model
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -1,0 +1,318 @@
+"""Generation engine: fast Llama forward vs transformers, streaming/UTF-8, stops, seeds, sampling processors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from anima.errors import AnimaError, ConfigError, ModelError
+from anima.generation import ChatEngine, SamplingParams
+from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
+from anima.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
+
+pytest.importorskip("anima.chat.templates")
+
+GREEDY = dict(temperature=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from helpers_models import build_nano_model_dir
+
+    return build_nano_model_dir(tmp_path_factory.mktemp("gen") / "nano")
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir) -> ChatEngine:
+    eng = ChatEngine(model_dir, backend="auto")
+    assert eng.backend_name == "fast"
+    return eng
+
+
+@pytest.fixture(scope="module")
+def hf_engine(model_dir) -> ChatEngine:
+    return ChatEngine(model_dir, backend="hf")
+
+
+def _random_llama(**kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, max_position_embeddings=64)
+    cfg.update(kw)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():  # random init is near-uniform; widen it so logits are not all ~0
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(5.0)
+    return model
+
+
+# --------------------------------------------------------------------------- fast forward == HF forward
+@pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True},
+                                {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}}])
+@pytest.mark.parametrize("table", [True, False])
+def test_fast_forward_matches_hf_logits(kw, table):
+    from anima.generation.backends import FastLlamaBackend
+
+    model = _random_llama(**kw)
+    fast = FastLlamaBackend(model)
+    if not table:
+        fast.rope_mats = None  # the cos/sin path used for long contexts
+    ids = torch.randint(0, 300, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0]
+    got = [fast.forward(ids[:20])]
+    got += [fast.forward([i]) for i in ids[20:]]
+    assert torch.allclose(got[0], ref[19], atol=1e-4, rtol=0)
+    for j, logits in enumerate(got[1:]):
+        assert torch.allclose(logits, ref[20 + j], atol=1e-4, rtol=0), j
+    # truncate + re-prefill a chunk in the middle of the cache (prefix reuse path)
+    fast.truncate(10)
+    assert torch.allclose(fast.forward(ids[10:25]), ref[24], atol=1e-4, rtol=0)
+
+
+def test_fast_backend_declines_unsupported_models():
+    from anima.generation.backends import fast_llama_unsupported
+
+    assert fast_llama_unsupported(_random_llama()) is None
+    assert "bias" in fast_llama_unsupported(_random_llama(attention_bias=True))
+
+
+def test_fast_greedy_equals_hf_generate(engine):
+    prompt = "The quick brown fox"
+    stream = engine.stream_completion(prompt, SamplingParams(max_new_tokens=60, **GREEDY))
+    text = "".join(stream)
+    ids = torch.tensor([engine.completion_prompt_ids(prompt)])
+    with torch.inference_mode():
+        out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=60, do_sample=False,
+                                    eos_token_id=sorted(engine.stop_ids), pad_token_id=3)
+    ref = out[0, ids.shape[1]:].tolist()
+    assert stream.token_ids == ref
+    assert text == engine.tokenizer.decode([t for t in ref if t not in engine.stop_ids], skip_special_tokens=True)
+
+
+def test_hf_and_fast_backends_agree_on_chat(engine, hf_engine):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is your name?"}]
+    p = SamplingParams(max_new_tokens=40, **GREEDY)
+    a, b = engine.stream_chat(msgs, p), hf_engine.stream_chat(msgs, p)
+    assert "".join(a) == "".join(b)
+    assert a.token_ids == b.token_ids and a.prompt_tokens == b.prompt_tokens
+
+
+# --------------------------------------------------------------------------- streaming / UTF-8
+def test_stream_deltas_concatenate_to_full_text(engine):
+    for seed in range(4):
+        p = SamplingParams(temperature=1.5, top_p=1.0, max_new_tokens=80, seed=seed)
+        stream = engine.stream_completion("Tell me", p)
+        deltas = list(stream)
+        assert all(deltas)
+        full = engine.tokenizer.decode([t for t in stream.token_ids if t not in engine.stop_ids],
+                                       skip_special_tokens=True)
+        assert "".join(deltas) == full
+        assert engine.last_usage == (stream.prompt_tokens, stream.completion_tokens, stream.finish_reason)
+
+
+def test_incremental_detok_never_emits_partial_utf8(engine):
+    tok = engine.tokenizer
+    text = "naïve café — 日本語 😀 ok, 🙂🙂 end"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert any(tok.convert_ids_to_tokens(i).startswith("<0x") for i in ids)  # byte-fallback pieces present
+    detok = IncrementalDetokenizer(make_decoder(tok), hold_token_ids(tok))
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == tok.decode(ids) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_incremental_detok_matches_decode_on_random_ids(engine):
+    tok = engine.tokenizer
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ids = torch.randint(0, len(tok), (40,), generator=gen).tolist()
+        detok = IncrementalDetokenizer(make_decoder(tok), hold_token_ids(tok))
+        out = "".join(detok.push(i) for i in ids) + detok.flush()
+        assert out == tok.decode(ids, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- stopping
+def test_stop_holder_splits_and_holds():
+    h = StopHolder(["STOP", "\n\n"])
+    assert h.feed("hello S") == ("hello ", False)
+    assert h.feed("T") == ("", False)
+    assert h.feed("x") == ("STx", False)
+    assert h.feed(" a\n") == (" a", False)
+    assert h.feed("\nmore") == ("", True)
+    h = StopHolder(["STOP"])
+    assert h.feed("abcST") == ("abc", False)
+    assert h.feed("OP tail") == ("", True)
+    assert StopHolder([]).feed("S") == ("S", False)
+
+
+def test_stop_string_ends_reply(engine):
+    base = engine.complete("Once upon", SamplingParams(max_new_tokens=60, **GREEDY))
+    text = base.text
+    assert len(text) > 12
+    stop = text[8:11]
+    cut = text.find(stop)
+    stream = engine.stream_completion("Once upon", SamplingParams(max_new_tokens=60, stop=[stop], **GREEDY))
+    deltas = list(stream)
+    assert "".join(deltas) == text[:cut]
+    assert stream.finish_reason == "stop" and stream.completion_tokens < base.completion_tokens + 1
+
+
+def test_stop_token_and_length(engine):
+    base = engine.complete("Hello", SamplingParams(max_new_tokens=12, **GREEDY))
+    if base.finish_reason == "length":
+        assert base.completion_tokens == 12
+    stream = engine.stream_completion("Hello", SamplingParams(max_new_tokens=12, **GREEDY))
+    list(stream)
+    fifth = stream.token_ids[4]
+    saved = engine.stop_ids
+    try:
+        engine.stop_ids = frozenset(saved | {fifth})
+        c = engine.complete("Hello", SamplingParams(max_new_tokens=12, **GREEDY))
+    finally:
+        engine.stop_ids = saved
+    first = stream.token_ids.index(fifth)
+    assert c.finish_reason == "stop" and c.completion_tokens == first + 1
+    assert c.text == engine.tokenizer.decode(stream.token_ids[:first], skip_special_tokens=True)
+    assert engine.complete("Hello", SamplingParams(max_new_tokens=0)).completion_tokens == 0
+
+
+def test_template_end_of_turn_is_a_stop_token(engine, model_dir, tmp_path):
+    vocab = engine.tokenizer.get_vocab()
+    assert vocab["<|im_end|>"] in engine.stop_ids and engine.tokenizer.eos_token_id in engine.stop_ids
+    qa_dir = tmp_path / "qa"
+    shutil.copytree(model_dir, qa_dir)
+    meta = json.loads((qa_dir / "anima.json").read_text())
+    (qa_dir / "anima.json").write_text(json.dumps({**meta, "chat_template": "qa"}))
+    qa = ChatEngine(qa_dir)
+    assert qa.template_name == "qa" and qa.tokenizer.eos_token_id in qa.stop_ids
+    c = qa.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_new_tokens=5, seed=0))
+    assert c.prompt_tokens == len(qa.chat_prompt_ids([{"role": "user", "content": "Hi"}], 5))
+
+
+# --------------------------------------------------------------------------- sampling
+def test_seeded_sampling_is_reproducible(engine):
+    msgs = [{"role": "user", "content": "Say something"}]
+    p = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, repetition_penalty=1.2, max_new_tokens=30, seed=7)
+    a, b = engine.stream_chat(msgs, p), engine.stream_chat(msgs, p)
+    assert "".join(a) == "".join(b) and a.token_ids == b.token_ids
+    c = engine.stream_chat(msgs, SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=30, seed=8))
+    list(c)
+    assert c.token_ids != a.token_ids
+
+
+def test_processors_on_hand_made_logits():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    assert apply_repetition_penalty(logits, torch.tensor([0, 1, 1]), 2.0).tolist() == [1.0, -4.0, 1.0, 0.5]
+    mask = torch.tensor([True, True, False, False])
+    assert apply_repetition_penalty(logits, mask, 2.0).tolist() == [1.0, -4.0, 1.0, 0.5]
+    kept = apply_top_k(torch.tensor([1.0, 3.0, 2.0, 0.0]), 2)
+    assert torch.isfinite(kept).tolist() == [False, True, True, False]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    assert torch.isfinite(apply_top_p(probs.log(), 0.75)).tolist() == [True, True, False, False]
+    assert torch.isfinite(apply_top_p(probs.log(), 0.1)).tolist() == [True, False, False, False]
+    assert torch.isfinite(apply_top_p(probs.log(), 1.0)).all()
+
+
+def test_processors_match_transformers():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        logits = torch.randn(1, 200, generator=gen) * 3
+        seen = torch.randint(0, 200, (1, 30), generator=gen)
+        p = SamplingParams(temperature=0.7, top_k=40, top_p=0.8, repetition_penalty=1.3)
+        ref = RepetitionPenaltyLogitsProcessor(1.3)(seen, logits.clone())
+        for proc in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.8)):
+            ref = proc(seen, ref)
+        got = process_logits(logits[0], p, seen[0])
+        assert torch.equal(torch.isfinite(got), torch.isfinite(ref[0]))
+        assert torch.allclose(got[torch.isfinite(got)], ref[0][torch.isfinite(ref[0])])
+
+
+def test_sampling_params_validation():
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingParams(top_p=0).validate()
+    with pytest.raises(ConfigError, match="temperature"):
+        SamplingParams(temperature=-1).validate()
+    assert SamplingParams(stop="x").validate().stop == ["x"]
+
+
+# --------------------------------------------------------------------------- context, prefix reuse, threads
+def test_history_trimmed_to_context_keeps_system(engine):
+    msgs = [{"role": "system", "content": "SYSTEM PROMPT"}]
+    for i in range(30):
+        msgs += [{"role": "user", "content": f"question number {i} about the sea and ships"},
+                 {"role": "assistant", "content": f"answer number {i}, a fairly long reply about waves"}]
+    msgs.append({"role": "user", "content": "last question"})
+    ids = engine.chat_prompt_ids(msgs, 100)
+    assert len(ids) + 100 <= engine.context_length
+    text = engine.tokenizer.decode(ids)
+    assert "SYSTEM PROMPT" in text and "last question" in text and "question number 0 " not in text
+    c = engine.chat(msgs, SamplingParams(max_new_tokens=100, seed=1))
+    assert c.prompt_tokens == len(ids) and c.prompt_tokens + c.completion_tokens <= engine.context_length
+
+
+def test_errors_are_one_line(engine, tmp_path):
+    with pytest.raises(AnimaError, match="context"):
+        engine.complete("word " * 400, SamplingParams(max_new_tokens=4))
+    with pytest.raises(ConfigError, match="backend"):
+        ChatEngine(tmp_path, backend="nope")
+    with pytest.raises(ModelError, match="config.json"):
+        ChatEngine(tmp_path)
+
+
+def test_prefix_reuse_gives_same_tokens(engine):
+    p = SamplingParams(max_new_tokens=20, **GREEDY)
+    msgs = [{"role": "user", "content": "Hello, who are you?"}]
+    first = engine.chat(msgs, p)
+    msgs2 = msgs + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    reused = engine.stream_chat(msgs2, p)
+    "".join(reused)
+    engine._cached_ids = []
+    fresh = engine.stream_chat(msgs2, p)
+    "".join(fresh)
+    assert reused.token_ids == fresh.token_ids
+
+
+def test_concurrent_requests_are_serialized(engine):
+    prompts = ["alpha beta", "the sea", "one two three", "hello"]
+    p = SamplingParams(max_new_tokens=25, **GREEDY)
+    serial = [engine.complete(x, p).text for x in prompts]
+    results: dict[int, str] = {}
+
+    def worker(i: int) -> None:
+        results[i] = "".join(engine.stream_completion(prompts[i], p))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [results[i] for i in range(len(prompts))] == serial
+
+
+def test_abandoned_stream_releases_lock(engine):
+    stream = engine.stream_completion("Hello there", SamplingParams(max_new_tokens=50, seed=0, temperature=1.0))
+    next(stream)
+    stream.close()
+    assert engine._lock.acquire(timeout=1)
+    engine._lock.release()
+    assert engine.complete("Hello", SamplingParams(max_new_tokens=3, **GREEDY)).completion_tokens >= 1
