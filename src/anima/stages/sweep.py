@@ -63,7 +63,6 @@ def run(cfg: DictConfig) -> SweepResult:
     from rich.console import Console
 
     from anima.paths import conf_dir
-    from anima.sweep import results
     from anima.sweep.objective import MetricMissing, SweepContext, make_objective
     from anima.sweep.space import check_space, parse_space
     from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
@@ -73,7 +72,8 @@ def run(cfg: DictConfig) -> SweepResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    console = Console(highlight=False)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # once per trial otherwise
+    console = Console(highlight=False, soft_wrap=True)
     sw = cfg.sweep
     stage = str(sw.stage)
     if not (conf_dir() / f"{stage}.yaml").is_file():

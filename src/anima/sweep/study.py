@@ -4,11 +4,12 @@ the study's name, and how many trials are still to run (a budget shared by every
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from anima.errors import ConfigError
@@ -29,12 +30,17 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
         engine = {"connect_args": {"timeout": 60}}
     else:
         engine = {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
-    except Exception as e:  # bad URL, unreachable server, missing driver
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"sweep.storage={safe_url(url)}: cannot open: {first[:200]}") from None
+    for attempt in range(3):  # workers started together may race to create the tables: the loser retries
+        try:
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except Exception as e:  # bad URL, unreachable server, missing driver
+            if attempt < 2 and "already exists" in str(e):
+                time.sleep(1.0 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"sweep.storage={safe_url(url)}: cannot open: {first[:200]}") from None
+    raise AssertionError("unreachable")
 
 
 def safe_url(url: str | None) -> str:
@@ -106,7 +112,7 @@ def open_study(cfg: Any, storage: RDBStorage | None, name: str, space: Sequence[
 def _retried(trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
     out: set[int] = set()
     for t in trials:
-        n = RetryFailedTrialCallback.retried_trial_number(t)
+        n = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
         if n is not None:
             out.add(n)
         if RETRY_OF in t.user_attrs:

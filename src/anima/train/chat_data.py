@@ -282,19 +282,24 @@ def load_chat_source(cfg: Any) -> ChatSource:
 
 
 def _persona_examples(cfg: Any, source: ChatSource) -> list[dict]:
-    """persona_guard.data (a .jsonl chat file or a built dataset dir) or the dataset's persona_train split."""
+    """The persona seed set for the guard: loss.persona_guard.data (a .jsonl chat file, or a built dataset
+    "name" / "name/fingerprint": its persona_train split, else its train split) or this dataset's persona_train."""
     spec = cfg.loss.persona_guard.get("data")
     if not spec:
         return source.splits.get("persona_train", [])
-    from anima.train.seqdistill import read_jsonl_chats
-
     path = Path(str(spec))
-    if path.is_dir():
-        path = path / "persona_train.jsonl" if (path / "persona_train.jsonl").is_file() else path / "train.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"loss.persona_guard.data={spec}: not a .jsonl chat file or a dataset dir with one")
-    source.inputs.append((path.stem, hash_bytes(path.read_bytes()), str(path), "persona"))
-    return read_jsonl_chats(path)
+    if path.suffix in (".jsonl", ".json") or path.is_file():
+        from anima.train.seqdistill import read_jsonl_chats
+
+        if not path.is_file():
+            raise ConfigError(f"loss.persona_guard.data={spec}: no such file")
+        source.inputs.append((path.stem, hash_bytes(path.read_bytes()), str(path.resolve()), "persona"))
+        return read_jsonl_chats(path)
+    from anima.data.dataset import load_dataset_ref
+
+    built = load_dataset_ref(str(spec), cfg.paths)
+    source.inputs.append((built.name, built.fingerprint, str(built.path), "persona"))
+    return built.split("persona_train") or built.split("train")
 
 
 @dataclass
@@ -390,7 +395,8 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
         if len(persona_train) == 0:
             raise DataError(f"loss.persona_guard.weight={cfg.loss.persona_guard.weight} but dataset {source.name} "
                             f"has no persona_train conversations (set data.persona or loss.persona_guard.data)")
-        lineage["persona_data"] = f"{source.name}@{source.fingerprint}:persona_train"
+        spec = cfg.loss.persona_guard.get("data")
+        lineage["persona_data"] = str(spec) if spec else f"{source.name}@{source.fingerprint}:persona_train"
 
     seed = int(cfg.seed)
 

@@ -1,0 +1,161 @@
+"""anima retrain: fine-tune the champion on chat feedback and register the result as a candidate.
+
+It is `anima sft` with its inputs decided here: start from `model` (default the champion), train on the
+feedback file (approved replies and corrections, data source kind=feedback), replay the starting model's own
+training data (`data.rehearsal.source=<model URI>`) so the model does not forget, keep the starting model's
+architecture and tokenizer, and register a new version of the same registered model, aliased `candidate`
+and tagged with the feedback fingerprint. The new version is not promoted: `anima eval` compares it with the
+champion and `anima promote` moves the alias.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from anima.errors import DataError
+
+FEEDBACK_TAG = "feedback_fingerprint"
+
+
+@dataclass
+class FeedbackSummary:
+    path: Path
+    records: int
+    corrupt: int
+    examples: int  # approved + corrected: what SFT can learn from
+    fingerprint: str
+
+
+def summarize_feedback(path: Path) -> FeedbackSummary:
+    """Count usable records (corrupt lines skipped and counted); fingerprint what will be trained on."""
+    from anima.chat.feedback import feedback_to_chat_examples, read_feedback
+    from anima.fingerprint import hash_obj
+
+    records, corrupt = read_feedback(path)
+    examples = feedback_to_chat_examples(records)
+    return FeedbackSummary(path, len(records), corrupt, len(examples),
+                           hash_obj([ex["messages"] for ex in examples]))
+
+
+def model_overrides(model_dir: Path, registered_name: str | None) -> list[str]:
+    """sft `model.*` keys that rebuild exactly the starting model's architecture (checked by init_from)."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    meta_path = model_dir / "anima.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    rope = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+    name = registered_name[len("anima-"):] if registered_name and registered_name.startswith("anima-") else None
+    out = [
+        "model.arch=llama",
+        f"model.dim={cfg['hidden_size']}",
+        f"model.n_layers={cfg['num_hidden_layers']}",
+        f"model.n_heads={cfg['num_attention_heads']}",
+        f"model.n_kv_heads={cfg.get('num_key_value_heads') or cfg['num_attention_heads']}",
+        f"model.hidden_dim={cfg['intermediate_size']}",
+        f"model.vocab_size={cfg['vocab_size']}",
+        f"model.max_seq_len={cfg['max_position_embeddings']}",
+        f"model.rope_theta={float(rope)}",
+        f"model.norm_eps={float(cfg.get('rms_norm_eps', 1e-5))}",
+        f"model.tie_embeddings={str(bool(cfg.get('tie_word_embeddings', False))).lower()}",
+    ]
+    if name:
+        out.append(f"model.name={name}")
+    if meta.get("chat_template"):
+        out.append(f"chat.template={meta['chat_template']}")
+    return out
+
+
+def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> list[str]:
+    """The overrides retrain composes conf/sft.yaml with (logged on the run as its command line)."""
+    r = cfg.retrain
+    fb = str(feedback.path)
+    out = [
+        f"init_from={resolved.canonical_uri}",
+        *model_overrides(resolved.path, resolved.name),
+        "data.kind=chat",
+        "data.name=feedback",
+        # replace the sft default's sources with the feedback file (a dict value merges; `~` then `+` replaces)
+        "~data.sources",
+        f"+data.sources={{feedback: {{kind: feedback, path: '{fb}'}}}}",
+        "data.persona=null",
+        f"registry.name={cfg.registry.name}",
+        f"registry.alias={cfg.registry.alias}" if cfg.registry.alias else "registry.alias=null",
+        f"paths.root={cfg.paths.root}",
+        f"tracking.uri={cfg.tracking.uri}",
+        f"tracking.artifact_root={cfg.tracking.artifact_root}",
+        f"tracking.experiment={cfg.tracking.experiment}",
+        f"seed={cfg.seed}",
+    ]
+    rehearsal = r.rehearsal_source
+    if rehearsal and float(r.rehearsal_ratio) > 0:
+        out += [f"data.rehearsal.source={resolved.canonical_uri if rehearsal == cfg.model else rehearsal}",
+                f"data.rehearsal.ratio={float(r.rehearsal_ratio)}"]
+    else:
+        out += ["data.rehearsal.source=null", "data.rehearsal.ratio=0.0"]
+    if r.max_steps:
+        out.append(f"trainer.max_steps={int(r.max_steps)}")
+    if r.lr:
+        out.append(f"optim.lr={float(r.lr)}")
+    if cfg.get("run_name"):
+        out.append(f"run_name={cfg.run_name}")
+    return out + [str(o) for o in r.sft_overrides]
+
+
+def compose_sft(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> tuple[DictConfig, list[str]]:
+    from anima.cli import compose
+    from anima.config.stages import STAGE_SCHEMAS
+    from anima.config.validate import validate
+
+    overrides = sft_overrides(cfg, resolved, feedback)
+    sft_cfg = compose("sft", overrides)
+    validate(sft_cfg, STAGE_SCHEMAS["sft"])
+    return sft_cfg, overrides
+
+
+def retrain(cfg: DictConfig):
+    """Train and register the candidate; returns the sft stage's TrainResult."""
+    from mlflow import MlflowClient
+
+    from anima.model.resolve import resolve_model
+    from anima.stages.train import train
+
+    path = Path(str(cfg.retrain.feedback)).expanduser()
+    if not path.is_file():
+        raise DataError(f"retrain.feedback={path}: no feedback yet; rate replies in `anima chat` (y, or n and a "
+                        f"better reply) first")
+    fb = summarize_feedback(path)
+    if fb.corrupt:
+        print(f"note: skipped {fb.corrupt} corrupt line(s) in {path}")
+    if fb.examples < int(cfg.retrain.min_examples):
+        raise DataError(f"{path}: {fb.examples} usable feedback example(s) ({fb.records} records, {fb.corrupt} "
+                        f"corrupt); retrain.min_examples={cfg.retrain.min_examples}")
+    resolved = resolve_model(str(cfg.model), cfg.tracking)
+    sft_cfg, overrides = compose_sft(cfg, resolved, fb)
+    print(f"retrain: {fb.examples} feedback example(s) (fingerprint {fb.fingerprint}) on top of "
+          f"{resolved.canonical_uri}" + (f", rehearsal {cfg.retrain.rehearsal_ratio:g}"
+                                         if cfg.retrain.rehearsal_source and cfg.retrain.rehearsal_ratio else ""))
+    result = train(sft_cfg, overrides=["retrain", *overrides])
+    client = MlflowClient()
+    tags = {"anima.retrain.feedback_fingerprint": fb.fingerprint, "anima.retrain.feedback_examples": str(fb.examples),
+            "anima.retrain.feedback_path": str(path), "anima.retrain.from": resolved.canonical_uri}
+    for k, v in tags.items():
+        client.set_tag(result.run_id, k, v)
+    if result.version:
+        client.set_model_version_tag(result.registered_name, result.version, FEEDBACK_TAG, fb.fingerprint)
+        client.set_model_version_tag(result.registered_name, result.version, "retrained_from", resolved.canonical_uri)
+    return result
+
+
+def run(cfg: DictConfig):
+    result = retrain(cfg)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "persona/")))
+    print(f"✓ retrain run {result.run_id}: {shown}")
+    if result.version:
+        alias = f" (@{cfg.registry.alias})" if cfg.registry.alias else ""
+        print(f"  registered {result.model_uri}{alias}; compare: anima eval model={result.model_uri}; "
+              f"promote: anima promote registry.name={result.registered_name} version={result.version} alias=champion")
+    return result
