@@ -63,3 +63,35 @@ def test_cfg_job_prints_composed_config(project):
     assert proc.returncode == 0, proc.stderr
     assert "dim: 64" in proc.stdout and "lr: 0.0006" in proc.stdout
     assert not (project / "mlruns").exists()
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("anima: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_missing_data_file(project):
+    proc = _anima("pretrain", "model=nano", f"data.sources.plays.path={project}/nowhere", env_root=project)
+    assert f"{project}/nowhere does not exist" in _one_error_line(proc)
+
+
+def test_empty_corpus(project):
+    (project / "empty").mkdir()
+    (project / "empty" / "a.txt").write_text("  \n")
+    proc = _anima("pretrain", "model=nano", "data.sources.plays.kind=text",
+                  f"data.sources.plays.path={project}/empty", env_root=project)
+    assert "corpus is empty" in _one_error_line(proc)
+
+
+def test_vocab_the_corpus_cannot_support(project):
+    (project / "small").mkdir()
+    (project / "small" / "a.txt").write_text("to be or not to be, that is the question\n" * 50)
+    (project / "small" / "b.txt").write_text("whether tis nobler in the mind to suffer\n" * 50)
+    proc = _anima("tokenizer", "tokenizer.vocab_size=4096", "data.sources.plays.kind=text",
+                  f"data.sources.plays.path={project}/small", "data.split.holdout=[b]", env_root=project)
+    line = _one_error_line(proc)
+    assert "tokenizer.vocab_size" in line and "4096" in line
+    assert not list((project / "data" / "cache" / "tokenizers").glob("v4096*"))  # nothing half-written

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=255)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--backend", default="auto", choices=["auto", "fast", "hf"])
+    ap.add_argument("--no-tune", action="store_true",
+                    help="decode with exactly --threads threads (no timing-based choice of 1 vs N)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of one run of each")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     engine = ChatEngine(model_dir, threads=args.threads, backend=args.backend)
     load_s = time.perf_counter() - t0
+    if args.no_tune:
+        engine.tuner = None
     engine.stop_ids = frozenset()  # benchmark exactly N tokens, like min_new_tokens on generate
     model, n = engine.model, args.new_tokens
     messages = [{"role": "user", "content": "Tell me a story about the sea."}]
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         eng_tps.append(len(toks) / (time.perf_counter() - t0))
         print(f"round {r + 1}: generate {gen_tps[-1]:7.1f} tok/s   anima {eng_tps[-1]:7.1f} tok/s   "
               f"x{eng_tps[-1] / gen_tps[-1]:.2f}")
+    if engine.tuner is not None:
+        print(f"engine decode threads chosen by timing: {engine.tuner.best}")
     g, e = statistics.median(gen_tps), statistics.median(eng_tps)
     print(f"median: generate {g:.1f} tok/s, anima {e:.1f} tok/s, ratio x{e / g:.2f} "
           f"(best: {max(gen_tps):.1f} vs {max(eng_tps):.1f})")

@@ -74,12 +74,51 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> DictConfig
 
     register_configs()
     _import_stage_schema(config_name)
+    overrides, values = split_value_overrides(config_name, overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except Exception as e:  # hydra/omegaconf composition errors
         raise ConfigError(one_line(e)) from None
+    apply_values(cfg, values)
+    return cfg
+
+
+def split_value_overrides(config_name: str, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Take out `key=value` overrides of plain string keys that share their name with a config group.
+
+    `anima chat model=models:/anima-tiny@champion`: chat's `model` is a URI string, but Hydra reads `model=` as
+    a choice in the conf/model/ group and fails. Such overrides are applied as values after composition.
+    """
+    import dataclasses
+    import typing
+
+    from anima.config.stages import STAGE_SCHEMAS
+    from anima.paths import conf_dir
+
+    schema = STAGE_SCHEMAS.get(config_name)
+    if schema is None:
+        return list(overrides), {}
+    hints = typing.get_type_hints(schema)
+    plain = {f.name for f in dataclasses.fields(schema) if hints[f.name] in (str, typing.Optional[str])}
+    kept: list[str] = []
+    values: dict[str, str] = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key in plain and (conf_dir() / key).is_dir():
+            values[key] = value.strip().strip("'\"")
+        else:
+            kept.append(o)
+    return kept, values
+
+
+def apply_values(cfg, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        try:
+            cfg[key] = value
+        except Exception as e:  # omegaconf validation
+            raise ConfigError(f"{key}={value}: {one_line(e)}") from None
 
 
 def _import_stage_schema(config_name: str) -> None:
@@ -111,9 +150,11 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
         from anima.config.validate import validate
 
         validate(compose(config_name, argv), _schema_for(config_name))
+    argv, values = split_value_overrides(config_name, argv)
 
     def task(cfg) -> None:
         try:
+            apply_values(cfg, values)
             run_stage(stage, cfg)
         except AnimaError as e:
             print(f"anima: error: {e}", file=sys.stderr)

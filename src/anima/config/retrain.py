@@ -26,6 +26,8 @@ class RetrainOptions:
     rehearsal_source: Optional[str] = setting("${model}", "Earlier data replayed with the feedback (default: the "
                                                           "starting model's own training data); null = none.")
     rehearsal_ratio: float = setting(0.5, "Fraction of the train mix drawn from the rehearsal source.", ge=0, lt=1)
+    val_fraction: float = setting(0.2, "data.split.val of the feedback dataset (val/ppl is measured on it).",
+                                  gt=0, lt=1)
     min_examples: int = setting(1, "Refuse to train on fewer usable feedback examples than this.", ge=1)
     max_steps: Optional[int] = setting(None, "trainer.max_steps of the SFT run (none = the sft default).", ge=1)
     lr: Optional[float] = setting(None, "optim.lr of the SFT run (none = the sft default).", gt=0)

@@ -31,6 +31,8 @@ class SweepConfig:
     stage: str = setting("pretrain", "The stage every trial runs.", choices=list(TRIAL_STAGES))
     overrides: List[str] = setting(doc="Base overrides of every trial (Hydra syntax: model=nano, trainer.max_steps=200).",
                                    factory=list)
+    set: Dict[str, Any] = setting(doc="Extra key values for every trial, applied after `overrides`; handy on the "
+                                  "command line: sweep.set.trainer.max_steps=50.", factory=dict)
     params: Dict[str, Any] = setting(doc="Search space: config key -> {type, low, high, log, step, choices}; "
                                      "keys nest (optim: {lr: {...}}) or use dots (optim.lr: {...}).", factory=dict)
     metric: str = setting("val/loss", "Objective: a metric the trial logs at each validation and at the end.")

@@ -68,6 +68,8 @@ def validate(cfg: DictConfig, schema: type) -> None:
 
 def _cross_checks(cfg: dict) -> None:
     model = cfg.get("model")
+    if not isinstance(model, dict):  # chat/serve/export/eval: `model` is a URI string, not the model group
+        model = None
     if model and model.get("arch") == "llama":
         if model["dim"] % model["n_heads"]:
             raise ConfigError(f"model.dim={model['dim']} must be divisible by model.n_heads={model['n_heads']}")

@@ -217,10 +217,10 @@ class _Builder:
             pool = self.plan.rehearsal.split("train")
             for i, ex in enumerate(sample_rehearsal(pool, n, float(self.cfg.rehearsal.top_ratio), seed,
                                                     str(self.plan.rehearsal_ref))):
-                rec = {**ex, "id": f"reh-{ex['id']}-{i}", "source": f"rehearsal:{self.plan.rehearsal_ref}"}
+                # replayed examples are earlier data, not this dataset's persona seed set
+                rec = {**ex, "id": f"reh-{ex['id']}-{i}", "source": f"rehearsal:{self.plan.rehearsal_ref}",
+                       "persona": False}
                 writers["train"].write(rec)
-                if rec.get("persona"):
-                    persona_counts["persona_train"] += 1
                 rehearsed += 1
         for w in writers.values():
             w.close()

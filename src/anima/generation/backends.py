@@ -168,10 +168,10 @@ class FastLlamaBackend:
         for ln1, wqkv, wo_t, ln2, wgu, wd_t in self.layers:
             self.step_layers.append(
                 (
-                    (wqkv * (ln1 * root).unsqueeze(0) * q_scale).t().contiguous().t(),
-                    wo_t,
+                    (wqkv * (ln1 * root).unsqueeze(0) * q_scale).contiguous(),
+                    wo_t.t(),
                     (wgu * (ln2 * root).unsqueeze(0)).contiguous(),
-                    wd_t,
+                    wd_t.t(),
                 )
             )
         self.step_head = (self.lm_head * (self.final_norm * root).unsqueeze(0)).contiguous()
@@ -197,41 +197,43 @@ class FastLlamaBackend:
             return self._prefill(ids)
 
     def _step(self, tok: int) -> torch.Tensor:
-        """One token: ~14 torch ops per layer, no Python objects created beyond the op results."""
+        """One token. Everything is a 1-D vector, so each matmul is a single mv/addmv and no
+        select/unsqueeze views are needed; ~17 torch ops per layer."""
         pos = self.position
         end = pos + 1
         if end > self.max_positions:
             raise ValueError(f"sequence of {end} tokens exceeds the context of {self.max_positions}")
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        qk_rows = nq + nkv
-        qk_dim = self.q_dim + self.kv_dim
+        qk_rows, qk_dim, q_dim = nq + nkv, self.q_dim + self.kv_dim, self.q_dim
         inter, eps_h = self.inter, self.eps_h
         group = nq // nkv
         rope = self.rope_mats[pos] if self.rope_mats is not None else None
-        x = self.embed[tok : tok + 1]
-        kcache, vcache = self.k_cache, self.v_cache
-        for li, (wqkv, wo_t, wgu, wd_t) in enumerate(self.step_layers):
-            # RMSNorm: x * rsqrt(x.x + eps*H) (the sqrt(H) and gain live in the weights)
-            r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
-            qkv = F.linear(x, wqkv).mul_(r)
+        x = self.embed[tok]
+        dot, mv, addmv, bmm, softmax, silu = torch.dot, torch.mv, torch.addmv, torch.bmm, torch.softmax, F.silu
+        for wqkv, wo, wgu, wd, kc, vc, k_all, v_all in self.step_layers_at(pos):
+            # RMSNorm as a scale on the matmul output: W(x * r) == (Wx) * r; gains/sqrt(H) are in W.
+            qkv = mv(wqkv, x).mul_(dot(x, x).add_(eps_h).rsqrt_())
             if rope is not None:
-                qk = torch.matmul(qkv[:, :qk_dim].view(qk_rows, 1, hd), rope)  # (H+Hkv, 1, D)
+                qk = torch.matmul(qkv[:qk_dim].view(qk_rows, 1, hd), rope)  # (H+Hkv, 1, D)
             else:
-                qk = self._rope(qkv[:, :qk_dim].view(1, qk_rows, hd), pos, 1).view(qk_rows, 1, hd)
-            kc, vc = kcache[li], vcache[li]
-            kc[:, pos : pos + 1] = qk[nq:]
-            vc[:, pos : pos + 1] = qkv[:, qk_dim:].view(nkv, 1, hd)
+                qk = self._rope(qkv[:qk_dim].view(1, qk_rows, hd), pos, 1).view(qk_rows, 1, hd)
+            kc.copy_(qk[nq:])
+            vc.copy_(qkv[qk_dim:].view(nkv, 1, hd))
             # (Hkv, G, D) @ (Hkv, D, L): grouped-query attention without repeating K/V
-            scores = torch.bmm(qk[:nq].view(nkv, group, hd), kc[:, :end].transpose(1, 2))
-            probs = torch.softmax(scores, dim=-1)
-            attn = torch.bmm(probs, vc[:, :end])  # (Hkv, G, D)
-            x = torch.addmm(x, attn.view(1, self.q_dim), wo_t)
-            r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
-            gu = F.linear(x, wgu).mul_(r)
-            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd_t)
+            probs = softmax(bmm(qk[:nq].view(nkv, group, hd), k_all), dim=-1)
+            x = addmv(x, wo, bmm(probs, v_all).view(q_dim))
+            gu = mv(wgu, x).mul_(dot(x, x).add_(eps_h).rsqrt_())
+            x = addmv(x, wd, silu(gu[:inter]).mul_(gu[inter:]))
         self.position = end
-        r = torch.dot(x[0], x[0]).add_(eps_h).rsqrt_()
-        return F.linear(x[0], self.step_head).mul_(r)
+        return mv(self.step_head, x).mul_(dot(x, x).add_(eps_h).rsqrt_())
+
+    def step_layers_at(self, pos: int):
+        """Per layer: weights, the cache slots for position ``pos`` and the K^T / V views up to it."""
+        end = pos + 1
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.step_layers):
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            yield (wqkv, wo, wgu, wd, kc[:, pos : end], vc[:, pos : end],
+                   kc[:, :end].transpose(1, 2), vc[:, :end])
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
         t = len(ids)

@@ -16,6 +16,7 @@ from typing import Iterator
 from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
 from anima.generation.sampling import SamplingParams, make_generator, sample_next
+from anima.generation.threads import ThreadTuner, timed_threads
 
 BACKENDS = ("auto", "fast", "hf")
 
@@ -81,6 +82,7 @@ class ChatEngine:
             raise ModelError(f"{model_dir}: not a model directory (no config.json)")
         if threads:
             torch.set_num_threads(int(threads))
+        self.threads: int = torch.get_num_threads()
         meta = _read_anima_json(model_dir)
         self.model_dir = model_dir
         self.name: str = str(meta.get("name") or model_dir.name)
@@ -99,6 +101,8 @@ class ChatEngine:
         self.stop_ids = self._stop_token_ids(vocab)
         self.backend = self._make_backend(backend)
         self.backend_name: str = self.backend.name
+        # Decode steps pick 1 or `threads` intra-op threads by timing (see threads.py).
+        self.tuner = ThreadTuner(self.threads) if self.backend_name == "fast" else None
         # The Rust tokenizer is shared by prompt rendering (outside the model lock, so a request that
         # is too long fails before it queues) and streaming decode: guard it with its own small lock.
         self._tok_lock = threading.Lock()
@@ -204,6 +208,7 @@ class ChatEngine:
             stop_ids = self.stop_ids
             max_new = min(params.max_new_tokens, self.context_length - len(prompt_ids))
             finish, n, stop_hit = "length", 0, False
+            tuner = self.tuner
             try:
                 while n < max_new:
                     if plain_greedy:
@@ -227,7 +232,11 @@ class ChatEngine:
                     if n >= max_new:
                         break
                     self._cached_ids = []
-                    logits = backend.forward([tok])
+                    if tuner is not None:
+                        with timed_threads(torch, tuner):
+                            logits = backend.forward([tok])
+                    else:
+                        logits = backend.forward([tok])
                     fed.append(tok)
                     self._cached_ids = fed
                     if seen is not None and 0 <= tok < self.vocab_size:
@@ -245,6 +254,9 @@ class ChatEngine:
                 if not self._cached_ids:
                     backend.truncate(0)
                 raise
+            finally:
+                if torch.get_num_threads() != self.threads:
+                    torch.set_num_threads(self.threads)
             stream.finish_reason = finish
             self.last_usage = (len(prompt_ids), n, finish)
 

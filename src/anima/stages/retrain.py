@@ -69,19 +69,39 @@ def model_overrides(model_dir: Path, registered_name: str | None) -> list[str]:
     return out
 
 
+def rehearsal_source(cfg: DictConfig, resolved: Any) -> str | None:
+    """What to replay. The default (the starting model's own data) falls back to none, with a note, when that
+    model was not trained on a chat dataset (e.g. a pretrained-only champion); an explicit source must work."""
+    src, ratio = cfg.retrain.rehearsal_source, float(cfg.retrain.rehearsal_ratio)
+    if not src or ratio <= 0:
+        return None
+    if str(src) != str(cfg.model):
+        return str(src)
+    from anima.data.dataset import resolve_rehearsal
+    from anima.errors import AnimaError
+
+    try:
+        built = resolve_rehearsal(resolved.canonical_uri, cfg.paths, cfg.tracking)
+        if built.kind != "chat":
+            raise DataError(f"its training data {built.ref} is {built.kind}, not chat")
+    except AnimaError as e:
+        print(f"note: no rehearsal: {resolved.canonical_uri} has no chat training data to replay "
+              f"({str(e).split(': ', 1)[-1]}); training on the feedback alone")
+        return None
+    return resolved.canonical_uri
+
+
 def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> list[str]:
     """The overrides retrain composes conf/sft.yaml with (logged on the run as its command line)."""
     r = cfg.retrain
-    fb = str(feedback.path)
     out = [
         f"init_from={resolved.canonical_uri}",
         *model_overrides(resolved.path, resolved.name),
         "data.kind=chat",
         "data.name=feedback",
-        # replace the sft default's sources with the feedback file (a dict value merges; `~` then `+` replaces)
-        "~data.sources",
-        f"+data.sources={{feedback: {{kind: feedback, path: '{fb}'}}}}",
         "data.persona=null",
+        f"data.split.val={float(r.val_fraction)}",
+        "data.split.test=0.0",
         f"registry.name={cfg.registry.name}",
         f"registry.alias={cfg.registry.alias}" if cfg.registry.alias else "registry.alias=null",
         f"paths.root={cfg.paths.root}",
@@ -90,10 +110,9 @@ def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> 
         f"tracking.experiment={cfg.tracking.experiment}",
         f"seed={cfg.seed}",
     ]
-    rehearsal = r.rehearsal_source
-    if rehearsal and float(r.rehearsal_ratio) > 0:
-        out += [f"data.rehearsal.source={resolved.canonical_uri if rehearsal == cfg.model else rehearsal}",
-                f"data.rehearsal.ratio={float(r.rehearsal_ratio)}"]
+    rehearsal = rehearsal_source(cfg, resolved)
+    if rehearsal:
+        out += [f"data.rehearsal.source={rehearsal}", f"data.rehearsal.ratio={float(r.rehearsal_ratio)}"]
     else:
         out += ["data.rehearsal.source=null", "data.rehearsal.ratio=0.0"]
     if r.max_steps:
@@ -112,8 +131,13 @@ def compose_sft(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> tu
 
     overrides = sft_overrides(cfg, resolved, feedback)
     sft_cfg = compose("sft", overrides)
+    # The feedback file replaces the sft default's sources (an override would merge into them, and a
+    # structured config refuses `~data.sources`), so it is assigned after composition.
+    from anima.config.data import SourceConfig
+
+    sft_cfg.data.sources = {"feedback": SourceConfig(kind="feedback", path=str(feedback.path))}
     validate(sft_cfg, STAGE_SCHEMAS["sft"])
-    return sft_cfg, overrides
+    return sft_cfg, [*overrides, f"data.sources={{feedback: {{kind: feedback, path: '{feedback.path}'}}}}"]
 
 
 def retrain(cfg: DictConfig):
@@ -122,6 +146,7 @@ def retrain(cfg: DictConfig):
 
     from anima.model.resolve import resolve_model
     from anima.stages.train import train
+    from anima.tracking.run import hydra_overrides
 
     path = Path(str(cfg.retrain.feedback)).expanduser()
     if not path.is_file():
@@ -135,13 +160,14 @@ def retrain(cfg: DictConfig):
                         f"corrupt); retrain.min_examples={cfg.retrain.min_examples}")
     resolved = resolve_model(str(cfg.model), cfg.tracking)
     sft_cfg, overrides = compose_sft(cfg, resolved, fb)
+    rehearsal = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.rehearsal.source=")), "null")
     print(f"retrain: {fb.examples} feedback example(s) (fingerprint {fb.fingerprint}) on top of "
-          f"{resolved.canonical_uri}" + (f", rehearsal {cfg.retrain.rehearsal_ratio:g}"
-                                         if cfg.retrain.rehearsal_source and cfg.retrain.rehearsal_ratio else ""))
-    result = train(sft_cfg, overrides=["retrain", *overrides])
+          f"{resolved.canonical_uri}; rehearsal: {rehearsal if rehearsal != 'null' else 'none'}")
+    result = train(sft_cfg, overrides=overrides)
     client = MlflowClient()
     tags = {"anima.retrain.feedback_fingerprint": fb.fingerprint, "anima.retrain.feedback_examples": str(fb.examples),
-            "anima.retrain.feedback_path": str(path), "anima.retrain.from": resolved.canonical_uri}
+            "anima.retrain.feedback_path": str(path), "anima.retrain.from": resolved.canonical_uri,
+            "anima.retrain.command": " ".join(["anima retrain", *hydra_overrides()])}
     for k, v in tags.items():
         client.set_tag(result.run_id, k, v)
     if result.version:

@@ -36,7 +36,9 @@ def propagated_overrides(cfg: DictConfig) -> list[str]:
     data = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
     groups = ["paths", "tracking"]
-    if not any(str(o).lstrip("+~").startswith("device") for o in cfg.sweep.overrides):
+    from anima.sweep.objective import base_overrides
+
+    if not any(o.lstrip("+~").startswith("device") for o in base_overrides(cfg.sweep)):
         groups.append("device")
     for g in groups:
         for k, v in (data.get(g) or {}).items():
@@ -63,13 +65,13 @@ def run(cfg: DictConfig) -> SweepResult:
     from rich.console import Console
 
     from anima.paths import conf_dir
-    from anima.sweep.objective import MetricMissing, SweepContext, make_objective
+    from anima.sweep.objective import MetricMissing, SweepContext, base_overrides, make_objective
     from anima.sweep.space import check_space, parse_space
     from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
                                    safe_url, used_budget)
     from anima.tracking.run import stage_run
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # anima prints its own line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # once per trial otherwise
@@ -82,7 +84,7 @@ def run(cfg: DictConfig) -> SweepResult:
         raise ConfigError("sweep.n_trials=null needs sweep.timeout (seconds), or the sweep would never end")
     space = parse_space(OmegaConf.to_container(sw.params, resolve=True))
     propagated = propagated_overrides(cfg)
-    check_space(stage, [*propagated, *map(str, sw.overrides)], space)  # a wrong key fails before any trial
+    check_space(stage, [*propagated, *base_overrides(sw)], space)  # a wrong key fails before any trial
     if sw.sampler == "grid":
         for p in space:
             p.grid()  # names the first non-discrete param

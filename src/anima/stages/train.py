@@ -81,9 +81,9 @@ def build_loss_terms(cfg: DictConfig, model, bundle) -> list:
 
 def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundle) -> Any:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from anima.train.callbacks import AtomicCheckpointIO, SampleGenerations, Throughput
+    from anima.train.callbacks import AtomicCheckpointIO, SampleGenerations, Throughput, step_progress_bar
 
     t = cfg.trainer
     cbs = [
@@ -98,7 +98,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
         cbs.append(SampleGenerations(bundle.tokenizer, bundle.sample_prompts, int(t.sample_tokens), cfg.sampling,
                                      int(cfg.seed)))
     if t.progress == "rich":
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(step_progress_bar())
     elif t.progress == "tqdm":
         cbs.append(TQDMProgressBar())
     return L.Trainer(

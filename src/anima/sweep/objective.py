@@ -45,13 +45,24 @@ class SweepContext:
 
     def preset_overrides(self, values: dict[str, Any]) -> list[str]:
         """What reproduces a trial on its own: the base overrides and the suggested values (+ the seed)."""
-        seed = [] if any(o.split("=")[0].lstrip("+~") == "seed" for o in self.sweep.overrides) or "seed" in values \
+        base = base_overrides(self.sweep)
+        seed = [] if any(o.split("=")[0].lstrip("+~") == "seed" for o in base) or "seed" in values \
             else [f"seed={int(self.cfg.seed)}"]
-        return [*seed, *map(str, self.sweep.overrides), *to_overrides(values)]
+        return [*seed, *base, *to_overrides(values)]
 
     def trial_overrides(self, number: int, values: dict[str, Any]) -> list[str]:
         return [*self.propagated, *self.preset_overrides(values), f"run_name={self.study_name}-t{number}",
                 "registry.register=false"]
+
+
+def base_overrides(sweep: Any) -> list[str]:
+    """`sweep.overrides` then `sweep.set` (nested keys flattened): what every trial of the study shares."""
+    from omegaconf import OmegaConf
+
+    from anima.tracking.run import flatten
+
+    extra = flatten(OmegaConf.to_container(sweep.set, resolve=True) or {})
+    return [*map(str, sweep.overrides), *to_overrides(extra)]
 
 
 @contextlib.contextmanager

@@ -82,3 +82,19 @@ class SampleGenerations(L.Callback):
             text = "\n\n---\n\n".join(self.last)
             trainer.logger.experiment.log_text(trainer.logger.run_id, text,
                                                f"samples/step_{trainer.global_step:06d}.md")
+
+
+def step_progress_bar():
+    """Lightning's rich bar, labelled in optimizer steps (anima trains by steps, not epochs)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"train · {self.trainer.max_steps} steps"
+
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)  # the MLflow run id, not a version number
+            return items
+
+    return StepProgressBar(leave=True)

@@ -130,8 +130,11 @@ class PersonaGuardLoss:
 
 
 def _log(module: Any, name: str, value: torch.Tensor) -> None:
-    if hasattr(module, "log") and getattr(module, "_trainer", None) is not None:
-        module.log(name, value.detach(), on_step=True, on_epoch=False)
+    """Straight to the logger, at this step only: Lightning's `self.log` would repeat the last value on the
+    steps where the guard does not fire."""
+    if getattr(module, "_trainer", None) is None or getattr(module, "logger", None) is None:
+        return
+    module.logger.log_metrics({name: float(value.detach())}, step=int(module.global_step))
 
 
 def build_extra_terms(cfg: Any, model, bundle) -> list:

@@ -44,7 +44,7 @@ def initial_model(cfg: Any, tokenizer) -> tuple[Any, str | None]:
     if not cfg.get("init_from"):
         if str(cfg.model.arch) == "hf":
             path = Path(str(cfg.model.path))
-            model = load_model_dir(path)
+            model = load_model_dir(path).train()
             check_compatible(cfg.model, tokenizer, model.config, str(path), path)
             if lora_enabled(cfg.model):
                 model = apply_lora(model, cfg.model.lora)
@@ -53,7 +53,7 @@ def initial_model(cfg: Any, tokenizer) -> tuple[Any, str | None]:
     from anima.model.resolve import resolve_model
 
     resolved = resolve_model(str(cfg.init_from), cfg.tracking)
-    model = load_model_dir(resolved.path)
+    model = load_model_dir(resolved.path).train()  # from_pretrained returns eval mode (dropout off)
     check_compatible(cfg.model, tokenizer, model.config, str(cfg.init_from), resolved.path)
     if lora_enabled(cfg.model):
         model = apply_lora(model, cfg.model.lora)

@@ -1,0 +1,56 @@
+"""Schema of `anima eval` (conf/eval.yaml) and the `eval` group that merge and promote share: which data the
+perplexities are measured on, and the eval suite (prompts with references + persona keywords, conf/eval/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from anima.config.chat import RegistryRef, _register
+from anima.config.data import DataConfig
+from anima.config.fields import setting
+from anima.config.groups import SamplingConfig
+from anima.config.stages import StageConfig
+
+EVAL_SETS = ["val", "persona", "test", "train"]
+
+
+@dataclass
+class SuitePrompt:
+    prompt: str = setting("", "The user message sent to the model.")
+    reference: str = setting("", "A good reply, for ROUGE-L and chrF.")
+    system: Optional[str] = setting(None, "Optional system message for this prompt.")
+
+
+@dataclass
+class EvalOptions:
+    data: Optional[str] = setting(None, "Eval dataset: a built dataset name, name/fingerprint, or a models:/ URI (the "
+                                        "data that model was trained on). null: the `data` config's dataset.")
+    sets: List[str] = setting(doc="Perplexity sets: val (the val split), persona (the held-out persona split), "
+                                  "test, train.", factory=lambda: ["val", "persona"])
+    max_examples: int = setting(200, "Examples scored per set (the first N of the split; 0 = all).", ge=0)
+    max_tokens: int = setting(32768, "kind=text sets: tokens scored per set (0 = all).", ge=0)
+    batch_size: int = setting(8, "Sequences per forward pass when scoring perplexity.", ge=1)
+    cache: bool = setting(True, "Reuse/store perplexities as registry version tags ppl.<eval data fingerprint>.")
+    suite: str = setting("none", "Name of the eval suite (the preset in conf/eval/).")
+    prompts: List[SuitePrompt] = setting(doc="Eval suite: prompts with reference replies.", factory=list)
+    persona_keywords: List[str] = setting(doc="Words/phrases that show the persona (persona-keyword rate).",
+                                          factory=list)
+    system_prompt: Optional[str] = setting(None, "System message before every suite prompt (unless it has its own).")
+    backend: str = setting("auto", "Decode backend for the suite replies.", choices=["auto", "fast", "hf"])
+
+
+@dataclass
+class EvalStageConfig(StageConfig):
+    model: str = setting("models:/${registry.name}@candidate",
+                         "Model to evaluate: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
+    compare: Optional[str] = setting(None, "Also evaluate this one and print both side by side: an alias of the "
+                                           "same registered model (champion) or any model URI.")
+    registry: RegistryRef = field(default_factory=RegistryRef)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    tag_version: bool = setting(True, "Write the results as eval.* tags on the evaluated registry version(s).")
+
+
+_register("eval", EvalStageConfig)

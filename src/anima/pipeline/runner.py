@@ -1,0 +1,240 @@
+"""Run the steps in order: compose, check the cache, run (as a child of the pipeline run) or reuse, record."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from anima.errors import AnimaError, ConfigError
+from anima.pipeline import cache, refs
+from anima.pipeline.spec import Step, forced, parse_steps, propagated, to_override_list
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    stage: str
+    status: str  # ran | cached | failed | planned
+    run_id: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    run_id: str | None
+    steps: list[StepOutcome]
+    champion: dict[str, Any] | None = None
+
+
+def step_overrides(cfg: DictConfig, step: Step, outputs: dict[str, dict[str, Any]]) -> list[str]:
+    """The command line of `anima <stage>` this step amounts to: pipeline-wide keys, then the step's own."""
+    own = {k: refs.substitute(v, outputs, f"{step.name}.{k}") for k, v in step.overrides.items()}
+    groups = {k.lstrip("+~").split(".")[0] for k in own}
+    base = {k: v for k, v in propagated(cfg).items() if k.split(".")[0] not in groups and k not in own}
+    return to_override_list(base) + to_override_list(own)
+
+
+def compose_step(step: Step, overrides: list[str]) -> DictConfig:
+    from anima.cli import _schema_for, compose
+    from anima.config.validate import validate
+
+    try:
+        cfg = compose(step.config_name, overrides)
+        validate(cfg, _schema_for(step.config_name))
+    except ConfigError as e:
+        raise ConfigError(f"step {step.name} ({step.stage}): {e}") from None
+    return cfg
+
+
+def _out_dir(cfg: DictConfig) -> Path:
+    from anima.tracking.run import hydra_output_dir
+
+    out = hydra_output_dir()
+    if out is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{time.time_ns() % 1_000_000:06d}"
+        out = Path(str(cfg.paths.experiments_dir)) / "pipeline" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
+    """The pipeline's own run, created through the client so that no fluent run is active while steps run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from anima.paths import project_root
+    from anima.tracking.gitinfo import git_state
+    from anima.tracking.redact import redact
+    from anima.tracking.run import config_hash, flatten, hydra_overrides, resolved_config
+
+    overrides = hydra_overrides()
+    sha, dirty = git_state(project_root())
+    name = cfg.get("run_name") or f"pipeline-{cfg.pipeline.name}"
+    client = MlflowClient()
+    run = client.create_run(exp_id, run_name=str(name), tags={
+        "anima.stage": "pipeline", "anima.command": shlex.join(["anima", "pipeline", *redact({"o": overrides})["o"]]),
+        "anima.config_hash": config_hash(cfg), "mlflow.source.git.commit": sha, "anima.git_dirty": str(dirty).lower(),
+        "anima.pipeline.name": str(cfg.pipeline.name), "anima.pipeline.stages": " ".join(s.name for s in steps),
+        "mlflow.note.content": str(cfg.pipeline.description or ""),
+    })
+    run_id = run.info.run_id
+    data = redact(resolved_config(cfg))
+    params = [Param(k, str(v)[:500]) for k, v in flatten(data).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(data)), "config.yaml")
+    client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
+    return run_id
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig, console: Any = None):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.steps = parse_steps(cfg)
+
+    def preflight(self) -> None:
+        """Compose every step with stand-ins for outputs not produced yet: a typo fails before any work."""
+        stand_ins = refs.placeholder_outputs([s.name for s in self.steps])
+        for i, step in enumerate(self.steps):
+            earlier = {s.name: stand_ins[s.name] for s in self.steps[:i]}
+            compose_step(step, step_overrides(self.cfg, step, earlier))
+
+    def run(self) -> PipelineResult:
+        from mlflow import MlflowClient
+
+        from anima.tracking.store import setup_mlflow
+
+        cfg, c = self.cfg, self.console
+        self.preflight()
+        exp_id = setup_mlflow(cfg.tracking)
+        desc = str(cfg.pipeline.description or "").strip().splitlines()
+        c.print(f"[bold]pipeline {cfg.pipeline.name}[/]: {' → '.join(s.name for s in self.steps)}"
+                + (f"  — {desc[0]}" if desc else ""))
+        if cfg.dry_run:
+            return self._dry_run(exp_id)
+        out_dir = _out_dir(cfg)
+        parent = _start_parent(cfg, exp_id, self.steps)
+        client = MlflowClient()
+        outcomes: list[StepOutcome] = []
+        outputs: dict[str, dict[str, Any]] = {}
+        upstream: dict[str, str] = {}
+        status = "FAILED"
+        start = time.monotonic()
+        try:
+            for i, step in enumerate(self.steps, 1):
+                outcome = self._step(i, step, exp_id, parent, out_dir, outputs, upstream)
+                outcomes.append(outcome)
+                client.set_tag(parent, f"anima.pipeline.step.{step.name}", f"{outcome.status} {outcome.run_id}")
+                outputs[step.name] = outcome.outputs
+                upstream[step.name] = str(outcome.run_id)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            client.log_text(parent, json.dumps([o.__dict__ for o in outcomes], indent=2, default=str),
+                            "pipeline/steps.json")
+            client.log_metric(parent, "pipeline/seconds", time.monotonic() - start)
+            client.log_metric(parent, "pipeline/steps_run", sum(o.status == "ran" for o in outcomes))
+            client.log_metric(parent, "pipeline/steps_cached", sum(o.status == "cached" for o in outcomes))
+            client.set_terminated(parent, status)
+        result = PipelineResult(parent, outcomes)
+        result.champion = self._report(result, time.monotonic() - start)
+        return result
+
+    def _step(self, i: int, step: Step, exp_id: str, parent: str, out_dir: Path,
+              outputs: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StepOutcome:
+        from anima.cli import run_stage
+        from anima.pipeline.context import child_runs_of, step_runtime
+        from anima.pipeline.outputs import child_run, extract
+        from anima.stages import STAGES
+        from anima.tracking.run import config_hash, resolved_config
+
+        c, n = self.console, len(self.steps)
+        label = f"[{i}/{n}] {step.name}" + (f" ({step.stage})" if step.stage != step.name else "")
+        overrides = step_overrides(self.cfg, step, outputs)
+        stage_cfg = compose_step(step, overrides)
+        h = config_hash(stage_cfg)
+        inputs = cache.inputs_of(h, upstream, cache.moving_aliases(resolved_config(stage_cfg)))
+        key = cache.cache_key(inputs)
+        if forced(self.cfg, step.name):
+            hit, why_not = None, "forced"
+        else:
+            hit = cache.find_cached(exp_id, key)
+            why_not = "no finished run with this config and inputs"
+        if hit is not None:
+            outs = cache.outputs_of_run(hit)
+            shown = outs.get("model_uri") or outs.get("dataset") or ""
+            c.print(f"[cyan]↺ {label}: skipped[/] — same config (hash {h}) and inputs as finished run "
+                    f"{hit.info.run_id[:12]}" + (f"; reusing {shown}" if shown else ""))
+            return StepOutcome(step.name, step.stage, "cached", hit.info.run_id, outs, "cache hit")
+        c.print(f"[bold]▶ {label}[/]: running ({why_not}) — anima {step.stage} "
+                + " ".join(o for o in overrides if not o.startswith(("paths.", "tracking.", "device.", "seed="))))
+        t0 = time.monotonic()
+        try:
+            with child_runs_of(parent, step.name), step_runtime(out_dir / f"{i:02d}-{step.name}", overrides):
+                result = run_stage(STAGES[step.stage], stage_cfg)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            from anima.cli import one_line
+
+            done = i - 1
+            msg = e if isinstance(e, AnimaError) else f"{type(e).__name__}: {one_line(e)}"
+            from mlflow import MlflowClient
+
+            MlflowClient().set_tag(parent, "anima.pipeline.failed_step", step.name)
+            raise AnimaError(f"pipeline stopped at step {step.name!r} (stage {step.stage}): {msg} — fix it and run "
+                             f"the same command again: the {done} step(s) before it are reused") from e
+        run = child_run(parent, step.name, exp_id, result)
+        outs = extract(result, run)
+        run_id = outs.get("run_id")
+        if run_id:
+            cache.record(run_id, key, inputs, outs)
+        secs = time.monotonic() - t0
+        c.print(f"[green]✓ {label}[/] done in {secs:.0f}s" + (f": {outs['model_uri']}" if outs.get("model_uri") else ""))
+        return StepOutcome(step.name, step.stage, "ran", run_id, outs, why_not, secs)
+
+    def _dry_run(self, exp_id: str) -> PipelineResult:
+        """Only the first step's cache state is exact; later ones depend on what earlier steps produce."""
+        from anima.tracking.run import config_hash, resolved_config
+
+        outcomes, outputs, upstream = [], {}, {}
+        certain = True
+        for i, step in enumerate(self.steps, 1):
+            if not certain:
+                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: would run (an earlier step runs)")
+                outcomes.append(StepOutcome(step.name, step.stage, "planned"))
+                continue
+            stage_cfg = compose_step(step, step_overrides(self.cfg, step, outputs))
+            h = config_hash(stage_cfg)
+            key = cache.cache_key(cache.inputs_of(h, upstream, cache.moving_aliases(resolved_config(stage_cfg))))
+            hit = None if forced(self.cfg, step.name) else cache.find_cached(exp_id, key)
+            if hit is None:
+                certain = False
+                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: would run (config hash {h})")
+                outcomes.append(StepOutcome(step.name, step.stage, "planned"))
+            else:
+                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: cached (run {hit.info.run_id[:12]})")
+                outputs[step.name] = cache.outputs_of_run(hit)
+                upstream[step.name] = hit.info.run_id
+                outcomes.append(StepOutcome(step.name, step.stage, "cached", hit.info.run_id, outputs[step.name]))
+        return PipelineResult(None, outcomes)
+
+    def _report(self, result: PipelineResult, seconds: float) -> dict[str, Any] | None:
+        from anima.pipeline.report import champion_summary, print_report
+
+        champ = champion_summary(self.cfg, self.steps, result.steps)
+        print_report(self.console, self.cfg, result, champ, seconds)
+        return champ

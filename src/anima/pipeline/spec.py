@@ -1,0 +1,126 @@
+"""The pipeline config -> an ordered list of `Step`s, each a stage plus its Hydra overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from anima.errors import ConfigError
+
+# Keys of the pipeline config itself (the schema); every other top-level key is a step's overrides.
+OWN_KEYS = {"stage", "seed", "run_name", "paths", "tracking", "device", "pipeline", "force", "dry_run",
+            "champion_alias", "registry_name"}
+
+
+@dataclass
+class Step:
+    name: str
+    stage: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value (references unresolved)
+
+    @property
+    def config_name(self) -> str:
+        return self.stage
+
+
+def format_value(value: Any) -> str:
+    """A Python value as a Hydra override value (lists and dicts in Hydra's own syntax)."""
+    from anima.sweep.space import format_value as scalar
+
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    return scalar(value)
+
+
+def flatten_overrides(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{trainer: {max_steps: 3}, model: nano, +x: 1} -> {trainer.max_steps: 3, model: nano, +x: 1}.
+
+    A leaf is anything that is not a non-empty mapping; later keys win (a command-line override of a key the
+    preset wrote in dotted form replaces it).
+    """
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten_overrides(v, key + "."))
+        else:
+            out.pop(key, None)
+            out[key] = v
+    return out
+
+
+def to_override_list(flat: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={format_value(v)}" for k, v in flat.items()]
+
+
+def available_stages() -> set[str]:
+    from anima.config.pipeline import STEP_STAGES
+    from anima.paths import conf_dir
+
+    return {s for s in STEP_STAGES if (conf_dir() / f"{s}.yaml").is_file()}
+
+
+def parse_steps(cfg: DictConfig) -> list[Step]:
+    """Read `pipeline.stages` and each step's overrides; names the key at fault when something is off."""
+    names = [str(s) for s in (cfg.pipeline.stages or [])]
+    if not names:
+        raise ConfigError("pipeline.stages is empty: pick a study (experiment=demo, experiment=arianna, "
+                          "experiment=persona_distill) or list the steps: pipeline.stages=[pretrain,sft]")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"pipeline.stages lists {dupes[0]!r} twice: give the second one its own name and map "
+                          f"it in pipeline.stage_of (e.g. {dupes[0]}_2: {dupes[0]})")
+    stage_of = OmegaConf.to_container(cfg.pipeline.stage_of) or {}
+    known = available_stages()
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    steps: list[Step] = []
+    for name in names:
+        stage = str(stage_of.get(name, name))
+        if stage not in known:
+            where = f"pipeline.stage_of.{name}={stage}" if name in stage_of else f"pipeline.stages: {name!r}"
+            raise ConfigError(f"{where} is not a stage a pipeline can run (available: {', '.join(sorted(known))})")
+        body = raw.get(name) or {}
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{name}={body!r}: a step's value must be a mapping of overrides "
+                              f"(e.g. {name}.optim.lr=3e-4)")
+        steps.append(Step(name, stage, flatten_overrides(body)))
+    for key, value in raw.items():
+        if key in OWN_KEYS or key in names or key == "hydra":
+            continue
+        if isinstance(value, Mapping) and not value:
+            continue  # an unused step slot (every stage name has one)
+        raise ConfigError(f"{key}: overrides given for {key!r}, which is not a step of pipeline.stages "
+                          f"({', '.join(names)})")
+    unknown_force = [f for f in _force(cfg) if f != "all" and f not in names]
+    if unknown_force:
+        raise ConfigError(f"force=[{unknown_force[0]}]: not a step of this pipeline ({', '.join(names)})")
+    return steps
+
+
+def _force(cfg: DictConfig) -> list[str]:
+    force = cfg.get("force") or []
+    return [str(force)] if isinstance(force, str) else [str(f) for f in force]
+
+
+def forced(cfg: DictConfig, step: str) -> bool:
+    f = _force(cfg)
+    return "all" in f or step in f
+
+
+def propagated(cfg: DictConfig) -> dict[str, Any]:
+    """What the pipeline passes to every step (before the step's own overrides): where data and runs live,
+    the device, the seed."""
+    from anima.tracking.run import flatten
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {}
+    for group in ("paths", "device"):
+        out.update(flatten({group: data.get(group) or {}}))
+    for key in ("uri", "artifact_root", "experiment"):
+        out[f"tracking.{key}"] = data["tracking"][key]
+    out["seed"] = data["seed"]
+    return {k: v for k, v in out.items() if not isinstance(v, dict)}

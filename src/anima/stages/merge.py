@@ -1,0 +1,276 @@
+"""anima merge: candidates from the registry -> perplexity ranking (cached as version tags) -> selection
+(max_perplexity, top_k) -> a merge method -> a new registry version tagged with its recipe, alias `candidate`.
+
+Everything that can fail on bad input (unknown method, no matching versions, an ingredient that does not
+load, all candidates over max_perplexity, incompatible models, bad parameters) fails before the MLflow run
+starts and before anything is registered; a failure inside the run marks it FAILED and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from anima.errors import ConfigError, ModelError
+
+GREEDY_SOUP = "greedy_soup"
+NEEDS_BASE = ("task_arithmetic", "ties")
+
+
+@dataclass
+class MergeResult:
+    run_id: str | None
+    model_dir: Path | None
+    method: str
+    ingredients: list[str]
+    weights: list[float]
+    scores: dict[str, float]  # merged model: eval set -> perplexity
+    best_ingredient: dict[str, float]  # the best-ranked ingredient's perplexities
+    ranking: list[dict] = field(default_factory=list)
+    version: str | None = None
+    registered_name: str | None = None
+
+    @property
+    def model_uri(self) -> str | None:
+        return f"models:/{self.registered_name}/{self.version}" if self.version else None
+
+
+def method_names() -> list[str]:
+    from anima.merge import registered
+
+    return [*registered(), GREEDY_SOUP]
+
+
+def check_method(method: str) -> None:
+    from anima.merge import registered
+
+    if method == GREEDY_SOUP:
+        return
+    if method not in registered():
+        listing = "; ".join(f"{m.name}: {m.description}" for m in registered().values())
+        raise ConfigError(f"merge.method={method!r} is unknown; methods: {listing}; {GREEDY_SOUP}: add candidates in "
+                          f"rank order, keep one only if held-out perplexity improves")
+
+
+def method_params(m: Any, method: str, n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    """(params passed to the method, the weight each ingredient gets, for the version's tags)."""
+    given = list(m.weights) if m.get("weights") is not None else None
+    if given is not None and len(given) != n:
+        raise ConfigError(f"merge.weights has {len(given)} values for {n} ingredients")
+    if method == "uniform" or method == GREEDY_SOUP:
+        return {}, [1.0 / n] * n
+    if method == "weighted":
+        from anima.merge import perplexity_weights
+
+        w = given if given is not None else perplexity_weights(scores)
+        total = sum(w)
+        return {"weights": [float(x) for x in w]}, [float(x) / total for x in w]
+    if method == "slerp":
+        return {"t": float(m.t)}, [1.0 - float(m.t), float(m.t)]
+    params: dict[str, Any] = {"scaling": float(m.scaling), "weights": given}
+    if method == "ties":
+        params["density"] = float(m.density)
+    return params, [float(x) for x in (given or [1.0] * n)]
+
+
+def _alias_or_uri(spec: str, name: str) -> str:
+    spec = str(spec)
+    if spec.startswith(("models:/", "runs:/")) or "/" in spec or Path(spec).exists():
+        return spec
+    return f"models:/{name}@{spec}"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(cfg: DictConfig) -> MergeResult | None:
+    return merge_stage(cfg)
+
+
+def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> MergeResult | None:
+    from rich.console import Console
+
+    from anima.evaluation.candidates import candidate_from_uri, score_candidates, select_candidates
+    from anima.evaluation.evalsets import load_eval_sets
+    from anima.evaluation.ranking import rank_candidates, ranking_records, ranking_table, require_selection
+    from anima.tracking.store import setup_mlflow
+
+    console = Console()
+    m = cfg.merge
+    method = str(m.method)
+    check_method(method)
+    if method in NEEDS_BASE and not m.get("base"):
+        raise ConfigError(f"merge.method={method} needs merge.base=<model URI> (the model the candidates were "
+                          f"fine-tuned from)")
+    if m.get("base") and method not in NEEDS_BASE:
+        raise ConfigError(f"merge.base={m.base}: merge.method={method} takes no base model "
+                          f"(only {', '.join(NEEDS_BASE)})")
+    setup_mlflow(cfg.tracking)
+    name = str(cfg.registry.name)
+
+    # 1. candidates
+    if m.models:
+        cands = []
+        for uri in m.models:
+            try:
+                cands.append(candidate_from_uri(str(uri), cfg.tracking))
+            except ModelError as e:
+                raise ModelError(f"merge.models: {e}") from None
+    else:
+        cands = select_candidates(name, tags=dict(m.tags or {}), aliases=list(m.aliases or []),
+                                  study=m.get("study"), versions=list(m.versions or []),
+                                  include_merges=bool(m.include_merges))
+    base = None
+    if m.get("base"):
+        try:
+            base = candidate_from_uri(_alias_or_uri(str(m.base), name), cfg.tracking)
+        except ModelError as e:
+            raise ModelError(f"merge.base: {e}") from None
+
+    # 2. rank (perplexities cached on the versions as ppl.<fingerprint> tags)
+    sets = load_eval_sets(cfg)
+    rank_on = str(m.rank_on)
+    if rank_on not in sets:
+        fallback = "val" if "val" in sets else next(iter(sets))
+        console.print(f"[yellow]no {rank_on!r} eval set in this data; ranking on {fallback!r}[/]")
+        rank_on = fallback
+    to_score = cands + ([base] if base is not None and base.uri not in {c.uri for c in cands} else [])
+    score_candidates(to_score, sets, cfg.tracking, batch_size=int(cfg.eval.batch_size), cache=bool(cfg.eval.cache),
+                     on_progress=lambda c: console.print(f"  scoring {c.uri} ...", style="dim"))
+    exclude = [base.uri] if base is not None else []
+    rows = rank_candidates(cands, rank_on, top_k=int(m.top_k), max_perplexity=m.get("max_perplexity"),
+                           exclude=exclude)
+    set_names = list(sets)
+    es0 = sets[rank_on]
+    console.print(ranking_table(rows, set_names, rank_on,
+                                f"Ranking of {len(cands)} candidate(s) on {es0.source} ({len(es0)} examples, "
+                                f"ppl.{es0.fingerprint}; * = cached)"))
+    if bool(m.dry_run):
+        console.print("[bold]dry run[/]: nothing merged, no run, no version.")
+        return None
+
+    # 3. select, check, resolve: all before the run starts
+    chosen = require_selection(rows, rank_on, m.get("max_perplexity"))
+    if m.models:  # explicit ingredients keep the order they were given in (slerp: t=0 is the first)
+        keep = {c.uri for c in chosen}
+        chosen = [c for c in cands if c.uri in keep]
+    if method == "slerp":
+        if len(chosen) < 2:
+            raise ConfigError(f"merge.method=slerp needs 2 ingredients, {len(chosen)} selected "
+                              f"(merge.models=[uri,uri] or raise merge.top_k / merge.max_perplexity)")
+        chosen = chosen[:2]
+    ingredient_scores = [c.scores[rank_on] for c in chosen]
+    params, weights = method_params(m, method, len(chosen), ingredient_scores)
+    dirs = []
+    for c in chosen:
+        try:
+            dirs.append(c.local_path(cfg.tracking))
+        except ModelError as e:
+            raise ModelError(f"ingredient {c.uri}: {e}") from None
+    base_dir = base.local_path(cfg.tracking) if base is not None else None
+    from anima.merge import check_compatible, get_method
+
+    check_compatible(dirs + ([base_dir] if base_dir else []))
+    if method != GREEDY_SOUP:
+        get_method(method).resolve_params(len(dirs), params)
+    return _merge_and_register(cfg, console, method, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
+                               ranking_records(rows, set_names), rows, overrides)
+
+
+def _merge_and_register(cfg, console, method, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
+                        records, rows, overrides) -> MergeResult:
+    import mlflow
+
+    from anima.evaluation.perplexity import score_model_dir
+    from anima.evaluation.ranking import ranking_csv
+    from anima.merge import greedy_soup, merge
+    from anima.stages.train import _output_dir
+    from anima.tracking.datasets import log_dataset_input
+    from anima.tracking.registry import log_model_dir, register_version
+    from anima.tracking.run import config_hash, stage_run
+
+    m = cfg.merge
+    out_dir = _output_dir(cfg) / "model"
+    name = str(m.get("register_name") or (chosen[0].name if m.models and chosen[0].name else cfg.registry.name))
+    bs = int(cfg.eval.batch_size)
+    with stage_run(cfg, overrides=overrides, extra_tags={"anima.merge.method": method}) as active:
+        run_id = active.info.run_id
+        for es in sets.values():
+            log_dataset_input(es.source.split("@")[0] + f":{es.name}", es.fingerprint, es.source, "eval")
+        mlflow.log_text(ranking_csv(rows, list(sets)), "ranking.csv")
+        mlflow.log_text(json.dumps(records, indent=2, default=str) + "\n", "ranking.json")
+        if method == GREEDY_SOUP:
+            known = {str(d): c.scores[rank_on] for d, c in zip(dirs, chosen)}
+            trials: list[float] = []
+
+            def evaluate(d: Path) -> float:
+                if str(d) in known:
+                    return known[str(d)]
+                score = score_model_dir(d, {rank_on: sets[rank_on]}, bs)[rank_on]
+                trials.append(score)
+                mlflow.log_metric("soup/trial_ppl", score, step=len(trials))
+                return score
+
+            kept_dirs, _ = greedy_soup(dirs, evaluate, out_dir)
+            kept_set = {str(d) for d in kept_dirs}
+            chosen = [c for d, c in zip(dirs, chosen) if str(d) in kept_set]
+            weights = [1.0 / len(chosen)] * len(chosen)
+            console.print(f"greedy soup kept {len(chosen)}: {', '.join(c.uri for c in chosen)}")
+        else:
+            merge(method, dirs, out_dir, base_dir=base_dir, check=False, **params)
+        peak = _peak_rss_mb()
+        merged = score_model_dir(out_dir, sets, bs)
+        best = min((c.scores for c in chosen), key=lambda sc: sc.get(rank_on, math.inf))  # best single ingredient
+        metrics = {"merge/n_ingredients": float(len(chosen)), "merge/peak_rss_mb": peak}
+        for s, v in merged.items():
+            metrics[f"merged/{s}_ppl"] = v
+            if s in best:
+                metrics[f"best_ingredient/{s}_ppl"] = best[s]
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.log_params({"merge.ingredients_resolved": ",".join(c.uri for c in chosen)[:500]})
+        source = log_model_dir(out_dir)
+        git = mlflow.get_run(run_id).data.tags.get("mlflow.source.git.commit")
+        uris = [c.uri for c in chosen]
+        tags: dict[str, Any] = {
+            "stage": "merge", "method": method, "ingredients": ",".join(uris), "parent": ",".join(uris),
+            "ingredient_versions": ",".join(c.version or c.uri for c in chosen),
+            "weights": json.dumps([round(w, 6) for w in weights]),
+            "scores": json.dumps({c.uri: {s: round(v, 4) for s, v in c.scores.items()} for c in chosen}),
+            "merge_params": json.dumps({k: v for k, v in params.items() if v is not None}, default=str),
+            "base": base.uri if base is not None else None, "rank_on": rank_on,
+            "eval_data": sets[rank_on].source, "val_ppl": merged.get("val"), "persona_ppl": merged.get("persona"),
+            "config_hash": config_hash(cfg), "git_commit": git,
+            "chat_template": chosen[0].tags.get("chat_template"),
+            **{es.tag: f"{merged[s]:.6g}" for s, es in sets.items() if s in merged},
+        }
+        mv = register_version(name, run_id, source, tags, alias=m.get("alias"),
+                              description=f"{method} merge of {', '.join(uris)}")
+        mlflow.set_tag("anima.registered", f"models:/{name}/{mv.version}")
+    result = MergeResult(run_id, out_dir, method, uris, weights, merged, dict(best), records, str(mv.version), name)
+    _print_summary(console, result, rank_on)
+    return result
+
+
+def _print_summary(console, result: MergeResult, rank_on: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{result.method} merge of {len(result.ingredients)} ingredient(s) -> {result.model_uri}",
+              title_justify="left")
+    t.add_column("eval set")
+    t.add_column("best ingredient ppl", justify="right")
+    t.add_column("merged ppl", justify="right")
+    t.add_column("change", justify="right")
+    for s, v in result.scores.items():
+        b = result.best_ingredient.get(s)
+        change = f"{(v - b) / b * 100:+.2f}%" if b else "-"
+        t.add_row(s + (" (ranking)" if s == rank_on else ""), f"{b:.4g}" if b else "-", f"{v:.4g}", change)
+    console.print(t)
+    console.print(f"[bold green]✓ merge[/] registered [bold]{result.model_uri}[/]  "
+                  f"(eval: anima eval model={result.model_uri} compare=champion)")
