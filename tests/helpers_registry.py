@@ -23,9 +23,10 @@ class NanoRegistry:
     results: list  # TrainResult of v1, v2, v3
 
     def overrides(self, *extra: str) -> list[str]:
-        """Common overrides of merge/eval/promote on this registry: text eval data, small budgets."""
+        """Common overrides of merge/eval/promote on this registry: the demo chat mix's val and held-out
+        persona sets (16 conversations each), one thread."""
         return [f"paths.root={self.root}", f"paths.raw_dir={self.raw}", f"registry.name={self.name}",
-                "data=shakespeare", "eval.sets=[val]", "eval.max_tokens=1024", "device.threads=1", *extra]
+                "eval.max_examples=16", "device.threads=1", *extra]
 
     def cfg(self, stage: str, *extra: str):
         return compose_cfg(stage, self.overrides(*extra))

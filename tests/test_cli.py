@@ -95,3 +95,12 @@ def test_vocab_the_corpus_cannot_support(project):
     line = _one_error_line(proc)
     assert "tokenizer.vocab_size" in line and "4096" in line
     assert not list((project / "data" / "cache" / "tokenizers").glob("v4096*"))  # nothing half-written
+
+
+@pytest.mark.slow
+def test_multirun_trains_one_run_per_value(project, raw_dir):
+    proc = _anima("pretrain", "--multirun", "model=nano", "trainer=smoke", "optim.lr=1e-3,3e-3",
+                  f"paths.raw_dir={raw_dir}", "trainer.progress=none", env_root=project)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("✓ pretrain run") == 2
+    assert "models:/anima-nano/2" in proc.stdout

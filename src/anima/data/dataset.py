@@ -29,6 +29,7 @@ from anima.data.manifest import (
 from anima.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test", "persona_train", "persona_val")
+DEMO_KINDS = ("plays", "persona_pairs", "chatterbot")
 
 
 @dataclass
@@ -172,7 +173,8 @@ def plan_build(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None):
     raw_dir = Path(str(paths_cfg.raw_dir))
     hashes: dict[str, str] = {}
     for name, src in data_cfg.sources.items():
-        _ensure_demo(Path(str(src.path)), raw_dir)
+        if str(src.kind) in DEMO_KINDS and not any(c in str(src.path) for c in "*?["):
+            _ensure_demo(Path(str(src.path)), raw_dir)  # the demo corpora are fetched on first use
         files = source_files(name, src)
         hashes[name] = source_content_hash(files, f"{src.path}:{src.split}:{dict(src.options or {})}")
     extras: dict[str, Any] = {}

@@ -43,11 +43,13 @@ def run(cfg: DictConfig) -> TrainResult:
 
 def _configure_torch(cfg: DictConfig) -> None:
     import logging
+    import warnings
 
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning 2.6 vs torch 2.13 deprecation noise
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
 

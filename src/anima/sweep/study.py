@@ -18,6 +18,7 @@ from anima.tracking.redact import redact
 
 INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C: rerun when the study resumes
 RETRY_OF = "retry_of"
+_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked")  # concurrent table creation
 
 
 def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
@@ -35,7 +36,7 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
         except Exception as e:  # bad URL, unreachable server, missing driver
-            if attempt < 2 and "already exists" in str(e):
+            if attempt < 2 and any(w in str(e).lower() for w in _RACE):
                 time.sleep(1.0 + attempt)
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
