@@ -156,6 +156,7 @@ def test_feedback_reader(tmp_path: Path) -> None:
     assert [r.messages[-1]["content"] for r in good(items)] == ["hello", "anima"] and len(bad(items)) == 1
 
 
+@pytest.mark.slow  # importing datasets + save_to_disk: ~10 s on a loaded machine
 def test_hf_local_json_and_saved(tmp_path: Path) -> None:
     import datasets
 

@@ -45,6 +45,7 @@ def test_appending_data_never_moves_an_example(tmp_path_factory, base, extra) ->
         assert after[ex_id] == split
 
 
+@settings(max_examples=50, deadline=None)
 @given(st.text(min_size=1, max_size=50))
 def test_assign_split_is_a_pure_function(key: str) -> None:
     assert assign_split(key, 0.1, 0.1) == assign_split(key, 0.1, 0.1)

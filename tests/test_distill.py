@@ -211,3 +211,28 @@ def test_sequence_level_fallback_generates_caches_and_trains_on_teacher_replies(
     assert len(bundle.aux["chat"].train) <= 3 and bundle.lineage["teacher"] == str(other_dir)
     assert ("chats", "fp-chats", "/nowhere", "prompts") in bundle.aux["inputs"]
     assert set(bundle.val_sets) == {"val", "persona"}
+
+
+def test_persona_guard_seed_set_from_a_jsonl_file(tmp_path, student_dir):
+    from anima.train.chat_data import prepare_chat_data
+    from anima.train.extra_terms import PersonaGuardLoss, build_extra_terms
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps({"messages": m}) for m in CHATS[:2]) + "\n")
+    cfg = _cfg(tmp_path, stage="sft", init_from=str(student_dir),
+               loss={"persona_guard": {"weight": 0.3, "every": 4, "data": str(seeds)}})
+    bundle = prepare_chat_data(cfg, 2, 64, source=_source())
+    assert len(bundle.aux["chat"].persona_train) == 2
+    assert any(ctx == "persona" and name == "seeds" for name, _, _, ctx in bundle.aux["inputs"])
+    assert bundle.lineage["persona_data"] == str(seeds)
+    from anima.model.build import load_model_dir
+
+    (guard,) = build_extra_terms(cfg, load_model_dir(student_dir), bundle)
+    assert isinstance(guard, PersonaGuardLoss) and guard.every == 4 and guard.weight == 0.3
+    no_persona = _cfg(tmp_path, stage="sft", init_from=str(student_dir), loss={"persona_guard": {"weight": 0.3}})
+    src = _source()
+    src.splits["persona_train"] = []
+    from anima.errors import DataError
+
+    with pytest.raises(DataError, match="no persona_train conversations"):
+        prepare_chat_data(no_persona, 2, 64, source=src)

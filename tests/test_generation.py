@@ -316,3 +316,23 @@ def test_abandoned_stream_releases_lock(engine):
     assert engine._lock.acquire(timeout=1)
     engine._lock.release()
     assert engine.complete("Hello", SamplingParams(max_new_tokens=3, **GREEDY)).completion_tokens >= 1
+
+
+def test_thread_tuner_prefers_faster_count_and_backs_off():
+    from anima.generation.threads import ThreadTuner
+
+    def run(tuner, cost, steps):
+        used = []
+        for _ in range(steps):
+            n = tuner.choose()
+            used.append(n)
+            tuner.record(n, cost[n])
+        return used
+
+    slow_two = ThreadTuner(2)
+    used = run(slow_two, {2: 0.050, 1: 0.001}, 400)  # contended machine: 2 threads is 50x slower
+    assert slow_two.best == 1 and used[-100:].count(2) <= 2 and used.count(2) < 30
+    fast_two = ThreadTuner(2)
+    used = run(fast_two, {2: 0.0006, 1: 0.0010}, 400)
+    assert fast_two.best == 2 and used.count(1) < 40
+    assert ThreadTuner(1).choose() == 1

@@ -180,18 +180,29 @@ def _prepare_store(root: Path) -> None:
                                    "artifact_root": f"{root}/mlruns/artifacts"}))
 
 
+def _warm_caches(raw_dir: Path) -> None:
+    """Build the nano tokenizer and token cache once: two workers building them at the same instant race on
+    the cache directory (a foundation issue reported separately), which is not what this test is about."""
+    from anima.train.prepare import prepare_data
+
+    prepare_data(compose_cfg("pretrain", ["model=nano", "trainer=smoke"], raw_dir))
+
+
 def _two_workers(root: Path, raw_dir: Path, storage: str, study: str) -> None:
     import optuna
 
+    _warm_caches(raw_dir)
+
     args = ["sweep=nano_test", f"sweep.storage={storage}", f"sweep.study_name={study}", "sweep.n_trials=6",
             "sweep.top_k=0", "sweep.plots=false", "sweep.pruner=none", "+sweep.set.trainer.max_steps=24",
-            f"paths.raw_dir={raw_dir}", "device.threads=1"]
+            f"paths.raw_dir={raw_dir}", "device.threads=1", f"sweep.preset_dir={root}/presets"]
     procs = [_cli(root, *args, f"sweep.sampler_seed={i}") for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     trials = optuna.load_study(study_name=study, storage=storage).get_trials()
-    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials), outs
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials), \
+        ([t.state.name for t in trials], [o[-1500:] for o in outs])
     assert sorted(t.number for t in trials) == list(range(6))
     ran = [out.count(" COMPLETE ") for out in outs]
     assert sum(ran) == 6 and min(ran) >= 1, outs  # both workers took trials of the one study

@@ -72,8 +72,8 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> DictConfig
     from anima.config.store import register_configs
     from anima.paths import conf_dir
 
-    register_configs()
     _import_stage_schema(config_name)
+    register_configs()
     overrides, values = split_value_overrides(config_name, overrides)
     GlobalHydra.instance().clear()
     try:
@@ -143,8 +143,8 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
     from anima.paths import conf_dir
 
     config_name = stage.name.replace(" ", "_")
-    register_configs()
     _import_stage_schema(config_name)
+    register_configs()
     if not any(a.startswith("-") for a in argv):
         # A plain run: compose and validate once up front so a bad key fails in one line before any work.
         from anima.config.validate import validate

@@ -23,12 +23,3 @@ class DataExportConfig(StageConfig):
 
 register_schema("data_export", DataExportConfig)
 
-
-def _store() -> None:
-    # register_configs() may already have run (it stores only the schemas known then): store ours directly.
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="data_export_schema", node=DataExportConfig)
-
-
-_store()

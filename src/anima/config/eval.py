@@ -28,7 +28,7 @@ class EvalOptions:
                                         "data that model was trained on). null: the `data` config's dataset.")
     sets: List[str] = setting(doc="Perplexity sets: val (the val split), persona (the held-out persona split), "
                                   "test, train.", factory=lambda: ["val", "persona"])
-    max_examples: int = setting(200, "Examples scored per set (the first N of the split; 0 = all).", ge=0)
+    max_examples: int = setting(200, "Examples scored per set, spread evenly over the split (0 = all).", ge=0)
     max_tokens: int = setting(32768, "kind=text sets: tokens scored per set (0 = all).", ge=0)
     batch_size: int = setting(8, "Sequences per forward pass when scoring perplexity.", ge=1)
     cache: bool = setting(True, "Reuse/store perplexities as registry version tags ppl.<eval data fingerprint>.")

@@ -40,17 +40,17 @@ def _walk(schema: type, node: Any, prefix: str) -> None:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         value = node.get(f.name) if isinstance(node, (DictConfig, dict)) else getattr(node, f.name, None)
+        origin = typing.get_origin(hints[f.name])
+        if origin in (dict, typing.Dict):
+            inner = _dataclass_of(typing.get_args(hints[f.name])[1])
+            if inner is not None:
+                for name, item in (value or {}).items():
+                    _walk(inner, item, f"{key}.{name}.")
+                continue
         sub = _dataclass_of(hints[f.name])
         if sub is not None and value is not None:
             _walk(sub, value, key + ".")
             continue
-        origin = typing.get_origin(hints[f.name])
-        if origin in (dict, typing.Dict) and value:
-            inner = _dataclass_of(typing.get_args(hints[f.name])[1])
-            if inner is not None:
-                for name, item in value.items():
-                    _walk(inner, item, f"{key}.{name}.")
-                continue
         problem = _bounds_error(key, value, dict(f.metadata))
         if problem:
             raise ConfigError(problem)

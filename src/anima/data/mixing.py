@@ -6,10 +6,11 @@ the example id). So with every weight 1 the mix is the data itself; emotion.weig
 of the train split; 0.5 keeps about half. Only the train split is re-weighted: val/test measure the natural
 distribution, and copies of one example share its split (the split hashes content), so nothing leaks.
 
-Rehearsal (replayed examples get persona: false, they are not this dataset's seed set): `ratio` is the share of the FINAL train split drawn from the earlier dataset's train split:
+Rehearsal: `ratio` is the share of the FINAL train split drawn from the earlier dataset's train split:
 n = round(ratio / (1 - ratio) * n_new_train). With `top_ratio` < 1 only the best-scored (lowest reference
 perplexity) part of it is eligible. Sampling is without replacement until the pool is exhausted, then the
-pool is cycled again; everything is a pure function of `data.seed`.
+pool is cycled again; everything is a pure function of `data.seed`. Replayed examples get persona: false
+(they are earlier data, not this dataset's persona seed set).
 """
 
 from __future__ import annotations

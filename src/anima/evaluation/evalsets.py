@@ -56,6 +56,16 @@ def make_eval_set(name: str, examples: Sequence[Any], kind: str | None = None, *
     return EvalSet(name, kind, tuple(rows), fp, source, max_tokens)
 
 
+def spread(examples: Sequence[dict], limit: int) -> list[dict]:
+    """``limit`` examples spread evenly over the split (every k-th): a split is stored source by source, so its
+    first N would all come from one source (the persona is read first)."""
+    examples = list(examples)
+    if not limit or len(examples) <= limit:
+        return examples
+    step = len(examples) / limit
+    return [examples[int(i * step)] for i in range(limit)]
+
+
 def _dataset(cfg: Any):
     """The built dataset the eval data comes from: eval.data (name, name/fingerprint, models:/ URI) or `data`."""
     from anima.data.dataset import ensure_dataset, resolve_rehearsal
@@ -80,9 +90,7 @@ def load_eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, Ev
     out: dict[str, EvalSet] = {}
     for n in names:
         split = SPLIT_OF[n]
-        examples = built.split(split)
-        if limit:
-            examples = examples[:limit]
+        examples = spread(built.split(split), limit)
         if not examples:
             continue
         out[n] = make_eval_set(n, examples, built.kind, source=f"{built.name}@{built.fingerprint}:{split}",

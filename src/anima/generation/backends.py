@@ -150,8 +150,8 @@ class FastLlamaBackend:
         else:
             self.rope_mats = None
         n_layers = len(self.layers)
-        # KV cache, head-major so that k[:, :L] is one strided view per layer for bmm.
-        self.k_cache = torch.zeros(n_layers, nkv, self.max_positions, hd, dtype=self.dtype)
+        # KV cache, head-major; K stored transposed (Hkv, D, P) so the step's q @ K^T needs no transpose.
+        self.k_cache = torch.zeros(n_layers, nkv, hd, self.max_positions, dtype=self.dtype)
         self.v_cache = torch.zeros(n_layers, nkv, self.max_positions, hd, dtype=self.dtype)
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
@@ -175,7 +175,7 @@ class FastLlamaBackend:
                 )
             )
         self.step_head = (self.lm_head * (self.final_norm * root).unsqueeze(0)).contiguous()
-        self.eps_h = self.eps * self.hidden
+        self.eps_h = torch.tensor(self.eps * self.hidden, dtype=self.dtype)  # a tensor: no scalar wrapping per op
 
     def truncate(self, n: int) -> None:
         self.position = max(0, min(n, self.position))
@@ -209,16 +209,16 @@ class FastLlamaBackend:
         group = nq // nkv
         rope = self.rope_mats[pos] if self.rope_mats is not None else None
         x = self.embed[tok]
-        dot, mv, addmv, bmm, softmax, silu = torch.dot, torch.mv, torch.addmv, torch.bmm, torch.softmax, F.silu
-        for wqkv, wo, wgu, wd, kc, vc, k_all, v_all in self.step_layers_at(pos):
+        dot, mv, addmv, bmm, softmax, silu, mm = torch.dot, torch.mv, torch.addmv, torch.bmm, torch.softmax, F.silu, torch.mm
+        for wqkv, wo, wgu, wd, k_new, v_new, k_all, v_all in self.step_layers_at(pos):
             # RMSNorm as a scale on the matmul output: W(x * r) == (Wx) * r; gains/sqrt(H) are in W.
             qkv = mv(wqkv, x).mul_(dot(x, x).add_(eps_h).rsqrt_())
             if rope is not None:
-                qk = torch.matmul(qkv[:qk_dim].view(qk_rows, 1, hd), rope)  # (H+Hkv, 1, D)
+                qk = mm(qkv[:qk_dim].view(qk_rows, hd), rope)  # (H+Hkv, D), RoPE applied
             else:
-                qk = self._rope(qkv[:qk_dim].view(1, qk_rows, hd), pos, 1).view(qk_rows, 1, hd)
-            kc.copy_(qk[nq:])
-            vc.copy_(qkv[qk_dim:].view(nkv, 1, hd))
+                qk = self._rope(qkv[:qk_dim].view(1, qk_rows, hd), pos, 1).view(qk_rows, hd)
+            k_new.copy_(qk[nq:])
+            v_new.copy_(qkv[qk_dim:].view(nkv, hd))
             # (Hkv, G, D) @ (Hkv, D, L): grouped-query attention without repeating K/V
             probs = softmax(bmm(qk[:nq].view(nkv, group, hd), k_all), dim=-1)
             x = addmv(x, wo, bmm(probs, v_all).view(q_dim))
@@ -232,8 +232,7 @@ class FastLlamaBackend:
         end = pos + 1
         for li, (wqkv, wo, wgu, wd) in enumerate(self.step_layers):
             kc, vc = self.k_cache[li], self.v_cache[li]
-            yield (wqkv, wo, wgu, wd, kc[:, pos : end], vc[:, pos : end],
-                   kc[:, :end].transpose(1, 2), vc[:, :end])
+            yield wqkv, wo, wgu, wd, kc.select(2, pos), vc.select(1, pos), kc.narrow(2, 0, end), vc.narrow(1, 0, end)
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
         t = len(ids)
@@ -253,10 +252,10 @@ class FastLlamaBackend:
             qkv = F.linear(h, wqkv)  # (T, q+2kv)
             qk = self._rope(qkv[:, : q_dim + kv_dim].view(t, nq + nkv, hd), start, t)
             kc, vc = self.k_cache[li], self.v_cache[li]
-            kc[:, start:end] = qk[:, nq:].transpose(0, 1)
+            kc[:, :, start:end] = qk[:, nq:].permute(1, 2, 0)
             vc[:, start:end] = qkv[:, q_dim + kv_dim :].view(t, nkv, hd).transpose(0, 1)
             q = qk[:, :nq].transpose(0, 1)  # (H, T, D)
-            k = kc[:, :end]  # (Hkv, L, D)
+            k = kc[:, :, :end].transpose(1, 2)  # (Hkv, L, D)
             v = vc[:, :end]
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
             x = torch.addmm(x, attn.transpose(0, 1).reshape(t, q_dim), wo_t)

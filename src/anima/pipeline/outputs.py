@@ -49,6 +49,8 @@ def extract(result: Any, run: Any | None) -> dict[str, Any]:
         if key in RESULT_FIELDS and _scalar(value) not in (None, ""):
             out[key] = _scalar(value)
     registered = getattr(result, "registered", None)  # sweep: the top trials, best first
+    if not registered and run is not None and run.data.tags.get("anima.sweep.registered"):
+        registered = run.data.tags["anima.sweep.registered"].split()
     if registered and "model_uri" not in out:
         out["model_uri"] = str(registered[0])
     if isinstance(result, Path) and "path" not in out:  # tokenizer: its dir

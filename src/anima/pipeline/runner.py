@@ -155,7 +155,7 @@ class Runner:
 
     def _step(self, i: int, step: Step, exp_id: str, parent: str, out_dir: Path,
               outputs: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StepOutcome:
-        from anima.cli import run_stage
+        from anima.cli import _load
         from anima.pipeline.context import child_runs_of, step_runtime
         from anima.pipeline.outputs import child_run, extract
         from anima.stages import STAGES
@@ -163,8 +163,11 @@ class Runner:
 
         c, n = self.console, len(self.steps)
         label = f"[{i}/{n}] {step.name}" + (f" ({step.stage})" if step.stage != step.name else "")
-        overrides = step_overrides(self.cfg, step, outputs)
-        stage_cfg = compose_step(step, overrides)
+        try:
+            overrides = step_overrides(self.cfg, step, outputs)
+            stage_cfg = compose_step(step, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"pipeline stopped at step {step.name!r} (stage {step.stage}): {e}") from None
         h = config_hash(stage_cfg)
         inputs = cache.inputs_of(h, upstream, cache.moving_aliases(resolved_config(stage_cfg)))
         key = cache.cache_key(inputs)
@@ -184,7 +187,7 @@ class Runner:
         t0 = time.monotonic()
         try:
             with child_runs_of(parent, step.name), step_runtime(out_dir / f"{i:02d}-{step.name}", overrides):
-                result = run_stage(STAGES[step.stage], stage_cfg)
+                result = _load(STAGES[step.stage].target)(stage_cfg)  # validated in compose_step
         except KeyboardInterrupt:
             raise
         except Exception as e:

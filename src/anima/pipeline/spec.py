@@ -36,20 +36,27 @@ def format_value(value: Any) -> str:
     return scalar(value)
 
 
-def flatten_overrides(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{trainer: {max_steps: 3}, model: nano, +x: 1} -> {trainer.max_steps: 3, model: nano, +x: 1}.
+def flatten_overrides(node: Mapping[str, Any], prefix: str = "", where: str = "") -> dict[str, Any]:
+    """{defaults: {sweep: sft_lr}, trainer: {max_steps: 3}, model: nano} -> sweep=sft_lr, trainer.max_steps=3,
+    model=nano.
 
-    A leaf is anything that is not a non-empty mapping; later keys win (a command-line override of a key the
-    preset wrote in dotted form replaces it).
+    A leaf is anything that is not a non-empty mapping. A group is chosen by a string value (`model: nano`), or
+    under `defaults:` when keys inside the same group are set too (`defaults: {merge: soup}` + `merge: {top_k:
+    3}`). A key given twice (dotted and nested) is an error rather than a silent pick.
     """
     out: dict[str, Any] = {}
     for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_overrides(v, key + "."))
+        if not prefix and k == "defaults" and isinstance(v, Mapping):
+            items = [(str(g), c) for g, c in v.items()]
+        elif isinstance(v, Mapping) and v:
+            items = list(flatten_overrides(v, f"{prefix}{k}.", where).items())
         else:
-            out.pop(key, None)
-            out[key] = v
+            items = [(f"{prefix}{k}", v)]
+        for key, value in items:
+            if key in out and out[key] != value:
+                raise ConfigError(f"{where}{key} is set twice ({out[key]!r} and {value!r}): write it once, nested "
+                                  f"(`{key.split('.')[0]}: {{...}}`), so command-line overrides replace it")
+            out[key] = value
     return out
 
 
@@ -87,7 +94,7 @@ def parse_steps(cfg: DictConfig) -> list[Step]:
         if not isinstance(body, Mapping):
             raise ConfigError(f"{name}={body!r}: a step's value must be a mapping of overrides "
                               f"(e.g. {name}.optim.lr=3e-4)")
-        steps.append(Step(name, stage, flatten_overrides(body)))
+        steps.append(Step(name, stage, flatten_overrides(body, where=f"{name}.")))
     for key, value in raw.items():
         if key in OWN_KEYS or key in names or key == "hydra":
             continue

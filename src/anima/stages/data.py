@@ -64,7 +64,8 @@ def export(cfg: Any) -> None:
     if ds.kind != "chat":
         raise ConfigError(f"data={ds.name}: a kind=text dataset has no conversations to export as {cfg.format}")
     fmt = str(cfg.format)
-    out = Path(str(cfg.out)) if cfg.out else Path(str(cfg.paths.data_dir)) / "exports" / f"{ds.name}-{ds.fingerprint}-{fmt}"
+    default = Path(str(cfg.paths.data_dir)) / "exports" / f"{ds.name}-{ds.fingerprint}-{fmt}"
+    out = Path(str(cfg.out)) if cfg.out else default
     for split in cfg.splits:
         path = out / f"{split}.{EXT[fmt]}"
         n = write_export(ds.iter_split(str(split)), fmt, path)

@@ -45,7 +45,9 @@ def gguf_logit_diff(model_dir: Path, gguf_path: Path, text: str) -> float:
     """max |logit difference| between the source model and its GGUF, loaded back by transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the GGUF loader's de-quantizing bar
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     ids = tok(text, return_tensors="pt").input_ids[:, :64]
     ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()

@@ -145,12 +145,14 @@ def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Merg
     score_candidates(to_score, sets, cfg.tracking, batch_size=int(cfg.eval.batch_size), cache=bool(cfg.eval.cache),
                      on_progress=lambda c: console.print(f"  scoring {c.uri} ...", style="dim"))
     exclude = [base.uri] if base is not None else []
-    rows = rank_candidates(cands, rank_on, top_k=int(m.top_k), max_perplexity=m.get("max_perplexity"),
+    shown = to_score  # the base is listed (status "base model") so its perplexity can be compared, never merged
+    rows = rank_candidates(shown, rank_on, top_k=int(m.top_k), max_perplexity=m.get("max_perplexity"),
                            exclude=exclude)
     set_names = list(sets)
     es0 = sets[rank_on]
+    plus = " + base" if len(shown) > len(cands) else ""
     console.print(ranking_table(rows, set_names, rank_on,
-                                f"Ranking of {len(cands)} candidate(s) on {es0.source} ({len(es0)} examples, "
+                                f"Ranking of {len(cands)} candidate(s){plus} on {es0.source} ({len(es0)} examples, "
                                 f"ppl.{es0.fingerprint}; * = cached)"))
     if bool(m.dry_run):
         console.print("[bold]dry run[/]: nothing merged, no run, no version.")

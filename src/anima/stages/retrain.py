@@ -100,6 +100,7 @@ def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> 
         "data.kind=chat",
         "data.name=feedback",
         "data.persona=null",
+        "data.on_error=skip",  # a corrupt feedback line (a crash mid-write, a hand edit) is skipped and counted
         f"data.split.val={float(r.val_fraction)}",
         "data.split.test=0.0",
         f"registry.name={cfg.registry.name}",

@@ -161,8 +161,9 @@ def _finish(ctx: Any, study: Any, run_id: str, interrupted: bool) -> SweepResult
 
 def _print_summary(console: Any, ctx: Any, res: SweepResult, seconds: float) -> None:
     c = res.counts
-    console.print(f"[bold green]✓ sweep[/] {res.study_name}: {c.get('complete', 0)} complete, "
-                  f"{c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed  ({seconds:.0f}s, run {res.run_id})")
+    console.print(f"[bold green]✓ sweep[/] {res.study_name}: this worker ran {len(ctx.trial_lines)} trials in "
+                  f"{seconds:.0f}s (run {res.run_id}); the study holds {c.get('complete', 0)} complete, "
+                  f"{c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed, {c.get('running', 0)} running")
     if res.best_value is None:
         console.print("  no trial completed: no preset written, nothing registered")
         return

@@ -25,6 +25,7 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
     """An RDB storage with heartbeats: a trial whose worker died is failed after 3 beats and retried once."""
     if not url:
         return None
+    url = _with_driver(url)
     engine: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,17 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"sweep.storage={safe_url(url)}: cannot open: {first[:200]}") from None
     raise AssertionError("unreachable")
+
+
+def _with_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; use psycopg2 when only that driver is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def safe_url(url: str | None) -> str:

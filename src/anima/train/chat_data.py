@@ -281,12 +281,17 @@ def load_chat_source(cfg: Any) -> ChatSource:
     return ChatSource(str(built.name), str(built.fingerprint), str(built.path), splits)
 
 
-def _persona_examples(cfg: Any, source: ChatSource) -> list[dict]:
-    """The persona seed set for the guard: loss.persona_guard.data (a .jsonl chat file, or a built dataset
-    "name" / "name/fingerprint": its persona_train split, else its train split) or this dataset's persona_train."""
+def _persona_sets(cfg: Any, source: ChatSource) -> tuple[list[dict], list[dict]]:
+    """(persona train, persona val): the seed set the guard trains on and the held-out set persona/ppl uses.
+
+    loss.persona_guard.data may name a .jsonl chat file (train only) or a built dataset "name" /
+    "name/fingerprint" (its persona_train / persona_val splits, else train / val): e.g. absorbing an off-persona
+    dataset while guarding with, and measuring on, chat_mix's persona set. Default: this dataset's splits.
+    """
     spec = cfg.loss.persona_guard.get("data")
+    own_val = source.splits.get("persona_val", [])
     if not spec:
-        return source.splits.get("persona_train", [])
+        return source.splits.get("persona_train", []), own_val
     path = Path(str(spec))
     if path.suffix in (".jsonl", ".json") or path.is_file():
         from anima.train.seqdistill import read_jsonl_chats
@@ -294,12 +299,12 @@ def _persona_examples(cfg: Any, source: ChatSource) -> list[dict]:
         if not path.is_file():
             raise ConfigError(f"loss.persona_guard.data={spec}: no such file")
         source.inputs.append((path.stem, hash_bytes(path.read_bytes()), str(path.resolve()), "persona"))
-        return read_jsonl_chats(path)
+        return read_jsonl_chats(path), own_val
     from anima.data.dataset import load_dataset_ref
 
     built = load_dataset_ref(str(spec), cfg.paths)
     source.inputs.append((built.name, built.fingerprint, str(built.path), "persona"))
-    return built.split("persona_train") or built.split("train")
+    return built.split("persona_train") or built.split("train"), built.split("persona_val") or built.split("val")
 
 
 @dataclass
@@ -382,16 +387,15 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
                         f"(raise data.split.val)")
     val_sets: dict[str, Any] = {"val": ChatEvalSet(val_rows, pad_id, "val")}
     cpt = {"val": chars_per_target_token(val_rows, tokenizer)}
-    persona_val = encode_examples(source.splits.get("persona_val", []), tokenizer, template, block_size,
-                                  f"{name} persona_val")
+    persona_train_examples, persona_val_examples = _persona_sets(cfg, source)
+    persona_val = encode_examples(persona_val_examples, tokenizer, template, block_size, "persona val")
     if len(persona_val):
         val_sets["persona"] = ChatEvalSet(persona_val, pad_id, "persona")
         cpt["persona"] = chars_per_target_token(persona_val, tokenizer)
 
     persona_train = None
     if float(cfg.loss.persona_guard.weight) > 0:
-        persona_train = encode_examples(_persona_examples(cfg, source), tokenizer, template, block_size,
-                                        "persona seed set")
+        persona_train = encode_examples(persona_train_examples, tokenizer, template, block_size, "persona seed set")
         if len(persona_train) == 0:
             raise DataError(f"loss.persona_guard.weight={cfg.loss.persona_guard.weight} but dataset {source.name} "
                             f"has no persona_train conversations (set data.persona or loss.persona_guard.data)")

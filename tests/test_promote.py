@@ -1,0 +1,117 @@
+"""`anima promote`: the champion moves to the candidate only when it wins (or force / by hand), the old
+champion keeps `previous`, and every decision is an MLflow run. A separate registered model whose versions
+are the session's real nano models, so alias changes here touch no other test."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers_registry import nano_registry  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.slow
+NAME = "anima-promo"
+
+
+@pytest.fixture(scope="module")
+def promo(nano_registry):
+    from mlflow import MlflowClient
+
+    from anima.model.resolve import resolve_model
+    from anima.tracking.store import setup_mlflow
+
+    reg = nano_registry
+    cfg = reg.cfg("promote", f"registry.name={NAME}")
+    setup_mlflow(cfg.tracking)
+    client = MlflowClient()
+    client.create_registered_model(NAME)
+    for v in ("1", "2", "3"):
+        path = resolve_model(f"models:/{reg.name}/{v}", cfg.tracking).path
+        client.create_model_version(NAME, source=str(path), tags={"stage": "pretrain"})
+    return reg
+
+
+def _promote(reg, *extra):
+    from anima.stages.promote import promote_stage
+
+    return promote_stage(reg.cfg("promote", f"registry.name={NAME}", *extra))
+
+
+def _aliases() -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return {a: str(v) for a, v in MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def _set(**kw):
+    from mlflow import MlflowClient
+
+    c = MlflowClient()
+    for key, pairs in kw.items():
+        for version, value in pairs.items():
+            if key == "alias":
+                c.set_registered_model_alias(NAME, value, version)
+            else:
+                c.set_model_version_tag(NAME, version, f"eval.{key}", str(value))
+
+
+def test_rules_in_sequence(promo):
+    import mlflow
+
+    from anima.errors import AnimaError
+
+    with pytest.raises(AnimaError, match="anima-promo has no @candidate to promote"):
+        _promote(promo)
+    # no champion yet: the candidate becomes champion
+    _set(alias={"1": "candidate"})
+    d = _promote(promo, "promote.metric=rouge_l", "promote.mode=max")
+    assert d.decision == "no champion" and _aliases()["champion"] == "1" and "previous" not in _aliases()
+    run = mlflow.get_run(d.run_id)
+    assert run.data.params["decision"] == "no champion" and run.data.tags["anima.stage"] == "promote"
+    # the candidate wins on the metric: champion moves, the old one is kept as previous
+    _set(rouge_l={"1": 0.1, "2": 0.3}, alias={"2": "candidate"})
+    d = _promote(promo, "promote.metric=rouge_l", "promote.mode=max")
+    assert d.decision == "wins" and d.candidate_value == 0.3 and d.champion_value == 0.1
+    assert _aliases()["champion"] == "2" and _aliases()["previous"] == "1"
+    run = mlflow.get_run(d.run_id)
+    assert run.data.metrics["candidate/rouge_l"] == 0.3 and run.data.metrics["champion/rouge_l"] == 0.1
+    assert run.data.params["decision.promoted"] == "True"
+    # it loses: nothing moves, the decision is still recorded
+    _set(rouge_l={"3": 0.2}, alias={"3": "candidate"})
+    d = _promote(promo, "promote.metric=rouge_l", "promote.mode=max")
+    assert d.decision == "loses" and _aliases()["champion"] == "2" and _aliases()["previous"] == "1"
+    assert mlflow.get_run(d.run_id).data.params["decision"] == "loses"
+    # min_delta: a small win is not enough ...
+    _set(rouge_l={"3": 0.35})
+    assert _promote(promo, "promote.metric=rouge_l", "promote.mode=max", "promote.min_delta=0.1").decision == "loses"
+    # ... unless forced
+    d = _promote(promo, "promote.metric=rouge_l", "promote.mode=max", "promote.min_delta=0.1", "force=true")
+    assert d.decision == "forced" and _aliases()["champion"] == "3" and _aliases()["previous"] == "2"
+    assert _promote(promo, "promote.metric=rouge_l").decision == "already champion"
+    # by hand
+    d = _promote(promo, "version=1", "alias=champion")
+    assert d.decision == "manual" and _aliases()["champion"] == "1" and _aliases()["previous"] == "3"
+
+
+def test_missing_metric_and_version_are_one_line(promo):
+    from anima.errors import AnimaError, ModelError
+
+    _set(alias={"1": "champion", "2": "candidate"})
+    with pytest.raises(AnimaError, match="has no eval.bleu tag; run `anima eval"):
+        _promote(promo, "promote.metric=bleu")
+    with pytest.raises(ModelError, match="version=9: anima-promo has no such version"):
+        _promote(promo, "version=9")
+
+
+def test_perplexity_rule_measures_both_on_the_eval_data(promo):
+    from mlflow import MlflowClient
+
+    from anima.stages.promote import metric_value
+
+    _set(alias={"1": "champion", "3": "candidate"})
+    cfg = promo.cfg("promote", f"registry.name={NAME}")
+    v1, v3 = (metric_value(cfg, NAME, v, "persona_ppl") for v in ("1", "3"))
+    d = _promote(promo, "promote.metric=persona_ppl")
+    assert (d.candidate_value, d.champion_value) == (pytest.approx(v3), pytest.approx(v1))
+    assert d.decision == ("wins" if v3 < v1 else "loses")
+    assert _aliases()["champion"] == ("3" if v3 < v1 else "1")
+    assert any(k.startswith("ppl.") for k in MlflowClient().get_model_version(NAME, "3").tags)  # cached
