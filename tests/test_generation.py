@@ -336,3 +336,21 @@ def test_thread_tuner_prefers_faster_count_and_backs_off():
     used = run(fast_two, {2: 0.0006, 1: 0.0010}, 400)
     assert fast_two.best == 2 and used.count(1) < 40
     assert ThreadTuner(1).choose() == 1
+
+
+@pytest.mark.parametrize("kw", [dict(top_p=0.9, scale=6.0), dict(top_p=0.9, scale=0.5), dict(top_k=5, top_p=0.8, scale=1.0),
+                                dict(top_k=0, top_p=1.0, scale=1.0), dict(top_k=100, top_p=1.0, scale=2.0)])
+def test_fast_sampler_draws_from_the_processed_distribution(kw):
+    """sample_next (candidate shortcut or full fallback) samples exactly softmax(process_logits(...))."""
+    from anima.generation.sampling import make_generator, sample_next
+
+    scale = kw.pop("scale")
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3)) * scale
+    p = SamplingParams(temperature=0.9, **kw)
+    expected = torch.softmax(process_logits(logits, p), 0)
+    gen = make_generator(0)
+    n = 4000
+    counts = torch.bincount(torch.tensor([sample_next(logits, p, gen) for _ in range(n)]), minlength=300).float()
+    assert counts[expected == 0].sum() == 0  # never outside the kept set
+    big = expected > 0.02
+    assert torch.allclose(counts[big] / n, expected[big], atol=0.025)

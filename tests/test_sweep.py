@@ -200,7 +200,9 @@ def _two_workers(root: Path, raw_dir: Path, storage: str, study: str) -> None:
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    from anima.sweep.study import make_storage
+
+    trials = optuna.load_study(study_name=study, storage=make_storage(storage, 60)).get_trials()
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials), \
         ([t.state.name for t in trials], [o[-1500:] for o in outs])
     assert sorted(t.number for t in trials) == list(range(6))

@@ -37,7 +37,7 @@ class Candidate:
 
             try:
                 self.path = resolve_model(self.uri, tracking).path
-            except ModelError:
+            except AnimaError:
                 raise
             except Exception as e:  # artifact download / store errors
                 raise ModelError(f"{self.uri}: cannot fetch the model: {str(e).splitlines()[0][:200]}") from None

@@ -103,6 +103,7 @@ def ranking_table(rows: Sequence[RankRow], set_names: Sequence[str], rank_on: st
         c = r.cand
         cells = [f"{_fmt(c.scores.get(s))}{'*' if c.cached.get(s) else ''}" for s in set_names]
         style = "green" if r.status == SELECTED else "dim"
-        table.add_row(str(r.rank), c.uri.removeprefix("models:/"), ",".join(f"@{a}" for a in c.aliases) or "-", c.tags.get("stage", "-"),
-                      *cells, f"[{style}]{r.status}[/]")
+        aliases = ",".join(f"@{a}" for a in c.aliases) or "-"
+        table.add_row(str(r.rank), c.uri.removeprefix("models:/"), aliases, c.tags.get("stage", "-"), *cells,
+                      f"[{style}]{r.status}[/]")
     return table

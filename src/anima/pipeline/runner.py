@@ -177,7 +177,9 @@ class Runner:
             hit = cache.find_cached(exp_id, key)
             why_not = "no finished run with this config and inputs"
         if hit is not None:
-            outs = cache.outputs_of_run(hit)
+            from anima.pipeline.outputs import extract as extract_outputs
+
+            outs = {**extract_outputs(None, hit), **cache.outputs_of_run(hit)}
             shown = outs.get("model_uri") or outs.get("dataset") or ""
             c.print(f"[cyan]↺ {label}: skipped[/] — same config (hash {h}) and inputs as finished run "
                     f"{hit.info.run_id[:12]}" + (f"; reusing {shown}" if shown else ""))

@@ -84,7 +84,8 @@ class LineageBuilder:
             tree.add(f"{prefix}{uri} [red](not in the registry)[/]")
             return
         canonical = f"models:/{name}/{mv.version}"
-        aliases = sorted(a for a, v in self.client.get_registered_model(name).aliases.items() if str(v) == str(mv.version))
+        held = self.client.get_registered_model(name).aliases.items()
+        aliases = sorted(a for a, v in held if str(v) == str(mv.version))
         tags = dict(mv.tags or {})
         label = f"{prefix}[bold]{canonical}[/]" + (f" {' '.join('@' + a for a in aliases)}" if aliases else "")
         label += f"  [dim]stage={tags.get('stage', '?')}[/]"
