@@ -193,7 +193,13 @@ class ChatEngine:
             backend.truncate(common)
             common = backend.position
             self._cached_ids = []  # invalid until the cache is consistent again
-            logits = backend.forward(prompt_ids[common:])
+            if self.tuner is not None and torch.get_num_threads() != self.tuner.best:
+                torch.set_num_threads(self.tuner.best)  # a contended machine hurts prefill alike
+            try:
+                logits = backend.forward(prompt_ids[common:])
+            finally:
+                if torch.get_num_threads() != self.threads:
+                    torch.set_num_threads(self.threads)
             fed = list(prompt_ids)
             self._cached_ids = fed
 
