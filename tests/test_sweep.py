@@ -245,6 +245,7 @@ def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     storage = f"sqlite:///{project}/mlruns/optuna.db"
     args = ["sweep=nano_test", "sweep.study_name=stop", "sweep.top_k=0", "sweep.plots=false", "sweep.n_trials=3",
             "sweep.pruner=none", "+sweep.set.trainer.max_steps=400", "+sweep.set.trainer.val_every=50",
+            f"sweep.preset_dir={project}/presets",
             f"paths.raw_dir={raw_dir}", "device.threads=1"]
     p = _cli(project, *args)
     deadline = time.time() + 180

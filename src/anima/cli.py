@@ -127,13 +127,13 @@ def _import_stage_schema(config_name: str) -> None:
         importlib.import_module(f"anima.config.{config_name}")
 
 
-def run_stage(stage: Stage, cfg) -> None:
-    """Validate a composed config, then hand it to the stage's implementation."""
+def run_stage(stage: Stage, cfg):
+    """Validate a composed config, then hand it to the stage's implementation; returns its result."""
     from anima.config.validate import validate
 
     config_name = stage.name.replace(" ", "_")
     validate(cfg, _schema_for(config_name))
-    _load(stage.target)(cfg)
+    return _load(stage.target)(cfg)
 
 
 def _run_hydra(stage: Stage, argv: list[str]) -> int:

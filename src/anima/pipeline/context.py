@@ -1,7 +1,7 @@
 """How a step's run becomes a child of the pipeline run, and gets its own output dir and overrides.
 
-Stages start their MLflow run themselves (`stage_run`), not nested. While a step runs, an MLflow run-context
-provider adds `mlflow.parentRunId` (the pipeline run) and the step name to every run created without an
+Stages start their MLflow run themselves (`stage_run`), not nested. While a step runs, `stage_run`
+(via `anima.tracking.run.inherited_tags`) adds `mlflow.parentRunId` (the pipeline run) and the step name to every run created without an
 explicit parent, so the UI nests it; runs that name their own parent (sweep trials) keep it. The step also
 sees a Hydra runtime of its own (output dir, task overrides), as if `anima <stage> <overrides>` had been run.
 """
@@ -16,39 +16,13 @@ PARENT_TAG = "mlflow.parentRunId"
 STEP_TAG = "anima.pipeline.step"
 PIPELINE_TAG = "anima.pipeline.run_id"
 
-_current: dict[str, str] | None = None
-_registered = False
-
-
-def _register_provider() -> None:
-    global _registered
-    if _registered:
-        return
-    from mlflow.tracking.context.abstract_context import RunContextProvider
-    from mlflow.tracking.context.registry import _run_context_provider_registry
-
-    class PipelineStepContext(RunContextProvider):
-        def in_context(self) -> bool:
-            return _current is not None
-
-        def tags(self) -> dict[str, str]:
-            return dict(_current or {})
-
-    _run_context_provider_registry.register(PipelineStepContext)
-    _registered = True
-
-
 @contextlib.contextmanager
 def child_runs_of(parent_run_id: str, step: str) -> Iterator[None]:
     """Runs started inside this block are children of `parent_run_id`, tagged with the step name."""
-    global _current
-    _register_provider()
-    saved = _current
-    _current = {PARENT_TAG: parent_run_id, STEP_TAG: step, PIPELINE_TAG: parent_run_id}
-    try:
+    from anima.tracking.run import inherited_tags
+
+    with inherited_tags({PARENT_TAG: parent_run_id, STEP_TAG: step, PIPELINE_TAG: parent_run_id}):
         yield
-    finally:
-        _current = saved
 
 
 @contextlib.contextmanager

@@ -132,7 +132,7 @@ def _print(console, d: Decision, name: str, alias: str, previous: str | None) ->
         vals = f" ({d.metric}: v{d.candidate} {d.candidate_value:.4g} vs v{d.champion} {d.champion_value:.4g})"
     if d.promoted:
         moved = f"; v{d.champion} is now @{previous}" if previous and d.champion and d.champion != d.candidate else ""
-        console.print(f"[bold green]✓ promoted[/] models:/{name}/{d.candidate} to @{alias} [{d.decision}]{vals}{moved}")
+        console.print(f"[bold green]✓ promoted[/] models:/{name}/{d.candidate} to @{alias} ({d.decision}){vals}{moved}")
     else:
-        console.print(f"[yellow]not promoted[/]: models:/{name}/{d.candidate} [{d.decision}]{vals}; "
+        console.print(f"[yellow]not promoted[/]: models:/{name}/{d.candidate} ({d.decision}){vals}; "
                       f"@{alias} stays on v{d.champion} (force=true to override)")

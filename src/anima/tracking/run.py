@@ -15,6 +15,22 @@ from anima.tracking.gitinfo import git_state
 from anima.tracking.redact import redact
 from anima.tracking.store import setup_mlflow
 
+# Tags every run started inside `inherited_tags(...)` receives (the pipeline makes its steps' runs children).
+_inherited: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def inherited_tags(tags: dict[str, str]) -> Iterator[None]:
+    """Runs started by `stage_run` inside this block carry `tags` (an explicit nested parent still wins)."""
+    global _inherited
+    saved = _inherited
+    _inherited = {**saved, **tags}
+    try:
+        yield
+    finally:
+        _inherited = saved
+
+
 # Keys that say where/how a run is recorded, not what it computes: excluded from the config hash.
 NON_SEMANTIC_KEYS = ("paths", "tracking", "run_name", "resume")
 
@@ -91,6 +107,7 @@ def stage_run(
     name = cfg.get("run_name") or f"{stage}-{'-'.join(o.split('=')[-1] for o in overrides)[:40]}".rstrip("-")
     parent = mlflow.active_run() if nested else None
     tags = {
+        **_inherited,
         "anima.stage": stage,
         "anima.command": shlex.join(["anima", stage, *redact({"o": overrides})["o"]]),
         "anima.config_hash": config_hash(cfg),
