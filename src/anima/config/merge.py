@@ -29,7 +29,8 @@ class MergeConfig:
                                       "persona split).", choices=["val", "persona", "test", "train"])
     top_k: int = setting(5, "Merge at most the k best-ranked candidates (0 = all that pass max_perplexity).", ge=0)
     max_perplexity: Optional[float] = setting(None, "Drop candidates whose ranking perplexity exceeds this.", gt=0)
-    dry_run: bool = setting(False, "Print the ranking table and exit: no run, no model, no version.")
+    dry_run: bool = setting(False, "Print the ranking table and exit: no run, no model, no version (scores are still cached as "
+                                  "ppl.<fingerprint> tags on the ranked versions).")
     t: float = setting(0.5, "slerp: interpolation position (0 = first model, 1 = second).", ge=0, le=1)
     density: float = setting(0.5, "ties: fraction of each task vector kept (top magnitude).", gt=0, le=1)
     scaling: float = setting(1.0, "task_arithmetic/ties: factor on the merged task vector.")

@@ -47,6 +47,32 @@ def propagated_overrides(cfg: DictConfig) -> list[str]:
     return to_overrides(out)
 
 
+PINNED_KEYS = ("init_from", "teacher")
+
+
+def pin_models(cfg: DictConfig, study: Any, base: list[str]) -> list[str]:
+    """Resolve `init_from`/`teacher` aliases (models:/x@latest) to fixed versions once per study.
+
+    Aliases move: the sweep itself registers new versions, so a resumed study (or the preset) would otherwise
+    start from another model. The first worker stores the pins on the study; later workers reuse them."""
+    from anima.model.resolve import resolve_model
+
+    stored = dict(study.user_attrs.get("pins") or {})
+    out: list[str] = []
+    for key in PINNED_KEYS:
+        given = [o.split("=", 1)[1].strip("'\"") for o in base if o.lstrip("+").split("=", 1)[0] == key and "=" in o]
+        uri = given[-1] if given else None
+        if not uri or not uri.startswith("models:/") or "@" not in uri:
+            continue
+        pin = stored.get(key)
+        if not pin or pin[0] != uri:
+            pin = [uri, resolve_model(uri, cfg.tracking).canonical_uri]
+            stored[key] = pin
+            study.set_user_attr("pins", stored)
+        out.append(f"{key}={pin[1]}")
+    return out
+
+
 def _out_dir(cfg: DictConfig) -> Path:
     from anima.tracking.run import hydra_output_dir
 
@@ -104,6 +130,9 @@ def run(cfg: DictConfig) -> SweepResult:
             "anima.sweep.stage": stage}
     with stage_run(cfg, extra_tags=tags) as parent:
         ctx = SweepContext(cfg, name, space, propagated, out_dir, console)
+        ctx.pins = pin_models(cfg, study, base_overrides(sw))
+        if ctx.pins:
+            console.print(f"  pinned for this study: {' '.join(ctx.pins)}")
         objective = make_objective(ctx)
         start, interrupted = time.monotonic(), False
         try:

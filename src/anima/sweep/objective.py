@@ -37,6 +37,7 @@ class SweepContext:
     propagated: list[str]  # paths/tracking/device/seed of the sweep, so trials log into the same store
     out_dir: Path
     console: Any = None
+    pins: list[str] = field(default_factory=list)  # init_from/teacher aliases resolved once per study
     trial_lines: list[str] = field(default_factory=list)
 
     @property
@@ -48,7 +49,7 @@ class SweepContext:
         base = base_overrides(self.sweep)
         seed = [] if any(o.split("=")[0].lstrip("+~") == "seed" for o in base) or "seed" in values \
             else [f"seed={int(self.cfg.seed)}"]
-        return [*seed, *base, *to_overrides(values)]
+        return [*seed, *base, *self.pins, *to_overrides(values)]
 
     def trial_overrides(self, number: int, values: dict[str, Any]) -> list[str]:
         return [*self.propagated, *self.preset_overrides(values), f"run_name={self.study_name}-t{number}",

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from anima.fingerprint import hash_obj
-from anima.paths import project_root
+from anima.paths import SOURCE_ROOT
 from anima.tracking.gitinfo import git_state
 from anima.tracking.redact import redact
 from anima.tracking.store import setup_mlflow
@@ -102,7 +102,7 @@ def stage_run(
 
     setup_mlflow(cfg.tracking)
     overrides = list(hydra_overrides() if overrides is None else overrides)
-    sha, dirty = git_state(project_root())
+    sha, dirty = git_state(SOURCE_ROOT)  # the code that ran, wherever the project's data lives
     stage = str(cfg.stage)
     name = cfg.get("run_name") or f"{stage}-{'-'.join(o.split('=')[-1] for o in overrides)[:40]}".rstrip("-")
     parent = mlflow.active_run() if nested else None
