@@ -28,6 +28,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def kl_to_teacher(cfg, teacher_uri: str, student_uris: list[str], temperature: float) -> dict[str, dict]:
+    """Forward KL(teacher || student) on the val split's assistant tokens, at T=1 and at the kd temperature:
+    what the kd term optimises, measured on held-out data."""
+    import torch
+
+    from anima.model.build import load_model_dir
+    from anima.model.resolve import resolve_model
+    from anima.train.chat_data import prepare_chat_data
+    from anima.train.divergences import distill_loss
+
+    val = prepare_chat_data(cfg, 8, int(cfg.model.max_seq_len)).val_sets["val"]
+    batch = {k: torch.stack([val[i][k] for i in range(len(val))]) for k in ("input_ids", "attention_mask", "labels")}
+    mask = batch["labels"] != -100
+
+    def logits(uri: str):
+        model = load_model_dir(resolve_model(uri, cfg.tracking).path).eval()
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
+
+    t = logits(teacher_uri)
+    out = {}
+    for uri in student_uris:
+        s = logits(uri)
+        out[uri] = {"kl_T1": float(distill_loss("forward_kl", t, s, 1.0)),
+                    f"kl_T{temperature:g}": float(distill_loss("forward_kl", t, s, temperature))}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
@@ -77,6 +105,10 @@ def main() -> None:
     out["b"] = {"teacher_val_ppl": a_pre.metrics["val/ppl"],
                 **{k: {"uri": r.model_uri, "val_ppl": r.metrics["val/ppl"], "persona_ppl": r.metrics.get("persona/ppl")}
                    for k, r in (("with_kd", b_kd), ("without_kd", b_lm))}}
+
+    out["b"]["kl_to_teacher_on_val"] = kl_to_teacher(compose("distill", [*common, *b_args]), a_pre.model_uri,
+                                                     [b_kd.model_uri, b_lm.model_uri], 2.0)
+    print(f"  KL(teacher || student) on val: {out['b']['kl_to_teacher_on_val']}", flush=True)
 
     print("(c) absorbing off-persona data with persona_guard weight 0 vs 0.3", flush=True)
     c_args = [*big, f"init_from={a_pre.model_uri}", f"trainer.max_steps={steps['absorb']}", "optim.lr=1e-3",
