@@ -244,7 +244,7 @@ def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     _prepare_store(project)
     storage = f"sqlite:///{project}/mlruns/optuna.db"
     args = ["sweep=nano_test", "sweep.study_name=stop", "sweep.top_k=0", "sweep.plots=false", "sweep.n_trials=3",
-            "sweep.pruner=none", "+sweep.set.trainer.max_steps=400", "+sweep.set.trainer.val_every=50",
+            "sweep.pruner=none", "+sweep.set.trainer.max_steps=5000", "+sweep.set.trainer.val_every=50",
             f"sweep.preset_dir={project}/presets",
             f"paths.raw_dir={raw_dir}", "device.threads=1"]
     p = _cli(project, *args)
@@ -266,6 +266,8 @@ def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     assert "resume with `anima sweep sweep=nano_test sweep.study_name=stop`" in out
     trials = optuna.load_study(study_name="stop", storage=storage).get_trials()
     assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["interrupted"]
+    assert 0 < trials[0].user_attrs["steps"] < 5000  # stopped inside Lightning's fit loop
+    assert "interrupted (Ctrl-C)" in out
     client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("anima").experiment_id])
     parent = [r for r in runs if r.data.tags.get("anima.stage") == "sweep"][0]

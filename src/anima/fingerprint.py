@@ -30,3 +30,15 @@ def hash_files(paths: Iterable[Path], root: Path | None = None, length: int = 16
                 h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()[:length]
+
+
+def publish_dir(work: Path, final: Path) -> None:
+    """Atomically move a finished cache entry into place. Content-addressed: if another process published the
+    same fingerprint first, its copy is as good as ours, so keep it."""
+    import os
+
+    try:
+        os.replace(work, final)
+    except OSError:
+        if not final.is_dir():
+            raise

@@ -1,8 +1,7 @@
 """Schema of `anima chat` (conf/chat.yaml): which model to talk to, sampling, where feedback goes.
 
 Also holds what chat, serve and export share: the registry reference that gives the default model URI
-(`models:/<registry.name>@champion`) and the `_register` helper that puts a stage schema in the ConfigStore
-(the CLI imports this module after the store was filled, so registering in STAGE_SCHEMAS alone is too late).
+(`models:/<registry.name>@champion`).
 """
 
 from __future__ import annotations
@@ -44,12 +43,4 @@ class ChatStageConfig(StageConfig):
     chat: ChatOptions = field(default_factory=ChatOptions)
 
 
-def _register(name: str, schema: type) -> None:
-    """STAGE_SCHEMAS (for validation) and the ConfigStore (for composition), idempotently."""
-    from hydra.core.config_store import ConfigStore
-
-    register_schema(name, schema)
-    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
-
-
-_register("chat", ChatStageConfig)
+register_schema("chat", ChatStageConfig)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from anima.config.chat import RegistryRef, _register
+from anima.config.chat import RegistryRef
 from anima.config.data import DataConfig
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 EVAL_SETS = ["val", "persona", "test", "train"]
 
@@ -53,4 +53,4 @@ class EvalStageConfig(StageConfig):
     tag_version: bool = setting(True, "Write the results as eval.* tags on the evaluated registry version(s).")
 
 
-_register("eval", EvalStageConfig)
+register_schema("eval", EvalStageConfig)

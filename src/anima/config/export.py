@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anima.config.chat import RegistryRef, _register
+from anima.config.chat import RegistryRef
 from anima.config.fields import setting
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -31,4 +31,4 @@ class ExportStageConfig(StageConfig):
     export: ExportOptions = field(default_factory=ExportOptions)
 
 
-_register("export", ExportStageConfig)
+register_schema("export", ExportStageConfig)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from anima.config.chat import RegistryRef, _register
+from anima.config.chat import RegistryRef
 from anima.config.data import DataConfig
 from anima.config.eval import EvalOptions
 from anima.config.fields import setting
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -49,4 +49,4 @@ class MergeStageConfig(StageConfig):
     eval: EvalOptions = field(default_factory=EvalOptions)
 
 
-_register("merge", MergeStageConfig)
+register_schema("merge", MergeStageConfig)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import RegistryRef, _register
+from anima.config.chat import RegistryRef
 from anima.config.data import DataConfig
 from anima.config.eval import EvalOptions
 from anima.config.fields import setting
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -33,4 +33,4 @@ class PromoteStageConfig(StageConfig):
     eval: EvalOptions = field(default_factory=EvalOptions)
 
 
-_register("promote", PromoteStageConfig)
+register_schema("promote", PromoteStageConfig)

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from anima.config.chat import _register
 from anima.config.fields import setting
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -42,4 +41,4 @@ class RetrainStageConfig(StageConfig):
     retrain: RetrainOptions = field(default_factory=RetrainOptions)
 
 
-_register("retrain", RetrainStageConfig)
+register_schema("retrain", RetrainStageConfig)

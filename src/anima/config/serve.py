@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import BACKENDS, RegistryRef, _register
+from anima.config.chat import BACKENDS, RegistryRef
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -42,4 +42,4 @@ class ServeStageConfig(StageConfig):
     serve: ServeOptions = field(default_factory=ServeOptions)
 
 
-_register("serve", ServeStageConfig)
+register_schema("serve", ServeStageConfig)

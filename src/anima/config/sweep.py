@@ -71,7 +71,3 @@ class SweepStageConfig(StageConfig):
 
 
 register_schema("sweep", SweepStageConfig)
-# The CLI fills the ConfigStore before it imports stage schema modules; store ours too so it is found either way.
-from hydra.core.config_store import ConfigStore  # noqa: E402
-
-ConfigStore.instance().store(name="sweep_schema", node=SweepStageConfig)

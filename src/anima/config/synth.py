@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import BACKENDS, _register
+from anima.config.chat import BACKENDS
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig
+from anima.config.stages import StageConfig, register_schema
 
 
 @dataclass
@@ -49,4 +49,4 @@ class SynthStageConfig(StageConfig):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-_register("synth", SynthStageConfig)
+register_schema("synth", SynthStageConfig)

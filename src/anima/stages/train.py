@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,16 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
         total = int(cfg.trainer.max_steps) * accum
         train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
         val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
-        trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
-                    val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
+                        val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except SystemExit:
+            # Lightning answers Ctrl-C with exit(1) (and ignores further Ctrl-C): report it as an interrupt so
+            # the run ends KILLED, resumable with resume=auto.
+            if trainer.interrupted:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            raise
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from anima.fingerprint import hash_obj
+from anima.fingerprint import hash_obj, publish_dir
 
 
 def tokenizer_fingerprint(corpus_fp: str, tok_cfg: Any, template: str) -> str:
@@ -37,7 +36,7 @@ def ensure_tokenizer(corpus, tok_cfg: Any, template: str, cache_dir: str | Path)
                                       max_sentence_length=int(tok_cfg.max_sentence_length))
         tok = build_hf_tokenizer(sp_path, get_template(template).chat_template)
         save_tokenizer(tok, sp_path, work / "out", template)
-        os.replace(work / "out", final)
+        publish_dir(work / "out", final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final, True

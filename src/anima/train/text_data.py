@@ -8,7 +8,6 @@ Training batches are random windows (nanoGPT style) whose offsets are a pure fun
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from anima.errors import DataError
-from anima.fingerprint import hash_files, hash_obj
+from anima.fingerprint import hash_files, hash_obj, publish_dir
 
 
 @dataclass
@@ -68,7 +67,7 @@ def build_token_cache(corpus, tokenizer_dir: Path, cache_dir: str | Path) -> tup
                 meta["splits"][split] = {"n_tokens": int(len(arr)), "n_chars": n_chars, "dtype": arr.dtype.name,
                                          "documents": sorted(getattr(corpus, split))}
             (work / "meta.json").write_text(json.dumps(meta, indent=1))
-            os.replace(work, final)
+            publish_dir(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     meta = json.loads((final / "meta.json").read_text())
