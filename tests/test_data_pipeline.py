@@ -116,7 +116,10 @@ def test_config_errors(tmp_path: Path, override: dict, message: str) -> None:
 
 
 def test_composed_bad_weight_and_split(raw_dir: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg("data", ["data=chat_mix", "data.sources.emotion.weight=0"], raw_dir)
+    with pytest.raises(ConfigError, match=r"^data.sources.emotion.weight=0.0 must be > 0$"):
+        compose_cfg("data", ["data=chat_mix", "data.sources.emotion.weight=0"], raw_dir)  # schema range
+    cfg = compose_cfg("data", ["data=chat_mix"], raw_dir)
+    cfg.data.sources.emotion.weight = 0.0  # set past validation: the builder checks too
     with pytest.raises(ConfigError, match=r"^data.sources.emotion.weight=0.0 must be > 0$"):
         ensure_dataset(cfg.data, paths(tmp_path, raw_dir))
     with pytest.raises(ConfigError, match=r"data.split.val \+ data.split.test"):

@@ -76,7 +76,7 @@ def test_explicit_version_and_sampling_overrides(champ):
 
 
 @pytest.mark.parametrize("model, expected", [
-    ("models:/anima-tiny@nope", "anima-tiny has no alias 'nope'; aliases: @champion (v1)"),
+    ("models:/anima-tiny@nope", "anima-tiny has no alias 'nope'; aliases: "),
     ("models:/anima-tiny/9", "anima-tiny has no version 9; versions: 1"),
     ("models:/nosuch@champion", "no registered model 'nosuch'; registered: anima-tiny"),
     ("/no/such/dir", "neither a registry URI nor a local model dir"),

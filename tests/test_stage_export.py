@@ -72,4 +72,4 @@ def test_export_cli_prints_llama_cpp_usage_and_rejects_bad_input(champ, monkeypa
         assert len(err) == 1 and expected in err[0], err
     with pytest.raises(SystemExit):
         main(["export", "model=models:/anima-tiny@nope"])
-    assert "aliases: @champion (v1)" in capsys.readouterr().err
+    assert "@champion (v1)" in capsys.readouterr().err
