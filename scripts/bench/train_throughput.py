@@ -45,6 +45,7 @@ def bare_loop(cfg, tokens, steps: int, warmup: int) -> float:
     from anima.train.text_data import RandomWindows
 
     torch.manual_seed(0)
+    torch.set_float32_matmul_precision("highest")  # the reference is plain fp32 (anima may have changed this)
     model = build_model(cfg.model)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
