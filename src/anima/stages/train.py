@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from omegaconf import DictConfig
 
@@ -42,7 +43,10 @@ def run(cfg: DictConfig) -> TrainResult:
     return result
 
 
-def _configure_torch(cfg: DictConfig) -> None:
+@contextlib.contextmanager
+def torch_settings(cfg: DictConfig) -> Iterator[None]:
+    """Threads and matmul precision for this run only: a library call must not leave them changed for the
+    caller (a sweep, a pipeline, tests that compare logits in exact fp32 afterwards)."""
     import logging
     import warnings
 
@@ -53,10 +57,15 @@ def _configure_torch(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning 2.6 vs torch 2.13 deprecation noise
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
-
+    saved = (torch.get_num_threads(), torch.get_float32_matmul_precision())
     if cfg.device.threads:
         torch.set_num_threads(int(cfg.device.threads))
     torch.set_float32_matmul_precision(str(cfg.device.matmul_precision))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -120,6 +129,11 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
 def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | None = None,
           nested: bool = False) -> TrainResult:
     """Run one training stage end to end. `callbacks` lets tests and sweeps hook into the Lightning loop."""
+    with torch_settings(cfg):
+        return _train(cfg, callbacks, overrides, nested)
+
+
+def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None, nested: bool) -> TrainResult:
     import lightning as L
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
@@ -139,7 +153,6 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
     run_id, ckpt_path = None, None
     if str(cfg.get("resume", "none")) != "none":
         cfg, run_id, ckpt_path = find_resume(cfg)
-    _configure_torch(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     bundle = prepare_data(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep

@@ -166,14 +166,13 @@ def generate_stage(cfg: Any, overrides: Sequence[str] | None = None, nested: boo
     """`anima distill distill.mode=generate`: produce (or reuse) the teacher pairs, log them as a dataset."""
     import mlflow
 
-    from anima.stages.train import TrainResult, _configure_torch
+    from anima.stages.train import TrainResult, torch_settings
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
     from anima.train.chat_data import load_chat_source
 
-    _configure_torch(cfg)
     source = load_chat_source(cfg) if not cfg.distill.get("prompts") else None
-    with stage_run(cfg, overrides=overrides, nested=nested) as active:
+    with torch_settings(cfg), stage_run(cfg, overrides=overrides, nested=nested) as active:
         pairs = ensure_teacher_pairs(cfg, source)
         if source is not None:
             log_dataset_input(source.name, source.fingerprint, source.path, "prompts")
