@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", choices=["mini", "tiny"], default="mini", help="teacher/SFT model size")
     ap.add_argument("--raw-dir", default=str(REPO / "data" / "raw"))
+    ap.add_argument("--kd", nargs="*", default=["loss.lm.weight=1.0", "loss.kd.weight=1.0", "loss.kd.temperature=1.0"],
+                    help="overrides of the kd run in (b), after loss=kd (e.g. loss.lm.weight=1 loss.kd.temperature=1)")
     args = ap.parse_args()
     root = os.environ.setdefault("ANIMA_ROOT", "/tmp/evidence4")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -100,7 +102,7 @@ def main() -> None:
 
     print(f"(b) {args.model} teacher -> nano student, with vs without kd", flush=True)
     b_args = ["model=nano", f"teacher={a_pre.model_uri}", f"trainer.max_steps={steps['distill']}", "optim.lr=2e-3"]
-    b_kd = run("distill", [*b_args, "loss=kd", "loss.kd.temperature=2.0", "registry.name=anima-nano-kd"])
+    b_kd = run("distill", [*b_args, "loss=kd", *args.kd, "registry.name=anima-nano-kd"])
     b_lm = run("distill", [*b_args, "loss=lm", "registry.name=anima-nano-nokd"])
     out["b"] = {"teacher_val_ppl": a_pre.metrics["val/ppl"],
                 **{k: {"uri": r.model_uri, "val_ppl": r.metrics["val/ppl"], "persona_ppl": r.metrics.get("persona/ppl")}
