@@ -35,11 +35,17 @@ class ChatOptions:
 
 
 @dataclass
-class ChatStageConfig(StageConfig):
+class TalkToModelConfig(StageConfig):
+    """What chat and serve share: the model to load (the champion by default) and how it samples."""
+
     model: str = setting("models:/${registry.name}@champion",
                          "Model URI: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
     registry: RegistryRef = field(default_factory=RegistryRef)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class ChatStageConfig(TalkToModelConfig):
     chat: ChatOptions = field(default_factory=ChatOptions)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import BACKENDS, RegistryRef
+from anima.config.chat import BACKENDS, TalkToModelConfig
 from anima.config.fields import setting
-from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stages import register_schema
 
 
 @dataclass
@@ -34,11 +33,7 @@ class ServeOptions:
 
 
 @dataclass
-class ServeStageConfig(StageConfig):
-    model: str = setting("models:/${registry.name}@champion",
-                         "Model URI: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
-    registry: RegistryRef = field(default_factory=RegistryRef)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+class ServeStageConfig(TalkToModelConfig):
     serve: ServeOptions = field(default_factory=ServeOptions)
 
 
