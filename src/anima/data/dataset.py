@@ -118,11 +118,16 @@ def resolve_rehearsal(ref: str, paths_cfg: Any, tracking_cfg: Any = None) -> Bui
             raise DataError(f"data.rehearsal.source={ref}: the model has no training run to read its data from")
         import mlflow
 
-        tags = mlflow.get_run(resolved.run_id).data.tags
+        run = mlflow.get_run(resolved.run_id)
+        tags = run.data.tags
         fp = tags.get("anima.data_fingerprint")
         if not fp:
             raise DataError(f"data.rehearsal.source={ref}: run {resolved.run_id} has no anima.data_fingerprint tag")
         found = find_fingerprint(fp, paths_cfg)
+        if found is None and run.data.params.get("data.kind") == "text":
+            # a pretrained model's fingerprint is its token cache: there is no dataset to rebuild
+            raise DataError(f"data.rehearsal.source={ref}: its {tags.get('anima.stage', 'training')} run "
+                            f"{resolved.run_id} trained on plain text (data.kind=text), not on a chat dataset")
         if found is None:
             raise DataError(f"data.rehearsal.source={ref}: its training data (fingerprint {fp}) is not a dataset "
                             f"under {paths_cfg.processed_dir} (rebuild it with `anima data`)")

@@ -71,24 +71,28 @@ def model_overrides(model_dir: Path, registered_name: str | None) -> list[str]:
 
 def rehearsal_source(cfg: DictConfig, resolved: Any) -> str | None:
     """What to replay. The default (the starting model's own data) falls back to none, with a note, when that
-    model was not trained on a chat dataset (e.g. a pretrained-only champion); an explicit source must work."""
+    model was not trained on a chat dataset (e.g. a pretrained-only champion); an explicit source must work,
+    so it is checked here, before any training, and fails naming the retrain key that was set."""
     src, ratio = cfg.retrain.rehearsal_source, float(cfg.retrain.rehearsal_ratio)
     if not src or ratio <= 0:
         return None
-    if str(src) != str(cfg.model):
-        return str(src)
+    explicit = str(src) != str(cfg.model)
     from anima.data.dataset import resolve_rehearsal
     from anima.errors import AnimaError
 
     try:
-        built = resolve_rehearsal(resolved.canonical_uri, cfg.paths, cfg.tracking)
+        built = resolve_rehearsal(str(src) if explicit else resolved.canonical_uri, cfg.paths, cfg.tracking)
         if built.kind != "chat":
             raise DataError(f"its training data {built.ref} is {built.kind}, not chat")
     except AnimaError as e:
+        why = str(e).split(": ", 1)[-1]
+        if explicit:
+            raise DataError(f"retrain.rehearsal_source={src}: no chat data to replay ({why}); name a chat dataset "
+                            f"or a chat-trained model, or set retrain.rehearsal_source=null") from None
         print(f"note: no rehearsal: {resolved.canonical_uri} has no chat training data to replay "
-              f"({str(e).split(': ', 1)[-1]}); training on the feedback alone")
+              f"({why}); training on the feedback alone")
         return None
-    return resolved.canonical_uri
+    return str(src) if explicit else resolved.canonical_uri
 
 
 def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> list[str]:

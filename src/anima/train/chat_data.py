@@ -278,7 +278,13 @@ def load_chat_source(cfg: Any) -> ChatSource:
             splits[name] = list(built.split(name))
         except (KeyError, FileNotFoundError, DataError):
             splits[name] = []
-    return ChatSource(str(built.name), str(built.fingerprint), str(built.path), splits)
+    source = ChatSource(str(built.name), str(built.fingerprint), str(built.path), splits)
+    reh = built.manifest.get("rehearsal")
+    if reh:  # the replayed dataset is an input of the run too (as `anima data` records it), so lineage shows it
+        ref = str(reh["source"])
+        source.inputs.append((ref.split("/")[0], str(reh["fingerprint"]),
+                              str(Path(str(cfg.paths.processed_dir)) / ref), "rehearsal"))
+    return source
 
 
 def _persona_sets(cfg: Any, source: ChatSource) -> tuple[list[dict], list[dict]]:
