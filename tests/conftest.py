@@ -36,6 +36,17 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decode tests on one intra-op thread: a contended 2-core machine makes OpenMP fork/join the noise."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def session_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project root shared by a module's slow tests (e.g. one pretrained nano model reused)."""

@@ -91,3 +91,20 @@ def cached_nano_model_dir(tmp_path_factory) -> Path:
 
 if __name__ == "__main__":  # python tests/helpers_models.py OUT_DIR  (used by the serve bench)
     print(build_nano_model_dir(Path(sys.argv[1])))
+
+
+def random_llama(**kw):
+    """A small random LlamaForCausalLM (no tokenizer) for forward-pass comparisons; ``kw`` overrides its config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, max_position_embeddings=64)
+    cfg.update(kw)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():  # random init is near-uniform; widen it so logits are not all ~0
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(5.0)
+    return model

@@ -14,18 +14,14 @@ from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
 from anima.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
+from helpers_models import random_llama
 
 pytest.importorskip("anima.chat.templates")
 
 GREEDY = dict(temperature=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model_dir) -> ChatEngine:
-    eng = ChatEngine(model_dir, backend="auto")
+    eng = ChatEngine(model_dir, backend="fast")
     assert eng.backend_name == "fast"
     return eng
 
@@ -47,21 +43,6 @@ def hf_engine(model_dir) -> ChatEngine:
     return ChatEngine(model_dir, backend="hf")
 
 
-def _random_llama(**kw):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=4, max_position_embeddings=64)
-    cfg.update(kw)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    with torch.no_grad():  # random init is near-uniform; widen it so logits are not all ~0
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return model
-
-
 # --------------------------------------------------------------------------- fast forward == HF forward
 @pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True},
                                 {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}}])
@@ -69,7 +50,7 @@ def _random_llama(**kw):
 def test_fast_forward_matches_hf_logits(kw, table):
     from anima.generation.backends import FastLlamaBackend
 
-    model = _random_llama(**kw)
+    model = random_llama(**kw)
     fast = FastLlamaBackend(model)
     if not table:
         fast.rope_mats = None  # the cos/sin path used for long contexts
@@ -89,8 +70,8 @@ def test_fast_forward_matches_hf_logits(kw, table):
 def test_fast_backend_declines_unsupported_models():
     from anima.generation.backends import fast_llama_unsupported
 
-    assert fast_llama_unsupported(_random_llama()) is None
-    assert "bias" in fast_llama_unsupported(_random_llama(attention_bias=True))
+    assert fast_llama_unsupported(random_llama()) is None
+    assert "bias" in fast_llama_unsupported(random_llama(attention_bias=True))
 
 
 def test_fast_greedy_equals_hf_generate(engine):

@@ -50,9 +50,10 @@ def _auth():
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
-def test_binds_loopback(server):
+def test_binds_loopback(server, engine):
     assert server.host == "127.0.0.1" and server.port > 0
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"  # /health needs no key
+    health = httpx.get(server.url + "/health").json()  # /health needs no key
+    assert health["status"] == "ok" and health["backend"] == engine.backend_name
 
 
 def test_chat_non_stream_and_stream_agree(client):

@@ -36,7 +36,7 @@ def test_piped_conversation_with_defaults_writes_feedback(champ, tmp_path):
         "/quit",
     ]) + "\n"
     proc = anima(root, "chat", f"chat.feedback={feedback}", "chat.max_retries=1", "sampling.max_new_tokens=8",
-                 "sampling.seed=0", input=conversation)
+                 "sampling.seed=0", "chat.compile=false", input=conversation)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model: models:/anima-tiny@champion (v1)" in out
@@ -68,7 +68,8 @@ def test_piped_conversation_with_defaults_writes_feedback(champ, tmp_path):
 def test_explicit_version_and_sampling_overrides(champ):
     root, _ = champ
     proc = anima(root, "chat", "model=models:/anima-tiny/1", "sampling.temperature=0.8", "sampling.top_p=0.9",
-                 "sampling.repetition_penalty=1.3", "chat.feedback=null", input="/params\n")
+                 "sampling.repetition_penalty=1.3", "chat.feedback=null", "chat.compile=false",
+                 input="/params\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model: models:/anima-tiny/1 " in proc.stdout
     assert "temperature=0.8 top_p=0.9 top_k=0 repetition_penalty=1.3" in proc.stdout

@@ -43,7 +43,7 @@ def server(champ, monkeypatch):
     root, _ = champ
     monkeypatch.setenv("ANIMA_ROOT", str(root))
     cfg = compose_cfg("serve", ["serve.limits.max_body_bytes=4096", "serve.limits.max_tokens=16",
-                                "sampling.max_new_tokens=8", "device.threads=1"])
+                                "sampling.max_new_tokens=8", "device.threads=1", "serve.compile=false"])
     app, resolved, name = build_app(cfg)
     assert (resolved.name, resolved.version, name) == ("anima-tiny", "1", "anima-tiny")
     with start_server_thread(app) as srv:
@@ -87,7 +87,8 @@ def test_api_key_from_the_named_environment_variable(champ, monkeypatch):
 
     root, _ = champ
     monkeypatch.setenv("ANIMA_ROOT", str(root))
-    cfg = compose_cfg("serve", ["serve.api_key_env=ANIMA_TEST_SERVE_KEY", "sampling.max_new_tokens=4"])
+    cfg = compose_cfg("serve", ["serve.api_key_env=ANIMA_TEST_SERVE_KEY", "sampling.max_new_tokens=4",
+                                "serve.compile=false"])
     monkeypatch.delenv("ANIMA_TEST_SERVE_KEY", raising=False)
     with pytest.raises(ConfigError, match="serve.api_key_env=ANIMA_TEST_SERVE_KEY"):
         build_app(cfg)
@@ -109,7 +110,8 @@ def test_cli_serves_on_loopback_and_stops(champ):
         port = s.getsockname()[1]
     env = {**os.environ, "ANIMA_ROOT": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "anima", "serve", "model=models:/anima-tiny@champion",
-                             f"serve.port={port}", "sampling.max_new_tokens=4", "serve.log_level=warning"],
+                             f"serve.port={port}", "sampling.max_new_tokens=4", "serve.log_level=warning",
+                             "serve.compile=false"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         seen = []

@@ -43,7 +43,7 @@ def test_synth_against_a_live_anima_serve(champ, tmp_path, monkeypatch):
     monkeypatch.setenv("ANIMA_SYNTH_TEST_KEY", SECRET)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    serve_cfg = compose_cfg("serve", ["serve.api_key_env=ANIMA_SYNTH_TEST_KEY", "device.threads=1"])
+    serve_cfg = compose_cfg("serve", ["serve.api_key_env=ANIMA_SYNTH_TEST_KEY", "device.threads=1", "serve.compile=false"])
     app, _, _ = build_app(serve_cfg)
     with start_server_thread(app) as srv:
         cfg = compose_cfg("synth", ["teacher.kind=openai", f"teacher.base_url={srv.url}/v1", "teacher.model=anima-tiny",

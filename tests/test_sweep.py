@@ -239,6 +239,7 @@ def test_two_processes_share_one_postgres_study(project, raw_dir):
 def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     """SIGINT mid-trial: exit 130, parent run KILLED, trial marked interrupted; resuming reruns it and ends."""
     import optuna
+    import sqlalchemy.exc
     from mlflow import MlflowClient
 
     _prepare_store(project)
@@ -250,16 +251,16 @@ def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     p = _cli(project, *args)
     deadline = time.time() + 180
     optuna_db = project / "mlruns" / "optuna.db"
-    while time.time() < deadline:  # wait until the first trial is training
+    while time.time() < deadline:  # wait until the first trial is inside Lightning's fit loop (it has reported)
         time.sleep(1)
         if optuna_db.exists():
             try:
                 st = optuna.load_study(study_name="stop", storage=storage)
-                if any(t.user_attrs.get("steps") is not None or t.state.name == "RUNNING" for t in st.get_trials()):
-                    time.sleep(6)
+                if any(t.intermediate_values for t in st.get_trials()):
+                    time.sleep(2)
                     break
-            except KeyError:
-                pass
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                pass  # no study yet, or the sweep is still creating the schema this poll raced with
     p.send_signal(signal.SIGINT)
     out = p.communicate(timeout=120)[0]
     assert p.returncode == 130, out[-3000:]

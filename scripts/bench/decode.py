@@ -4,10 +4,12 @@
     python scripts/bench/decode.py                       # builds the tiny model (random init)
     python scripts/bench/decode.py --model-dir DIR       # any anima/HF Llama model dir
     python scripts/bench/decode.py --profile             # also print where the time goes
+    python scripts/bench/decode.py --backend fast        # only the eager step
 
-Batch 1, greedy, N new tokens (EOS ignored on both sides so both produce exactly N), runs interleaved
-(generate, engine, generate, engine, ...) so machine noise hits both alike. tokens/s = new tokens /
-wall time of the whole call (prefill + decode; for the engine also detokenization and streaming).
+Batch 1, greedy, N new tokens (EOS ignored on every side so each produces exactly N), runs interleaved
+(generate, anima fast, anima compiled, generate, ...) so machine noise hits all alike. tokens/s = new
+tokens / wall time of the whole call (prefill + decode; for the engine also detokenization and streaming).
+The compiled step is built first if it is not cached yet (its build time is printed).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def build_tiny_model_dir(out: Path, vocab_size: int = 4096, seed: int = 0) -> Pa
     return out
 
 
+def _first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, help="model dir (default: build the tiny model in a temp dir)")
@@ -65,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=255)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backend", default="auto", choices=["auto", "fast", "hf"])
+    ap.add_argument("--backend", default="compiled", choices=["compiled", "fast", "hf"],
+                    help="anima's backend (compiled also runs fast, the eager step it replaces, for reference)")
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "cache",
+                    help="where compiled decode steps are cached (default: the project's data/cache)")
     ap.add_argument("--no-tune", action="store_true",
                     help="decode with exactly --threads threads (no timing-based choice of 1 vs N)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of one run of each")
@@ -96,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = build_tiny_model_dir(target)
             print(f"built tiny model in {time.perf_counter() - t0:.1f}s: {model_dir}")
 
-    t0 = time.perf_counter()
-    engine = ChatEngine(model_dir, threads=args.threads, backend=args.backend)
-    load_s = time.perf_counter() - t0
-    if args.no_tune:
-        engine.tuner = None
-    engine.stop_ids = frozenset()  # benchmark exactly N tokens, like min_new_tokens on generate
+    engines = {}
+    for backend in ([args.backend] if args.backend != "compiled" else ["fast", "compiled"]):
+        t0 = time.perf_counter()
+        eng = ChatEngine(model_dir, threads=args.threads, backend=backend, cache_dir=args.cache_dir)
+        print(f"{backend} engine ready in {time.perf_counter() - t0:.2f}s: {eng.backend_status()}")
+        if args.no_tune:
+            eng.tuner = None
+        eng.stop_ids = frozenset()  # benchmark exactly N tokens, like min_new_tokens on generate
+        engines[backend] = eng
+    engine = engines[args.backend]
     model, n = engine.model, args.new_tokens
     messages = [{"role": "user", "content": "Tell me a story about the sea."}]
     params = SamplingParams(temperature=0.0, max_new_tokens=n)
@@ -109,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.config
     print(f"model: hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, heads {cfg.num_attention_heads}, "
           f"vocab {cfg.vocab_size}, ctx {cfg.max_position_embeddings}; prompt {len(prompt_ids)} tokens, "
-          f"{n} new tokens, {torch.get_num_threads()} threads, engine backend={engine.backend_name} "
-          f"(load {load_s:.2f}s)")
+          f"{n} new tokens, {torch.get_num_threads()} threads")
 
     input_ids = torch.tensor([prompt_ids])
 
@@ -120,50 +132,57 @@ def main(argv: list[str] | None = None) -> int:
                                  min_new_tokens=n, do_sample=False, pad_token_id=cfg.pad_token_id)
         return out[0, len(prompt_ids):].tolist()
 
-    def run_engine() -> list[int]:
-        stream = engine.stream_chat(messages, params)
-        for _ in stream:
-            pass
-        engine._cached_ids = []  # no prefix reuse between rounds: measure prefill too
-        return stream.token_ids
+    def engine_runner(eng):
+        def run_engine() -> list[int]:
+            stream = eng.stream_chat(messages, params)
+            for _ in stream:
+                pass
+            eng._cached_ids = []  # no prefix reuse between rounds: measure prefill too
+            return stream.token_ids
 
-    t0 = time.perf_counter()
-    ref = run_generate()
-    warm_gen = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    got = run_engine()
-    warm_eng = time.perf_counter() - t0
-    print(f"warm-up: generate {warm_gen:.2f}s, engine {warm_eng:.2f}s; greedy tokens identical: {ref == got}"
-          + ("" if ref == got else f" (first difference at {next(i for i, (a, b) in enumerate(zip(ref, got)) if a != b) if any(a != b for a, b in zip(ref, got)) else min(len(ref), len(got))})"))
+        return run_engine
 
-    gen_tps, eng_tps = [], []
+    runners = {"generate": run_generate, **{f"anima {b}": engine_runner(e) for b, e in engines.items()}}
+    ref = None
+    for label, fn in runners.items():
+        t0 = time.perf_counter()
+        got = fn()
+        same = "" if ref is None else f"; greedy tokens identical to generate: {got == ref}" + (
+            "" if got == ref else f" (first difference at {_first_difference(ref, got)})")
+        print(f"warm-up {label}: {time.perf_counter() - t0:.2f}s{same}")
+        ref = got if ref is None else ref
+
+    tps: dict[str, list[float]] = {label: [] for label in runners}
     for r in range(args.rounds):
-        t0 = time.perf_counter()
-        toks = run_generate()
-        gen_tps.append(len(toks) / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        toks = run_engine()
-        eng_tps.append(len(toks) / (time.perf_counter() - t0))
-        print(f"round {r + 1}: generate {gen_tps[-1]:7.1f} tok/s   anima {eng_tps[-1]:7.1f} tok/s   "
-              f"x{eng_tps[-1] / gen_tps[-1]:.2f}")
-    if engine.tuner is not None:
-        print(f"engine decode threads chosen by timing: {engine.tuner.best}")
-    g, e = statistics.median(gen_tps), statistics.median(eng_tps)
-    print(f"median: generate {g:.1f} tok/s, anima {e:.1f} tok/s, ratio x{e / g:.2f} "
-          f"(best: {max(gen_tps):.1f} vs {max(eng_tps):.1f})")
+        for label, fn in runners.items():
+            t0 = time.perf_counter()
+            toks = fn()
+            tps[label].append(len(toks) / (time.perf_counter() - t0))
+        base = tps["generate"][-1]
+        print(f"round {r + 1}: " + "   ".join(f"{label} {v[-1]:7.1f} tok/s" + ("" if label == "generate" else
+                                                f" (x{v[-1] / base:.2f})") for label, v in tps.items()))
+    for label, eng in engines.items():
+        if eng.tuner is not None:
+            print(f"{label} engine: decode threads chosen by timing: {eng.tuner.best}")
+    g = statistics.median(tps["generate"])
+    for label, v in tps.items():
+        if label != "generate":
+            e = statistics.median(v)
+            print(f"median: generate {g:.1f} tok/s, {label} {e:.1f} tok/s, ratio x{e / g:.2f} "
+                  f"(best: {max(tps['generate']):.1f} vs {max(v):.1f})")
+    e = statistics.median(tps[f"anima {args.backend}"])
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for label, fn in (("generate", run_generate), ("anima", run_engine)):
+        for label, fn in runners.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 fn()
             print(f"\n--- {label}: top ops by self CPU time ---")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     if args.json:
-        args.json.write_text(json.dumps({"generate_tps": gen_tps, "anima_tps": eng_tps, "ratio": e / g,
-                                         "backend": engine.backend_name, "threads": args.threads,
-                                         "new_tokens": n, "identical": ref == got}, indent=2))
+        args.json.write_text(json.dumps({"tokens_per_s": tps, "ratio": e / g, "backend": engine.backend_name,
+                                         "threads": args.threads, "new_tokens": n}, indent=2))
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -81,6 +81,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=10, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--backend", default="auto", choices=["auto", "compiled", "fast", "hf"],
+                    help="the server's decode backend (compiled: built first if not cached)")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="compiled decode steps (default: data/cache)")
     args = ap.parse_args()
 
     import openai
@@ -96,12 +99,16 @@ def main() -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         proc = subprocess.Popen(
             [sys.executable, "-m", "anima.serve.server", str(model_dir), "--port", str(port),
-             "--threads", str(args.threads), "--log-level", "warning", "--max-tokens", str(max(args.max_tokens, 16))],
+             "--threads", str(args.threads), "--log-level", "warning", "--max-tokens", str(max(args.max_tokens, 16)),
+             "--backend", args.backend, *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])],
             env=env,
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, proc)
+            _wait_ready(url, proc, timeout=900 if args.backend == "compiled" else 120)
+            import httpx
+
+            print(f"server decode backend: {httpx.get(url + '/health').json()['backend']}")
             client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
             _run(client, 1, 3, args.max_tokens)  # warm-up
             for clients in (1, args.clients):

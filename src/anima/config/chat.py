@@ -13,7 +13,12 @@ from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
 from anima.config.stages import StageConfig, register_schema
 
-BACKENDS = ["auto", "fast", "hf"]
+BACKENDS = ["auto", "compiled", "fast", "hf"]
+BACKEND_HELP = ("Decode backend: auto (the compiled step when built for this architecture, else the eager fast "
+                "step, else transformers), compiled (build it now if missing), fast, hf.")
+COMPILE_HELP = ("backend=auto: build the compiled decode step in the background the first time this "
+                "architecture is used (about a minute of CPU; cached under paths.cache_dir/decode); replies use "
+                "the eager step until it is ready. false = use it only when already built.")
 
 
 @dataclass
@@ -29,8 +34,8 @@ class ChatOptions:
                                       "Feedback file (JSONL, append-only); null = do not save ratings.")
     system_prompt: Optional[str] = setting(None, "System message sent before the conversation (none by default).")
     transcripts_dir: str = setting("${paths.experiments_dir}/chat", "Where `/save` without a path writes.")
-    backend: str = setting("auto", "Decode backend: auto (fast when the model allows), fast, hf (transformers).",
-                           choices=BACKENDS)
+    backend: str = setting("auto", BACKEND_HELP, choices=BACKENDS)
+    compile: bool = setting(True, COMPILE_HELP)
     assistant_name: str = setting("anima", "Name shown before the model's replies.")
 
 

@@ -37,7 +37,9 @@ class EvalOptions:
     persona_keywords: List[str] = setting(doc="Words/phrases that show the persona (persona-keyword rate).",
                                           factory=list)
     system_prompt: Optional[str] = setting(None, "System message before every suite prompt (unless it has its own).")
-    backend: str = setting("auto", "Decode backend for the suite replies.", choices=["auto", "fast", "hf"])
+    backend: str = setting("fast", "Decode backend for the suite replies: fast by default, so they do not depend "
+                                   "on whether a compiled step happens to be cached.",
+                           choices=["auto", "compiled", "fast", "hf"])
 
 
 @dataclass

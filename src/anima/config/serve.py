@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import BACKENDS, TalkToModelConfig
+from anima.config.chat import BACKEND_HELP, BACKENDS, COMPILE_HELP, TalkToModelConfig
 from anima.config.fields import setting
 from anima.config.stages import register_schema
 
@@ -26,7 +26,8 @@ class ServeOptions:
     api_key_env: Optional[str] = setting(None, "Name of the environment variable holding the API key "
                                                "(the key itself is never in the config or the logs).")
     model_name: Optional[str] = setting(None, "Model id reported by /v1/models (default: the registry name).")
-    backend: str = setting("auto", "Decode backend: auto, fast, hf.", choices=BACKENDS)
+    backend: str = setting("auto", BACKEND_HELP, choices=BACKENDS)
+    compile: bool = setting(True, COMPILE_HELP)
     log_level: str = setting("info", "uvicorn log level.", choices=["critical", "error", "warning", "info", "debug"])
     workers: int = setting(8, "Threads that run generations (one at a time; the rest wait their turn).", ge=1)
     limits: ServeLimitsConfig = field(default_factory=ServeLimitsConfig)

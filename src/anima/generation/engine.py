@@ -18,7 +18,8 @@ from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_toke
 from anima.generation.sampling import SamplingParams, make_generator, sample_next
 from anima.generation.threads import ThreadTuner, timed_threads
 
-BACKENDS = ("auto", "fast", "hf")
+BACKENDS = ("auto", "compiled", "fast", "hf")
+BUILDS = ("never", "background", "wait")
 
 
 @dataclass
@@ -69,7 +70,12 @@ def _read_anima_json(model_dir: Path) -> dict:
 class ChatEngine:
     """Loads a model dir once and answers chat/completion requests, streaming text deltas."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, backend: str = "auto"):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, backend: str = "auto",
+                 cache_dir: str | Path | None = None, build: str = "never"):
+        """``backend``: auto = the compiled step when its package is in ``cache_dir`` (see compiled.py), else
+        the eager fast step, else transformers; compiled = the compiled step, built now if missing.
+        ``build`` (auto only): background = build a missing package in a child process and switch to it
+        between requests once it is ready; never = use it only if it is already there."""
         import torch
         from transformers import AutoTokenizer
 
@@ -77,6 +83,8 @@ class ChatEngine:
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+        if build not in BUILDS:
+            raise ConfigError(f"build={build!r}: expected one of {', '.join(BUILDS)}")
         model_dir = Path(model_dir).expanduser()
         if not (model_dir / "config.json").is_file():
             raise ModelError(f"{model_dir}: not a model directory (no config.json)")
@@ -99,10 +107,14 @@ class ChatEngine:
         self.context_length: int = int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size: int = int(model.config.vocab_size)
         self.stop_ids = self._stop_token_ids(vocab)
-        self.backend = self._make_backend(backend)
-        self.backend_name: str = self.backend.name
+        if cache_dir is None:
+            from anima.paths import project_root
+
+            cache_dir = project_root() / "data" / "cache"
+        self.backend = self._make_backend(backend, Path(cache_dir), build)
         # Decode steps pick 1 or `threads` intra-op threads by timing (see threads.py).
-        self.tuner = ThreadTuner(self.threads) if self.backend_name == "fast" else None
+        self.tuner = ThreadTuner(self.threads) if self.backend.name != "hf" else None
+        self._tuned_for = self.backend.name
         # The Rust tokenizer is shared by prompt rendering (outside the model lock, so a request that
         # is too long fails before it queues) and streaming decode: guard it with its own small lock.
         self._tok_lock = threading.Lock()
@@ -130,17 +142,41 @@ class ChatEngine:
                 ids.update(int(x) for x in e)
         return frozenset(ids)
 
-    def _make_backend(self, which: str):
+    def _make_backend(self, which: str, cache_dir: Path, build: str):
         from anima.generation.backends import FastLlamaBackend, HFBackend, fast_llama_unsupported
 
         if which == "hf":
             return HFBackend(self.model, self.context_length)
         why = fast_llama_unsupported(self.model)
-        if why is None:
-            return FastLlamaBackend(self.model, self.context_length)
+        if why is not None:
+            if which in ("fast", "compiled"):
+                raise ModelError(f"{self.model_dir}: backend={which} cannot run this model ({why})")
+            return HFBackend(self.model, self.context_length)
         if which == "fast":
-            raise ModelError(f"{self.model_dir}: backend=fast cannot run this model ({why})")
-        return HFBackend(self.model, self.context_length)
+            return FastLlamaBackend(self.model, self.context_length)
+        from anima.generation.compiled import CompiledLlamaBackend
+
+        return CompiledLlamaBackend(self.model, self.context_length, cache_dir,
+                                    build="wait" if which == "compiled" else build)
+
+    @property
+    def backend_name(self) -> str:
+        """What decodes now: compiled, fast or hf (auto moves from fast to compiled when its build lands)."""
+        return self.backend.name
+
+    def backend_status(self) -> str:
+        """One line for humans: the backend, and for auto whether the compiled step is building or why not."""
+        status = getattr(self.backend, "status", None)
+        return status() if status else f"{self.backend.name} backend"
+
+    def _refresh_backend(self) -> None:
+        """Between requests: pick up a compiled step that finished building; retune threads for it."""
+        refresh = getattr(self.backend, "refresh", None)
+        if refresh is not None:
+            refresh()
+        if self.backend.name != self._tuned_for and self.tuner is not None:
+            self.tuner = ThreadTuner(self.threads)
+        self._tuned_for = self.backend.name
 
     # --------------------------------------------------------------- prompts
     def chat_prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
@@ -183,6 +219,7 @@ class ChatEngine:
         import torch
 
         with self._lock:
+            self._refresh_backend()
             backend = self.backend
             # Reuse the cached prefix shared with the previous request (keep >= 1 token to feed).
             common = 0

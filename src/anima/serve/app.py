@@ -423,7 +423,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name}
+        return {"status": "ok", "model": name, "backend": engine.backend_name}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

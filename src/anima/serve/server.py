@@ -111,7 +111,7 @@ def start_server_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, log
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Development entry point until ``anima serve`` is wired: ``python -m anima.serve.server MODEL_DIR``.
+    """Bare server over a model dir, no config or registry (benchmarks): ``python -m anima.serve.server DIR``.
 
     The API key, if any, is read from the environment variable named by ``--api-key-env``.
     """
@@ -129,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
     p.add_argument("--max-tokens", type=int, default=ServeLimits.max_tokens)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--backend", default="auto", choices=["auto", "compiled", "fast", "hf"])
+    p.add_argument("--cache-dir", default=None, help="compiled decode steps (default: the project's data/cache)")
     args = p.parse_args(argv)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    engine = ChatEngine(args.model_dir, threads=args.threads)
+    engine = ChatEngine(args.model_dir, threads=args.threads, backend=args.backend, cache_dir=args.cache_dir)
     run_server(engine, args.host, args.port, api_key=api_key, limits=ServeLimits(max_tokens=args.max_tokens),
                log_level=args.log_level)
     return 0

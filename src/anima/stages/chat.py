@@ -24,14 +24,16 @@ def sampling_params(sampling: Any):
     ).validate()
 
 
-def load_engine(cfg: DictConfig, backend: str = "auto"):
-    """(resolved model, ChatEngine). An unknown model or alias fails in one line listing what exists."""
+def load_engine(cfg: DictConfig, backend: str = "auto", compile_in_background: bool = False):
+    """(resolved model, ChatEngine). An unknown model or alias fails in one line listing what exists.
+    Compiled decode steps are cached under ``paths.cache_dir``; ``compile_in_background`` builds a missing one."""
     from anima.generation.engine import ChatEngine
     from anima.model.resolve import resolve_model
 
     resolved = resolve_model(str(cfg.model), cfg.tracking)
     threads = cfg.device.get("threads") if cfg.get("device") is not None else None
-    engine = ChatEngine(resolved.path, threads=int(threads) if threads else None, backend=backend)
+    engine = ChatEngine(resolved.path, threads=int(threads) if threads else None, backend=backend,
+                        cache_dir=str(cfg.paths.cache_dir), build="background" if compile_in_background else "never")
     return resolved, engine
 
 
@@ -45,7 +47,7 @@ def describe(resolved: Any) -> str:
 def run(cfg: DictConfig) -> int:
     from anima.chat.repl import ChatSession, run_repl
 
-    resolved, engine = load_engine(cfg, str(cfg.chat.backend))
+    resolved, engine = load_engine(cfg, str(cfg.chat.backend), bool(cfg.chat.compile))
     feedback = cfg.chat.feedback
     session = ChatSession(
         engine,
@@ -58,6 +60,6 @@ def run(cfg: DictConfig) -> int:
         transcript_dir=str(cfg.chat.transcripts_dir),
         assistant_name=str(cfg.chat.assistant_name),
     )
-    print(f"model: {describe(resolved)} [{engine.backend_name} backend, {engine.template_name} template]",
+    print(f"model: {describe(resolved)} [{engine.backend_status()}, {engine.template_name} template]",
           flush=True)
     return run_repl(session)

@@ -44,7 +44,7 @@ def build_app(cfg: DictConfig):
 
     key = api_key(cfg)  # before loading the model: a missing key fails at once
     defaults = sampling_params(cfg.sampling)
-    resolved, engine = load_engine(cfg, str(cfg.serve.backend))
+    resolved, engine = load_engine(cfg, str(cfg.serve.backend), bool(cfg.serve.compile))
     name = model_name(cfg, resolved)
     app = create_app(engine, api_key=key, limits=limits(cfg), defaults=defaults, model_name=name,
                      workers=int(cfg.serve.workers))
@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> None:
         print(f"serving {describe(resolved)} as {name!r} on {base}/v1 (OpenAI: /v1/chat/completions, "
               f"/v1/completions, /v1/models; Ollama: /api/chat)" + (f"; API key from ${key_env}" if key_env else ""),
               flush=True)
+        print(f"  decode: {app.state.runner.engine.backend_status()}", flush=True)
         print(f"  try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
               flush=True)

@@ -1,0 +1,166 @@
+"""The compiled decode step (AOTInductor): same logits as the eager fast step, built once per architecture in a
+detached child process, picked up by a running engine between requests, and a clean fallback when it can't be
+built. One real build (the nano architecture) per test session; it needs a C++ compiler, as Inductor does."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from anima.errors import ModelError
+from anima.generation import ChatEngine, SamplingParams
+from anima.generation.backends import FastLlamaBackend
+from anima.generation.compiled import CompiledLlamaBackend, DecodeStep, PackageBuild, StepSpec, step_weights
+from helpers_models import random_llama
+
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="AOTInductor needs a C++ compiler")
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _graph_inputs(backend: FastLlamaBackend, tok: int) -> list:
+    pos = backend.position
+    return [torch.tensor([tok]), torch.tensor([pos]), backend.k_cache.narrow(3, 0, pos),
+            backend.v_cache.narrow(2, 0, pos), backend.embed, backend.cos, backend.sin, backend.eps_h,
+            backend.step_head, step_weights(backend)]
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True},
+                                {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}}])
+def test_step_graph_is_the_fast_step(kw):
+    """The graph that gets compiled, run eagerly, equals FastLlamaBackend._step (GQA, tied head, RoPE scaling)."""
+    model = random_llama(**kw)
+    fast = FastLlamaBackend(model)
+    graph = DecodeStep(StepSpec.of(fast))
+    ids = torch.randint(0, 300, (20,), generator=torch.Generator().manual_seed(2)).tolist()
+    fast.forward(ids[:8])
+    with torch.inference_mode():
+        for tok in ids[8:]:
+            pos = fast.position
+            logits, k, v = graph(*_graph_inputs(fast, tok))
+            ref = fast._step(tok)
+            assert torch.allclose(logits, ref, atol=1e-4, rtol=0), pos
+            assert torch.allclose(k, fast.k_cache[:, :, :, pos], atol=1e-5)
+            assert torch.allclose(v, fast.v_cache[:, :, pos], atol=1e-5)
+
+
+def test_spec_key_names_the_architecture_and_changes_with_it():
+    a = StepSpec(n_layers=2, hidden=64, n_heads=4, n_kv=4, head_dim=16, inter=128, vocab=400, max_positions=128)
+    b = StepSpec(**{**a.__dict__, "n_kv": 2})
+    assert a.key().startswith("llama-2x64-v400-p128-t1-") and a.key() == StepSpec(**a.__dict__).key()
+    assert a.key() != b.key() and a.key() != StepSpec(**{**a.__dict__, "threads": 2}).key()
+
+
+def test_a_build_that_fails_leaves_a_note_and_the_engine_stays_eager(tmp_path):
+    """A real child process that cannot build (a context of 2 leaves no cache length to compile for)."""
+    bad = StepSpec(n_layers=1, hidden=8, n_heads=2, n_kv=2, head_dim=4, inter=8, vocab=10, max_positions=2)
+    build = PackageBuild(bad, tmp_path)
+    with pytest.raises(ModelError, match="compiled decode step"):
+        build.build_now(timeout=300)
+    assert build.failed_note.is_file() and not build.ready() and not build.lock.exists()
+    assert not build.start()  # a known failure is not retried in the background
+
+
+def test_no_compiler_is_a_note_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = StepSpec(n_layers=1, hidden=8, n_heads=2, n_kv=2, head_dim=4, inter=8, vocab=10, max_positions=16)
+    build = PackageBuild(spec, tmp_path)
+    assert build.start() is False
+    assert "no C++ compiler" in build.failure()
+
+
+def test_a_damaged_package_is_noted_and_decoding_stays_eager(tmp_path):
+    model = random_llama()
+    spec = StepSpec.of(FastLlamaBackend(model))
+    build = PackageBuild(spec, tmp_path)
+    build.dir.mkdir(parents=True)
+    build.path.write_bytes(b"not a zip archive")
+    backend = CompiledLlamaBackend(model, None, tmp_path, build="background")
+    assert backend.name == "fast" and "cannot load the compiled decode step" in backend.status()
+    fast = FastLlamaBackend(model)
+    assert torch.allclose(backend.forward([1, 2, 3]), fast.forward([1, 2, 3])) and backend.forward([4]).shape == (300,)
+
+
+# --------------------------------------------------------------------------- one real build, shared
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A nano model dir and an engine that started the compiled step's build in the background."""
+    from helpers_models import build_nano_model_dir
+
+    root = tmp_path_factory.mktemp("compiled")
+    model_dir = build_nano_model_dir(root / "nano")
+    cache = root / "cache"
+    engine = ChatEngine(model_dir, backend="auto", cache_dir=cache, build="background")
+    status = engine.backend_status()
+    assert engine.backend_name == "fast" and "building in the background" in status, status
+    package = engine.backend.package
+    # a second engine (another chat) joins the running build instead of starting its own
+    other = PackageBuild(package.spec, cache)
+    assert other.building() and other.start() and other._proc is None
+    assert package.wait(timeout=900), package.failure() or (package.log.read_text() if package.log.exists() else "")
+    return model_dir, cache, engine
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_background_build_is_picked_up_between_requests(built):
+    model_dir, cache, engine = built
+    msgs = [{"role": "user", "content": "What is your name?"}]
+    params = SamplingParams(temperature=0.0, max_new_tokens=40)
+    reply = engine.chat(msgs, params)
+    assert engine.backend_name == "compiled" and engine.backend_status().startswith("compiled backend (")
+    assert not engine.backend.package.lock.exists()
+    eager = ChatEngine(model_dir, backend="fast").chat(msgs, params)
+    assert (reply.text, reply.completion_tokens, reply.finish_reason) == (eager.text, eager.completion_tokens,
+                                                                          eager.finish_reason)
+    # a later engine loads the cached package at once, and backend=compiled does not rebuild it
+    later = ChatEngine(model_dir, backend="compiled", cache_dir=cache)
+    assert later.backend_name == "compiled"
+    assert [p.suffix for p in (cache / "decode").iterdir() if not p.name.endswith(".log")] == [".pt2"]
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_logits_match_eager_through_prefix_reuse(built):
+    model_dir, cache, _ = built
+    from anima.model.build import load_model_dir
+
+    model = load_model_dir(model_dir, dtype=torch.float32).eval()
+    ctx = model.config.max_position_embeddings  # the engine's context: the package was built for it
+    compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
+    fast = FastLlamaBackend(model, ctx)
+    assert compiled.name == "compiled"
+    ids = torch.randint(0, model.config.vocab_size, (90,), generator=torch.Generator().manual_seed(3)).tolist()
+    for backend in (compiled, fast):
+        backend.forward(ids[:1])  # cache length 1: the eager step takes it (compiled needs >= 2)
+    for tok in ids[1:70]:
+        a, b = compiled.forward([tok]), fast.forward([tok])
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), compiled.position
+    for backend in (compiled, fast):  # reuse a prefix, re-prefill, decode on
+        backend.truncate(30)
+        backend.forward(ids[30:40])
+    for tok in ids[70:90]:
+        assert torch.allclose(compiled.forward([tok]), fast.forward([tok]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(compiled.k_cache[:, :, :, :60], fast.k_cache[:, :, :, :60], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
+    """`anima chat` with the package in paths.cache_dir says so; chat.compile=false does not start a build."""
+    from tests.stage_models import anima
+
+    model_dir, cache, _ = built
+    proc = anima(tmp_path, "chat", f"model={model_dir}", f"paths.cache_dir={cache}", "chat.feedback=null",
+                 "sampling.max_new_tokens=4", input="hello\n/quit\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[compiled backend (" in proc.stdout, proc.stdout
+    proc = anima(tmp_path, "chat", f"model={model_dir}", "chat.compile=false", "chat.feedback=null",
+                 "sampling.max_new_tokens=4", input="/quit\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[fast backend" in proc.stdout and not (tmp_path / "data" / "cache" / "decode").exists()
