@@ -73,6 +73,7 @@ def test_explicit_version_and_sampling_overrides(champ):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model: models:/anima-tiny/1 " in proc.stdout
     assert "temperature=0.8 top_p=0.9 top_k=0 repetition_penalty=1.3" in proc.stdout
+    assert "decode: fast backend" in proc.stdout  # chat.compile=false and nothing cached: the eager step
     assert "feedback is not saved" in proc.stdout
 
 

@@ -31,7 +31,7 @@ from anima.generation.sampling import SamplingParams
 HELP = """\
 commands:
   /reset                 forget the conversation so far
-  /params                show sampling settings; /params temperature=0.5 top_p=0.9 to change them
+  /params                show sampling settings and the decode step; /params temperature=0.5 top_p=0.9 to change them
   /save [path]           save the transcript as JSON
   /help                  this help
   /quit                  leave (Ctrl-D does too)
@@ -317,7 +317,8 @@ def _command(io: _IO, session: ChatSession, text: str) -> str | None:
         io.info("(conversation reset)")
     elif name == "/params":
         try:
-            io.info(session.set_params(args) if args else session.params_text())
+            shown = f"{session.params_text()}\ndecode: {session.engine.backend_status()}"
+            io.info(session.set_params(args) if args else shown)
         except AnimaError as e:
             io.error(str(e))
     elif name == "/save":
