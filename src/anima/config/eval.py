@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from anima.config.chat import RegistryRef
+from anima.config.chat import BACKENDS, RegistryRef
 from anima.config.data import DataConfig
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
@@ -39,7 +39,7 @@ class EvalOptions:
     system_prompt: Optional[str] = setting(None, "System message before every suite prompt (unless it has its own).")
     backend: str = setting("fast", "Decode backend for the suite replies: fast by default, so they do not depend "
                                    "on whether a compiled step happens to be cached.",
-                           choices=["auto", "compiled", "fast", "hf"])
+                           choices=BACKENDS)
 
 
 @dataclass

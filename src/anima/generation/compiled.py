@@ -232,7 +232,7 @@ class PackageBuild:
         except FileExistsError:
             return True  # another process won the race
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": str(self.spec.threads)}
-        cmd = [sys.executable, "-m", "anima.generation.compiled", json.dumps(asdict(self.spec)), str(self.path)]
+        cmd = [sys.executable, "-m", "anima.generation.compiled", json.dumps(asdict(self.spec)), str(self.dir.parent)]
         with open(self.log, "w", encoding="utf-8") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           env=env, start_new_session=True, preexec_fn=_lower_priority)
@@ -248,10 +248,7 @@ class PackageBuild:
         self._error = None
         if not self.start() and not self.ready():
             raise ModelError(f"compiled decode step: {self.failure()}")
-        deadline = time.monotonic() + timeout
-        while self.building() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not self.ready():
+        if not self.wait(timeout):
             raise ModelError(f"compiled decode step for {self.spec.key()}: {self.failure() or 'build timed out'}")
         return self.path
 
@@ -345,11 +342,12 @@ class CompiledLlamaBackend(FastLlamaBackend):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child process: build one package (``python -m anima.generation.compiled SPEC_JSON OUT``)."""
+    """Child process: build one package (``python -m anima.generation.compiled SPEC_JSON CACHE_DIR``)."""
     argv = sys.argv[1:] if argv is None else argv
-    spec, out = StepSpec(**json.loads(argv[0])), Path(argv[1])
+    spec = StepSpec(**json.loads(argv[0]))
     torch.set_num_threads(spec.threads)  # Inductor lays out its parallel loops for this count
-    build = PackageBuild(spec, out.parent.parent)
+    build = PackageBuild(spec, argv[1])
+    out = build.path
     t0 = time.perf_counter()
     try:
         build_package(spec, out)

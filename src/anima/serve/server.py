@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
-    from anima.generation.engine import ChatEngine
+    from anima.generation.engine import BACKENDS, ChatEngine
     from anima.serve.app import ServeLimits
 
     p = argparse.ArgumentParser(prog="python -m anima.serve.server", description=main.__doc__)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
     p.add_argument("--max-tokens", type=int, default=ServeLimits.max_tokens)
     p.add_argument("--log-level", default="info")
-    p.add_argument("--backend", default="auto", choices=["auto", "compiled", "fast", "hf"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--cache-dir", default=None, help="compiled decode steps (default: the project's data/cache)")
     args = p.parse_args(argv)
     api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
