@@ -26,3 +26,15 @@ def project_root() -> Path:
 def conf_dir() -> Path:
     """The Hydra config directory shipped with the checkout."""
     return SOURCE_ROOT / "conf"
+
+
+def user_conf_dir() -> Path:
+    """The user's own configs (data mixes, experiments, models, generated sweep presets), git-ignored.
+
+    On Hydra's search path ahead of the shipped `conf/`, so users extend anima without editing tracked files.
+    ``ANIMA_USER_CONF`` moves it; the default is `<project root>/conf.local`.
+    """
+    env = os.environ.get("ANIMA_USER_CONF")
+    if env:
+        return Path(env).expanduser().resolve()
+    return project_root() / "conf.local"
