@@ -4,8 +4,6 @@ built. One real build (the nano architecture) per test session; it needs a C++ c
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -15,8 +13,7 @@ from anima.generation.backends import FastLlamaBackend
 from anima.generation.compiled import CompiledLlamaBackend, DecodeStep, PackageBuild, StepSpec, step_weights
 from helpers_models import random_llama
 
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                    reason="AOTInductor needs a C++ compiler")
+needs_compiler = pytest.mark.usefixtures("cxx_compiler")  # skips without one; fails under CI=true
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

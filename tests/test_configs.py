@@ -71,3 +71,82 @@ def test_paths_default_to_the_project_root(project: Path):
     cfg = compose_cfg("pretrain", [])
     assert cfg.tracking.uri == f"sqlite:///{project}/mlruns/mlflow.db"
     assert cfg.paths.experiments_dir == f"{project}/experiments"
+
+
+# ---------------------------------------------------------------------------------------------- user config dir
+USER_MIX = """name: mine
+kind: chat
+sources:
+  talk:
+    kind: jsonl_chat
+    path: ${paths.data_dir}/mine/talk.jsonl
+split: {val: 0.0, test: 0.0}
+"""
+USER_PRESET = """# @package _global_
+defaults:
+  - override /data: mine
+  - _self_
+optim:
+  lr: 0.0042
+"""
+
+
+def test_user_conf_dir_comes_before_the_shipped_configs(project: Path, monkeypatch):
+    user = project / "elsewhere"  # ANIMA_USER_CONF moves it out of <root>/conf.local
+    monkeypatch.setenv("ANIMA_USER_CONF", str(user))
+    (user / "data").mkdir(parents=True)
+    (user / "experiment" / "sweeps").mkdir(parents=True)
+    (user / "data" / "mine.yaml").write_text(USER_MIX)
+    (user / "experiment" / "sweeps" / "study-7-best.yaml").write_text(USER_PRESET)
+    (user / "data" / "shakespeare.yaml").write_text(USER_MIX.replace("name: mine", "name: my_plays"))
+
+    cfg = compose_cfg("data", ["data=mine"])  # a user's own mix
+    assert cfg.data.name == "mine" and list(cfg.data.sources) == ["talk"]
+    assert cfg.data.sources.talk.path == f"{project}/data/mine/talk.jsonl" and cfg.data.sources.talk.weight == 1.0
+    cfg = compose_cfg("pretrain", ["model=nano", "+experiment=sweeps/study-7-best"])  # a generated sweep preset
+    assert cfg.data.name == "mine" and cfg.optim.lr == 0.0042 and cfg.model.dim == 64
+    assert compose_cfg("pretrain", ["model=nano"]).data.name == "my_plays"  # same name: the user's file wins
+    assert compose_cfg("data", ["data=chat_mix"]).data.name == "chat_mix"  # shipped ones still there
+
+
+def test_a_missing_user_conf_dir_changes_nothing(project: Path, monkeypatch):
+    monkeypatch.setenv("ANIMA_USER_CONF", str(project / "no" / "such" / "dir"))
+    assert compose_cfg("data", ["data=chat_mix"]).data.name == "chat_mix"
+    monkeypatch.delenv("ANIMA_USER_CONF")
+    assert not (project / "conf.local").exists()
+    assert compose_cfg("pretrain", ["model=nano"]).data.name == "shakespeare"
+    with pytest.raises(ConfigError, match=r"Could not find 'data/mine'.*options in 'data': chat_mix, my_mix"):
+        compose_cfg("data", ["data=mine"])
+
+
+# ------------------------------------------------------------------------------ data sources on the command line
+ADD = "+data.sources.mine={kind: jsonl_chat, path: my.jsonl}"
+
+
+def test_sources_added_removed_and_reweighted_on_the_command_line(project: Path):
+    base = compose_cfg("data", ["data=chat_mix"]).data.sources
+    cfg = compose_cfg("data", ["data=chat_mix", ADD, "~data.sources.coding", "data.sources.emotion.weight=3"])
+    src = cfg.data.sources
+    assert set(src) == set(base) - {"coding"} | {"mine"}
+    assert (src.mine.kind, src.mine.path, src.mine.weight, src.mine.split) == ("jsonl_chat", "my.jsonl", 1.0, "train")
+    assert src.emotion.weight == 3.0 and base.emotion.weight == 1.0
+    # the added entry is a typed source: later overrides of it, dotted adds and interpolations work
+    cfg = compose_cfg("data", ["data=chat_mix", "+data.sources.mine={kind: qa, path: '${paths.data_dir}/qa.txt'}",
+                               "data.sources.mine.weight=2.5"])
+    assert (cfg.data.sources.mine.path, cfg.data.sources.mine.weight) == (f"{project}/data/qa.txt", 2.5)
+    cfg = compose_cfg("data", ["data=chat_mix", "+data.sources.mine.kind=alpaca", "+data.sources.mine.path=a.json"])
+    assert (cfg.data.sources.mine.kind, cfg.data.sources.mine.path) == ("alpaca", "a.json")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+data.sources.mine={kind: jsonl_chat, pth: x}", r"^\+data.sources.mine=.*: Key 'pth' not in 'SourceConfig'"),
+    ("+data.sources.mine={kind: nope, path: x}", r"^data.sources.mine.kind='nope' is not one of plays, text"),
+    ("+data.sources.mine={kind: qa, path: x, weight: -1}", r"^data.sources.mine.weight=-1.0 must be > 0$"),
+    ("+data.sources.mine={kind: qa, path: x, weight: lots}", r"could not be converted to Float \(data.sources.mine"),
+    ("+data.sources.mine=3", r"^\+data.sources.mine=3: .*not a subclass of SourceConfig"),
+    ("+data.sources.mine={kind: qa, path: [x}", r"^\+data.sources.mine=\{kind: qa, path: \[x\}: "),
+])
+def test_bad_added_source_is_one_line_naming_the_key(project: Path, override: str, message: str):
+    with pytest.raises(ConfigError, match=message) as e:
+        compose_cfg("data", ["data=chat_mix", override])
+    assert "\n" not in str(e.value)

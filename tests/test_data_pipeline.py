@@ -216,3 +216,34 @@ def test_stage_run_logs_to_mlflow(project: Path, raw_dir: Path, capsys) -> None:
     ecfg = compose_cfg("data_export", ["data=chat_mix", "format=qa", f"out={project}/qa"], raw_dir)
     export(ecfg)
     assert (project / "qa" / "train.txt").read_text().startswith("Q: ")
+
+
+@pytest.mark.parametrize("kind, content, extra", [
+    ("jsonl_chat", "", {}),
+    ("jsonl_chat", "\n\n", {}),
+    ("jsonl_chat", "{broken\n", {"on_error": "skip"}),
+    ("sharegpt", "[]", {}),
+    ("qa", "\n", {}),
+])
+def test_a_source_that_yields_nothing_fails_naming_it(tmp_path: Path, kind: str, content: str, extra: dict) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text(chat_line("hello there", "good day to you") + "\n")
+    f = tmp_path / {"jsonl_chat": "mine.jsonl", "sharegpt": "mine.json", "qa": "mine.txt"}[kind]
+    f.write_text(content)
+    cfg = data_cfg(sources={"good": {"kind": "jsonl_chat", "path": str(good)}, "mine": {"kind": kind, "path": str(f)}},
+                   **extra)
+    with pytest.raises(DataError, match=f"^data source 'mine' \\({f}\\) yielded no records") as e:
+        ensure_dataset(cfg, paths(tmp_path))
+    assert "\n" not in str(e.value)
+    assert [p for p in Path(tmp_path, "processed").rglob("*") if p.is_file()] == []
+
+
+def test_no_sources_or_an_empty_result_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data.sources: dataset 't' has no sources"):  # e.g. all removed by ~
+        ensure_dataset(data_cfg(sources={}), paths(tmp_path))
+    f = tmp_path / "c.jsonl"
+    f.write_text(chat_line("hi", "hello") + "\n" + chat_line("hi", "hello") + "\n")
+    cfg = data_cfg(sources={"c": {"kind": "jsonl_chat", "path": str(f)}}, clean={"min_example_chars": 1000})
+    with pytest.raises(DataError, match=r"^data=t: the dataset is empty: .*'c' 2 read \(too_short 2\)$"):
+        ensure_dataset(cfg, paths(tmp_path))
+    assert [p for p in Path(tmp_path, "processed").rglob("*") if p.is_file()] == []

@@ -18,10 +18,11 @@ import pytest
 
 from anima.errors import ConfigError, ModelError
 from anima.export import GGUF_DTYPES, export_gguf, export_llama2c
+from conftest import require, require_module
 
-torch = pytest.importorskip("torch")
-spm = pytest.importorskip("sentencepiece")
-gguf = pytest.importorskip("gguf")
+torch = require_module("torch")  # skipped when absent; a failure under CI=true
+spm = require_module("sentencepiece")
+gguf = require_module("gguf")
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -50,7 +51,7 @@ def _license_text() -> str:
     for p in candidates:
         if p.is_file():
             return p.read_text(encoding="utf-8", errors="replace")
-    pytest.skip("no local license text to train a tokenizer on")
+    require(False, "no local license text to train a tokenizer on")
 
 
 def _build_hf_tokenizer(sp_path: Path, out_dir: Path) -> None:

@@ -14,9 +14,10 @@ from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
 from anima.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
+from conftest import require_module
 from helpers_models import random_llama
 
-pytest.importorskip("anima.chat.templates")
+require_module("anima.chat.templates")
 
 GREEDY = dict(temperature=0.0)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_cfg
+from conftest import REPO, compose_cfg, postgres_url
 
 from anima.errors import ConfigError
 from anima.sweep.space import Param, check_space, format_value, parse_space
@@ -93,6 +93,40 @@ def test_unknown_key_on_the_command_line_stops_before_the_study(project, raw_dir
     assert not (project / "mlruns").exists()  # nothing started: no study, no MLflow run
 
 
+def test_preset_goes_to_the_user_conf_dir_and_composes(project, monkeypatch):
+    """The best-trial preset is written under the user config dir (conf.local/, or $ANIMA_USER_CONF), never into
+    the tracked conf/, and `+experiment=sweeps/<study>-best` composes it; `sweep.preset_dir` still wins."""
+    import optuna
+
+    from anima.sweep.objective import SweepContext
+    from anima.sweep.results import write_preset
+
+    cfg = compose_cfg("sweep", ["sweep=nano_test", "sweep.study_name=p1"])
+    ctx = SweepContext(cfg, "p1", [], [], project / "out")
+    best = optuna.trial.create_trial(value=1.5, user_attrs={
+        "overrides": ["seed=3", "model=nano", "trainer=smoke", "trainer.max_steps=8", "optim.lr=0.002"]})
+    path = write_preset(ctx, best)
+    assert path == project / "conf.local" / "experiment" / "sweeps" / "p1-best.yaml"
+    assert not (REPO / "conf" / "experiment" / "sweeps" / "p1-best.yaml").exists()
+    again = compose_cfg("pretrain", ["+experiment=sweeps/p1-best"])
+    assert again.optim.lr == 0.002 and again.model.name == "nano" and again.trainer.max_steps == 8
+    assert again.seed == 3
+    monkeypatch.setenv("ANIMA_USER_CONF", str(project / "mine"))
+    assert write_preset(ctx, best) == project / "mine" / "experiment" / "sweeps" / "p1-best.yaml"
+    ctx = SweepContext(compose_cfg("sweep", ["sweep=nano_test", f"sweep.preset_dir={project}/presets"]), "p1", [],
+                       [], project / "out")
+    assert write_preset(ctx, best) == project / "presets" / "p1-best.yaml"
+
+
+def test_trial_runs_are_named_study_t_number(project):
+    from anima.sweep.objective import SweepContext
+
+    ctx = SweepContext(compose_cfg("sweep", ["sweep=nano_test"]), "my-study", [], [], project / "out")
+    assert "run_name=my-study-t7" in ctx.trial_overrides(7, {"optim.lr": 0.01})
+    cfg = compose_cfg("pretrain", ctx.trial_overrides(7, {"optim.lr": 0.01}))
+    assert cfg.run_name == "my-study-t7" and cfg.optim.lr == 0.01
+
+
 # -- real sweeps ---------------------------------------------------------------------------------------------
 def _runs(parent_id: str):
     from mlflow import MlflowClient
@@ -120,48 +154,48 @@ def test_nano_sweep_end_to_end(project, raw_dir):
         "~sweep.params.optim", "+sweep.params.optim.lr={type: categorical, choices: [0.02, 0.0003, 0.00001]}",
         "+sweep.params.model.n_heads={type: categorical, choices: [4, 3]}",
     ], raw_dir)
-    preset = REPO / "conf" / "experiment" / "sweeps" / f"{study}-best.yaml"
-    try:
-        res = run(cfg)
-        client, parent, children = _runs(res.run_id)
-        states = {int(r.data.tags["anima.sweep.trial"]): r.data.tags["anima.sweep.state"] for r in children}
-        assert len(children) == 6 and sorted(states) == list(range(6))
-        assert all(r.data.tags["anima.sweep.study"] == study for r in children)
-        assert sorted(states.values()).count("FAIL") == 3  # n_heads=3 does not divide dim=64: fails, study goes on
-        assert "PRUNED" in states.values() and "COMPLETE" in states.values()
-        for r in children:
-            state = r.data.tags["anima.sweep.state"]
-            assert r.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
-            assert r.data.params["optim.lr"] in {"0.02", "0.0003", "1e-05"}  # params = the suggested values
-            if state == "FAIL":
-                assert "must be divisible by model.n_heads=3" in r.data.tags["anima.error"]
-            else:
-                assert r.data.params["model.n_heads"] == "4" and r.data.params["registry.register"] == "False"
-        assert parent.info.status == "FINISHED"
-        assert parent.data.metrics["best_value"] == pytest.approx(res.best_value)
-        assert parent.data.params["best.optim.lr"] == str(res.best_params["optim.lr"])
-        assert res.best_params == {"model.n_heads": 4, "optim.lr": 0.02}
-        arts = {a.path for a in client.list_artifacts(res.run_id, "plots")}
-        assert {"plots/optimization_history.png", "plots/intermediate_values.png",
-                "plots/parallel_coordinate.png", "plots/param_importances.png"} <= arts
-        # the preset reproduces the best trial's config
-        text = preset.read_text()
-        assert text.startswith("# @package _global_") and "override /model: nano" in text
-        best = compose("pretrain", [f"paths.raw_dir={raw_dir}", f"+experiment=sweeps/{study}-best"])
-        assert best.optim.lr == 0.02 and best.model.n_heads == 4 and best.trainer.max_steps == 8
-        assert best.model.name == "nano" and best.trainer.val_every == 2
-        # top-k registered from the trials' logged models, tagged with study and trial
-        versions = client.search_model_versions("name='anima-nano'")
-        assert len(versions) == 1 == len(res.registered)  # top_k=2, but pruned/failed trials are never registered
-        assert {v.tags["sweep_study"] for v in versions} == {study}
-        best_version = [v for v in versions if v.tags["sweep_rank"] == "1"][0]
-        assert int(best_version.tags["sweep_trial"]) == res.best_trial and best_version.tags["val_ppl"]
-        assert best_version.source.endswith(f"{best_version.run_id}/artifacts/model")
-        # a second invocation of the same study runs nothing more and does not register twice
-        again = run(cfg)
-        assert again.counts == res.counts and len(client.search_model_versions("name='anima-nano'")) == 1
-    finally:
-        preset.unlink(missing_ok=True)
+    preset = project / "conf.local" / "experiment" / "sweeps" / f"{study}-best.yaml"  # the user conf dir
+    res = run(cfg)
+    client, parent, children = _runs(res.run_id)
+    states = {int(r.data.tags["anima.sweep.trial"]): r.data.tags["anima.sweep.state"] for r in children}
+    assert len(children) == 6 and sorted(states) == list(range(6))
+    assert all(r.data.tags["anima.sweep.study"] == study for r in children)
+    assert sorted(r.info.run_name for r in children) == sorted(f"{study}-t{n}" for n in range(6))
+    assert parent.info.run_name == f"sweep-{study}"
+    assert sorted(states.values()).count("FAIL") == 3  # n_heads=3 does not divide dim=64: fails, study goes on
+    assert "PRUNED" in states.values() and "COMPLETE" in states.values()
+    for r in children:
+        state = r.data.tags["anima.sweep.state"]
+        assert r.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[state]
+        assert r.data.params["optim.lr"] in {"0.02", "0.0003", "1e-05"}  # params = the suggested values
+        if state == "FAIL":
+            assert "must be divisible by model.n_heads=3" in r.data.tags["anima.error"]
+        else:
+            assert r.data.params["model.n_heads"] == "4" and r.data.params["registry.register"] == "False"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(res.best_value)
+    assert parent.data.params["best.optim.lr"] == str(res.best_params["optim.lr"])
+    assert res.best_params == {"model.n_heads": 4, "optim.lr": 0.02}
+    arts = {a.path for a in client.list_artifacts(res.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/intermediate_values.png",
+            "plots/parallel_coordinate.png", "plots/param_importances.png"} <= arts
+    # the preset reproduces the best trial's config
+    assert res.preset == preset and not (REPO / "conf" / "experiment" / "sweeps" / preset.name).exists()
+    text = preset.read_text()
+    assert text.startswith("# @package _global_") and "override /model: nano" in text
+    best = compose("pretrain", [f"paths.raw_dir={raw_dir}", f"+experiment=sweeps/{study}-best"])
+    assert best.optim.lr == 0.02 and best.model.n_heads == 4 and best.trainer.max_steps == 8
+    assert best.model.name == "nano" and best.trainer.val_every == 2
+    # top-k registered from the trials' logged models, tagged with study and trial
+    versions = client.search_model_versions("name='anima-nano'")
+    assert len(versions) == 1 == len(res.registered)  # top_k=2, but pruned/failed trials are never registered
+    assert {v.tags["sweep_study"] for v in versions} == {study}
+    best_version = [v for v in versions if v.tags["sweep_rank"] == "1"][0]
+    assert int(best_version.tags["sweep_trial"]) == res.best_trial and best_version.tags["val_ppl"]
+    assert best_version.source.endswith(f"{best_version.run_id}/artifacts/model")
+    # a second invocation of the same study runs nothing more and does not register twice
+    again = run(cfg)
+    assert again.counts == res.counts and len(client.search_model_versions("name='anima-nano'")) == 1
 
 
 def _cli(root: Path, *args: str, **kw) -> subprocess.Popen:
@@ -216,21 +250,10 @@ def test_two_processes_share_one_sqlite_study(project, raw_dir):
     _two_workers(project, raw_dir, f"sqlite:///{project}/mlruns/optuna.db", "shared")
 
 
-def _postgres_url() -> str:
-    url = os.environ.get("ANIMA_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
-    try:
-        import psycopg2
-
-        psycopg2.connect(url, connect_timeout=2).close()
-    except Exception as e:
-        pytest.skip(f"PostgreSQL not reachable at {url}: {str(e).strip().splitlines()[0] if str(e) else e}")
-    return url
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_processes_share_one_postgres_study(project, raw_dir):
-    url = _postgres_url()
+    url = postgres_url()  # skips when absent; fails under CI=true
     _prepare_store(project)
     _two_workers(project, raw_dir, url, f"pytest-{uuid.uuid4().hex[:8]}")
 
@@ -282,3 +305,82 @@ def test_ctrl_c_keeps_the_study_resumable(project, raw_dir):
     trials = optuna.load_study(study_name="stop", storage=storage).get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert trials[1].params == trials[0].params and trials[1].user_attrs["retry_of"] == 0
+
+
+def _wait_for_training(storage: str, study: str, deadline: float):
+    """The RUNNING trial once it is inside Lightning's fit loop (its run is known and it has reported)."""
+    import optuna
+    import sqlalchemy.exc
+
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            st = optuna.load_study(study_name=study, storage=storage)
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            continue  # no study yet, or the sweep is still creating the schema this poll raced with
+        for t in st.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.intermediate_values and t.user_attrs.get("run_id"):
+                return t
+    raise AssertionError("no trial started training in time")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_and_rerun_finishes_the_study(project, raw_dir):
+    """kill -9 mid-trial, then the same command again: the killed trial is FAIL (at once, not after the heartbeat
+    grace period), its parameters are retried once, the study ends with n_trials finished trials, every run of
+    the study has ended (the killed ones KILLED), trial runs are named <study>-t<N>, and the preset lands in the
+    user config dir, not in the checkout's conf/."""
+    import optuna
+    from mlflow import MlflowClient
+
+    _prepare_store(project)
+    _warm_caches(raw_dir)
+    storage = f"sqlite:///{project}/mlruns/optuna.db"
+    args = ["sweep=nano_test", "sweep.study_name=kill9", "sweep.n_trials=3", "sweep.top_k=0", "sweep.plots=false",
+            "sweep.pruner=none", "+sweep.set.trainer.max_steps=40", "+sweep.set.trainer.val_every=4",
+            f"paths.raw_dir={raw_dir}", "device.threads=1"]
+    p = _cli(project, *args)
+    try:
+        victim = _wait_for_training(storage, "kill9", time.time() + 240)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        out = p.communicate(timeout=60)[0]
+    assert p.returncode == -signal.SIGKILL, out[-3000:]
+    st = optuna.load_study(study_name="kill9", storage=storage)
+    killed = st.trials[victim.number]
+    assert killed.state.name == "RUNNING", out[-3000:]  # died mid-trial: nothing cleaned up
+    client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("anima").experiment_id
+    assert client.get_run(killed.user_attrs["run_id"]).info.status == "RUNNING"
+
+    started = time.time()
+    p = _cli(project, *args)  # the very same command
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out[-3000:]
+    assert f"trial {victim.number} of a dead worker failed and requeued" in out
+    trials = optuna.load_study(study_name="kill9", storage=storage).get_trials()
+    states = [t.state.name for t in trials]
+    assert trials[victim.number].state.name == "FAIL" and states.count("FAIL") == 1, states
+    assert trials[victim.number].user_attrs["error"].startswith("worker died: its sweep run")
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3 and len(trials) == 4, states
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state.name == "COMPLETE"
+    assert time.time() - started < 300  # not waiting for the 180 s heartbeat grace period on top of training
+
+    runs = client.search_runs([exp], max_results=1000)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = sorted((r for r in runs if r.data.tags.get("anima.stage") == "sweep"), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
+    assert all(r.info.run_name == "sweep-kill9" for r in parents)
+    dead = client.get_run(killed.user_attrs["run_id"])
+    assert dead.info.status == "KILLED" and dead.data.tags["anima.sweep.state"] == "FAIL"
+    assert dead.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents}]
+    assert sorted(r.info.run_name for r in children) == [f"kill9-t{n}" for n in range(4)]
+    for r in children:
+        assert r.info.run_name == f"kill9-t{r.data.tags['anima.sweep.trial']}"
+        assert r.data.params["run_name"] == r.info.run_name  # the training run the trial created
+    assert client.get_run(retry[0].user_attrs["run_id"]).data.tags["anima.sweep.retry_of"] == str(victim.number)
+
+    preset = project / "conf.local" / "experiment" / "sweeps" / "kill9-best.yaml"
+    assert preset.is_file() and not (REPO / "conf" / "experiment" / "sweeps" / "kill9-best.yaml").exists()

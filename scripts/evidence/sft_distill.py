@@ -62,8 +62,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", choices=["mini", "tiny"], default="mini", help="teacher/SFT model size")
     ap.add_argument("--raw-dir", default=str(REPO / "data" / "raw"))
-    ap.add_argument("--kd", nargs="*", default=["loss.lm.weight=1.0", "loss.kd.weight=1.0", "loss.kd.temperature=1.0"],
-                    help="overrides of the kd run in (b), after loss=kd (e.g. loss.lm.weight=1 loss.kd.temperature=1)")
+    ap.add_argument("--kd", nargs="*", default=[],
+                    help="overrides of the kd run in (b), after loss=kd (default: the shipped conf/loss/kd.yaml; "
+                         "e.g. loss.lm.weight=0.5 loss.kd.weight=0.5 loss.kd.temperature=2)")
     args = ap.parse_args()
     root = os.environ.setdefault("ANIMA_ROOT", "/tmp/evidence4")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

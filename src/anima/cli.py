@@ -44,7 +44,7 @@ def one_line(exc: BaseException) -> str:
     key = None
     e: BaseException | None = exc
     while e is not None:
-        text = str(e).strip()
+        text = _join_options(str(e).strip())
         for line in text.splitlines():
             line = line.strip()
             if line.startswith("full_key:"):
@@ -57,6 +57,18 @@ def one_line(exc: BaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
+def _join_options(text: str) -> str:
+    """Hydra lists a group's options one per indented line, then its search path: fold the options into their
+    line (`Available options in 'model': base, nano, tiny`) and drop the search path."""
+    out: list[str] = []
+    for line in text.split("Config search path:")[0].splitlines():
+        if line.startswith("\t") and out and "options in" in out[-1]:
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def _schema_for(config_name: str) -> type:
     from anima.config.stages import STAGE_SCHEMAS
 
@@ -64,7 +76,10 @@ def _schema_for(config_name: str) -> type:
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()):  # -> DictConfig
-    """Compose conf/<config_name>.yaml with overrides, as Hydra would (used by tests, sweeps, pipeline)."""
+    """Compose <config_name>.yaml with overrides, as Hydra would (used by tests, sweeps, pipeline).
+
+    The search path is the same as the CLI's: the user config dir (anima.paths.user_conf_dir) ahead of the
+    shipped conf/ (anima.config.store)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -85,40 +100,21 @@ def compose(config_name: str, overrides: Sequence[str] = ()):  # -> DictConfig
     return cfg
 
 
-def split_value_overrides(config_name: str, overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """Take out `key=value` overrides of plain string keys that share their name with a config group.
-
-    `anima chat model=models:/anima-tiny@champion`: chat's `model` is a URI string, but Hydra reads `model=` as
-    a choice in the conf/model/ group and fails. Such overrides are applied as values after composition.
-    """
-    import dataclasses
-    import typing
-
+def split_value_overrides(config_name: str, overrides: Sequence[str]) -> tuple[list[str], list]:
+    """Take out the overrides Hydra cannot apply (anima.config.overrides): a plain string key named like a
+    config group (`anima chat model=models:/anima-tiny@champion`), a new entry of a typed dict
+    (`+data.sources.mine={kind: jsonl_chat, path: my.jsonl}`). `apply_values` applies them after composition."""
+    from anima.config.overrides import split_late
     from anima.config.stages import STAGE_SCHEMAS
-    from anima.paths import conf_dir
+    from anima.paths import conf_dir, user_conf_dir
 
-    schema = STAGE_SCHEMAS.get(config_name)
-    if schema is None:
-        return list(overrides), {}
-    hints = typing.get_type_hints(schema)
-    plain = {f.name for f in dataclasses.fields(schema) if hints[f.name] in (str, typing.Optional[str])}
-    kept: list[str] = []
-    values: dict[str, str] = {}
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        if sep and key in plain and (conf_dir() / key).is_dir():
-            values[key] = value.strip().strip("'\"")
-        else:
-            kept.append(o)
-    return kept, values
+    return split_late(STAGE_SCHEMAS.get(config_name), overrides, (conf_dir(), user_conf_dir()))
 
 
-def apply_values(cfg, values: dict[str, str]) -> None:
-    for key, value in values.items():
-        try:
-            cfg[key] = value
-        except Exception as e:  # omegaconf validation
-            raise ConfigError(f"{key}={value}: {one_line(e)}") from None
+def apply_values(cfg, values: list) -> None:
+    from anima.config.overrides import apply_late
+
+    apply_late(cfg, values)
 
 
 def _import_stage_schema(config_name: str) -> None:
@@ -136,6 +132,37 @@ def run_stage(stage: Stage, cfg):
     return _load(stage.target)(cfg)
 
 
+MULTIRUN_FLAGS = ("--multirun", "-m")
+
+
+def _validate_up_front(config_name: str, argv: list[str]) -> None:
+    """Compose and validate before Hydra runs anything, so a bad key fails in one line before any work.
+
+    A plain run is checked once; a `--multirun` every job of the sweep (Hydra would otherwise print its
+    multi-line error, or fail half way through the sweep). Other Hydra flags (--cfg, --help, --info) are left
+    to Hydra."""
+    from anima.config.validate import validate
+
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    if not flags:
+        jobs = [overrides]
+    elif all(f in MULTIRUN_FLAGS for f in flags):
+        from anima.config.overrides import expand_sweep
+
+        kept, late = split_value_overrides(config_name, overrides)  # the same late overrides in every job
+        jobs = [job + [o.text for o in late] for job in expand_sweep(kept)]
+    else:
+        return
+    for job in jobs:
+        validate(compose(config_name, job), _schema_for(config_name))
+
+
+def _cfg_job_only(argv: list[str]) -> bool:
+    flags = [a for i, a in enumerate(argv) if a.startswith("-") or (i and argv[i - 1] in ("--cfg", "-c"))]
+    return flags in (["--cfg", "job"], ["-c", "job"])
+
+
 def _run_hydra(stage: Stage, argv: list[str]) -> int:
     import hydra
 
@@ -145,12 +172,15 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
     config_name = stage.name.replace(" ", "_")
     _import_stage_schema(config_name)
     register_configs()
-    if not any(a.startswith("-") for a in argv):
-        # A plain run: compose and validate once up front so a bad key fails in one line before any work.
-        from anima.config.validate import validate
-
-        validate(compose(config_name, argv), _schema_for(config_name))
+    _validate_up_front(config_name, argv)
     argv, values = split_value_overrides(config_name, argv)
+    if values and _cfg_job_only(argv):
+        # Hydra would print the config without the late overrides: print what the job will run with.
+        from omegaconf import OmegaConf
+
+        job = [a for a in argv if a not in ("--cfg", "-c", "job")] + [v.text for v in values]
+        print(OmegaConf.to_yaml(compose(config_name, job)), end="")
+        return 0
 
     def task(cfg) -> None:
         try:

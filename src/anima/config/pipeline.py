@@ -37,7 +37,8 @@ STEP_REF = "step"  # the resolver name: ${step:<step>.<output>}
 
 @dataclass
 class PipelineSpec:
-    name: str = setting("custom", "Name of the study; the parent MLflow run is called pipeline-<name>.")
+    name: str = setting("custom", "Name of the study; the parent MLflow run is called pipeline-<name>, each "
+                        "step's run <name>/<step>.")
     description: str = setting("", "What the study reproduces (shown at the start and logged).")
     stages: List[str] = setting(doc="The steps, in order. A step is named after the stage it runs (pretrain, "
                                 "sft, ...) or mapped to one in `stage_of`. Its overrides are the top-level key "

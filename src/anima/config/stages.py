@@ -66,7 +66,10 @@ class TrainConfig(StageConfig):
     init_from: Optional[str] = setting(None, "Start from this model URI (models:/name@alias, models:/name/N, "
                                        "runs:/id/model or a local dir).")
     teacher: Optional[str] = setting(None, "distill: the teacher model URI.")
-    resume: str = setting("none", "none; auto (latest interrupted run of this stage); or an MLflow run id.")
+    resume: str = setting("none", "none; auto (the interrupted run of this stage, registry name and config); "
+                          "or an MLflow run id.")
+    resume_force: bool = setting(False, "With resume=<run_id>: continue even where the config differs from the "
+                                 "run's (the new values win).")
 
 
 @dataclass

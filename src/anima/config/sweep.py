@@ -56,13 +56,15 @@ class SweepConfig:
     study_name: Optional[str] = setting(None, "Study to create or resume (null: a new <name>-<N>). Workers that "
                                         "share a study pass the same name.")
     heartbeat: int = setting(60, "Seconds between trial heartbeats; a trial silent for 3x this is failed and "
-                             "retried by the next worker (crashed machines).", ge=1)
+                             "retried once by the next worker (machines that died). A dead worker on the same "
+                             "machine is noticed at once by the next sweep of the study.", ge=1)
     top_k: int = setting(3, "Register the models of the k best trials (0: none).", ge=0)
     register_name: Optional[str] = setting(None, "Registered model name for the top trials (default: the trial "
                                            "config's registry.name).")
     plots: bool = setting(True, "Log PNG plots: history, importances, intermediate values, parallel coordinates.")
     preset_dir: Optional[str] = setting(None, "Where the best trial's experiment preset goes (default: "
-                                        "conf/experiment/sweeps, so `+experiment=sweeps/<study>-best` works).")
+                                        "<user conf dir>/experiment/sweeps, i.e. conf.local/ or $ANIMA_USER_CONF, "
+                                        "so `+experiment=sweeps/<study>-best` works and conf/ stays clean).")
 
 
 @dataclass

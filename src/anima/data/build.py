@@ -125,6 +125,15 @@ class _Builder:
     def read_all(self) -> None:
         for name in _source_order(self.cfg):
             self._read_source(name)
+            self._check_not_empty(name)
+
+    def _check_not_empty(self, name: str) -> None:
+        """A source that yields no record is a mistake (an empty file, a wrong glob or format): say so, naming it,
+        instead of building a dataset without it."""
+        st = self.stats[name]
+        if st.read == 0:
+            skipped = f", {st.skipped} malformed record(s) skipped" if st.skipped else ""
+            raise DataError(f"data source '{name}' ({self.cfg.sources[name].path}) yielded no records{skipped}")
 
     def _read_source(self, name: str) -> None:
         src = self.cfg.sources[name]
@@ -257,6 +266,17 @@ class _Builder:
                 "shards": {s: writers[s].shards for s in SPLITS}}
 
 
+def _empty_message(name: str, stats: dict[str, SourceStats]) -> str:
+    """Why a dataset came out empty: where each source's records went."""
+    parts = []
+    for src, st in stats.items():
+        gone = Counter(st.drops)
+        gone.update({"excluded by categories": st.excluded, "duplicates": st.exact_dups + st.near_dups})
+        why = ", ".join(f"{k} {v}" for k, v in gone.most_common() if v)
+        parts.append(f"'{src}' {st.read} read" + (f" ({why})" if why else ""))
+    return f"data={name}: the dataset is empty: no example survived cleaning, dedup and filtering: {'; '.join(parts)}"
+
+
 def _public(ex: dict, kind: str) -> dict:
     if kind == "chat":
         return {"id": ex["id"], "messages": ex["messages"], "source": ex["source"], "domain": ex["domain"],
@@ -274,6 +294,8 @@ def build_dataset(data_cfg: Any, plan: BuildPlan, out: Path, resolved_cfg: dict)
     b = _Builder(data_cfg, plan, out)
     b.read_all()
     result = b.write_all()
+    if not any(result["out"][s] for s in SPLITS):
+        raise DataError(_empty_message(str(data_cfg.name), b.stats))
     shutil.rmtree(b.work)
     per_source = {n: s.as_dict() for n, s in b.stats.items()}
     total = lambda k: sum(s[k] for s in per_source.values())  # noqa: E731

@@ -145,10 +145,10 @@ def resolve_rehearsal(ref: str, paths_cfg: Any, tracking_cfg: Any = None) -> Bui
 
 
 def _preset(name: str, paths_cfg: Any) -> Any:
-    """conf/data/<name>.yaml composed with the same paths (None when there is no such preset)."""
-    from anima.paths import conf_dir
+    """data/<name>.yaml (user config dir or conf/) composed with the same paths (None when there is none)."""
+    from anima.paths import conf_dir, user_conf_dir
 
-    if not (conf_dir() / "data" / f"{name}.yaml").is_file():
+    if not any((d / "data" / f"{name}.yaml").is_file() for d in (user_conf_dir(), conf_dir())):
         return None
     from anima.cli import compose
 

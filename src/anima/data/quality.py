@@ -65,8 +65,9 @@ class PerplexityScorer:
 
         resolved = resolve_model(uri, tracking)
         self.uri = resolved.canonical_uri
-        self.tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(resolved.path), torch_dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=torch.float32,
+                                                          use_safetensors=True, local_files_only=True)
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
+from anima.procs import pid_alive
 
 MIN_CACHE_LEN = 2  # shorter caches take the eager step (export specializes lengths 0 and 1)
 
@@ -209,7 +210,7 @@ class PackageBuild:
             pid = int(self.lock.read_text().strip() or 0)
         except (OSError, ValueError):
             return False
-        return _alive(pid)
+        return pid_alive(pid)
 
     def start(self) -> bool:
         """Start a background build unless one is running, done or known to fail. True when one runs."""
@@ -266,18 +267,6 @@ class PackageBuild:
         while not self.ready() and self.building() and time.monotonic() < deadline:
             time.sleep(0.2)
         return self.ready()
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lower_priority() -> None:

@@ -69,9 +69,12 @@ def load_model_dir(path: str | Path, dtype=None):
     """Load a HF causal LM dir (safetensors only; never unpickles)."""
     from transformers import AutoModelForCausalLM
 
+    from anima.model.resolve import require_safetensors
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a Hugging Face model dir (no config.json)")
+    require_safetensors(path)
     try:
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
     except Exception as e:  # corrupt/missing weights

@@ -33,6 +33,25 @@ class ResolvedModel:
         return str(self.path)
 
 
+#: Weight files that unpickle on load: a dir holding only these is refused (DESIGN: never unpickle weights).
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
+
+
+def require_safetensors(path: Path) -> Path:
+    """`path` if its weights are safetensors; a dir with only pickled weights fails in one line naming it.
+    (A dir without any weights is left to the loader, which names what is missing.)"""
+    names = {p.name for p in Path(path).iterdir()} if Path(path).is_dir() else set()
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") or n.endswith(".gguf")
+           for n in names):
+        return path
+    pickled = sorted(n for n in names if n in PICKLE_WEIGHTS
+                     or (n.startswith(("pytorch_model", "model")) and n.endswith((".bin", ".pt", ".pth"))))
+    if pickled:
+        raise ModelError(f"model dir {path} has only pickled weights ({', '.join(pickled)}); anima loads "
+                         "safetensors only: re-save it with save_pretrained(..., safe_serialization=True)")
+    return path
+
+
 def _local_path(artifact_uri: str) -> Path | None:
     parsed = urlparse(artifact_uri)
     if parsed.scheme == "file":
@@ -77,14 +96,14 @@ def resolve_model(uri: str, tracking: Any | None = None) -> ResolvedModel:
         except MlflowException:
             raise ModelError(f"{uri}: no run {m['run_id']} in the tracking store") from None
         path = _materialize(f"{run.info.artifact_uri}/{m['path']}", f"runs/{m['run_id']}", tracking)
-        return ResolvedModel(uri, path, run_id=m["run_id"])
+        return ResolvedModel(uri, require_safetensors(path), run_id=m["run_id"])
     if uri.startswith(("models:", "runs:")):
         raise ModelError(f"malformed model URI {uri!r}; use models:/name@alias, models:/name/N, "
                          "runs:/<run_id>/model or a local directory")
     path = Path(uri).expanduser()
     if not (path / "config.json").is_file():
         raise ModelError(f"model {uri!r} is neither a registry URI nor a local model dir (no config.json)")
-    return ResolvedModel(uri, path.resolve())
+    return ResolvedModel(uri, require_safetensors(path.resolve()))
 
 
 def _resolve_registry(uri: str, name: str, version: str | None, alias: str | None,
@@ -113,4 +132,4 @@ def _resolve_registry(uri: str, name: str, version: str | None, alias: str | Non
         raise ModelError(f"{uri}: {name} has no version {version}; versions: "
                          f"{', '.join(map(str, versions)) or 'none'}") from None
     path = _materialize(mv.source, f"models/{name}/{mv.version}", tracking)
-    return ResolvedModel(uri, path, name=name, version=str(mv.version), run_id=mv.run_id)
+    return ResolvedModel(uri, require_safetensors(path), name=name, version=str(mv.version), run_id=mv.run_id)

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 PARENT_TAG = "mlflow.parentRunId"
 STEP_TAG = "anima.pipeline.step"
 PIPELINE_TAG = "anima.pipeline.run_id"
 
+NAME_TAG = "anima.pipeline.name"
+
+
 @contextlib.contextmanager
-def child_runs_of(parent_run_id: str, step: str) -> Iterator[None]:
-    """Runs started inside this block are children of `parent_run_id`, tagged with the step name."""
+def child_runs_of(parent_run_id: str, step: str, pipeline: str = "",
+                  extra: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Runs started inside this block are children of `parent_run_id`, tagged with the step and pipeline
+    names (and `extra`: the key the step runs for, see `interrupted`)."""
     from anima.tracking.run import inherited_tags
 
-    with inherited_tags({PARENT_TAG: parent_run_id, STEP_TAG: step, PIPELINE_TAG: parent_run_id}):
+    tags = {PARENT_TAG: parent_run_id, STEP_TAG: step, PIPELINE_TAG: parent_run_id, **(extra or {})}
+    if pipeline:
+        tags[NAME_TAG] = pipeline
+    with inherited_tags(tags):
         yield
 
 

@@ -71,3 +71,9 @@ def placeholder_outputs(steps: list[str]) -> dict[str, dict[str, Any]]:
             return True
 
     return {s: _Any() for s in steps}
+
+
+def is_placeholder(value: object) -> bool:
+    """A stand-in output (dry run, preflight): not a real model, run or path."""
+    return isinstance(value, str) and ("pipeline-pending" in value or "0" * 32 in value
+                                       or value.startswith(("pending-", PLACEHOLDERS["dataset"])))

@@ -65,7 +65,8 @@ def champion_summary(cfg: DictConfig, steps: list, outcomes: list) -> dict[str, 
 
 
 def print_report(console: Any, cfg: DictConfig, result: Any, champ: dict[str, Any] | None, seconds: float) -> None:
-    ran = [o.step for o in result.steps if o.status == "ran"]
+    ran = [o.step + (" (resumed)" if o.status == "resumed" else "") for o in result.steps
+           if o.status in ("ran", "resumed")]
     cached = [o.step for o in result.steps if o.status == "cached"]
     console.print(f"\n[bold green]✓ pipeline {cfg.pipeline.name}[/] finished in {seconds / 60:.1f} min "
                   f"(run {result.run_id}): ran {', '.join(ran) or 'nothing'}; reused {', '.join(cached) or 'nothing'}")

@@ -20,7 +20,7 @@ from anima.pipeline.spec import Step, forced, parse_steps, propagated, to_overri
 class StepOutcome:
     step: str
     stage: str
-    status: str  # ran | cached | failed | planned
+    status: str  # ran | resumed | cached | failed | planned
     run_id: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
@@ -39,7 +39,13 @@ def step_overrides(cfg: DictConfig, step: Step, outputs: dict[str, dict[str, Any
     own = {k: refs.substitute(v, outputs, f"{step.name}.{k}") for k, v in step.overrides.items()}
     groups = {k.lstrip("+~").split(".")[0] for k in own}
     base = {k: v for k, v in propagated(cfg).items() if k.split(".")[0] not in groups and k not in own}
+    if "run_name" not in groups:  # the step's MLflow run reads `<pipeline>/<step>` (demo/sft)
+        base["run_name"] = step_run_name(cfg, step)
     return to_override_list(base) + to_override_list(own)
+
+
+def step_run_name(cfg: DictConfig, step: Step) -> str:
+    return f"{cfg.pipeline.name}/{step.name}"
 
 
 def compose_step(step: Step, overrides: list[str]) -> DictConfig:
@@ -72,6 +78,7 @@ def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
 
     from anima.paths import project_root
     from anima.tracking.gitinfo import git_state
+    from anima.tracking.liveness import process_tags
     from anima.tracking.redact import redact
     from anima.tracking.run import config_hash, flatten, hydra_overrides, resolved_config
 
@@ -79,7 +86,7 @@ def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
     sha, dirty = git_state(project_root())
     name = cfg.get("run_name") or f"pipeline-{cfg.pipeline.name}"
     client = MlflowClient()
-    run = client.create_run(exp_id, run_name=str(name), tags={
+    run = client.create_run(exp_id, run_name=str(name), tags={**process_tags(),
         "anima.stage": "pipeline", "anima.command": shlex.join(["anima", "pipeline", *redact({"o": overrides})["o"]]),
         "anima.config_hash": config_hash(cfg), "mlflow.source.git.commit": sha, "anima.git_dirty": str(dirty).lower(),
         "anima.pipeline.name": str(cfg.pipeline.name), "anima.pipeline.stages": " ".join(s.name for s in steps),
@@ -102,6 +109,7 @@ class Runner:
         self.cfg = cfg
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.steps = parse_steps(cfg)
+        self._ran: list[str] = []  # steps that ran in this invocation (the reason a later step's key differs)
 
     def preflight(self) -> None:
         """Compose every step with stand-ins for outputs not produced yet: a typo fails before any work."""
@@ -113,11 +121,14 @@ class Runner:
     def run(self) -> PipelineResult:
         from mlflow import MlflowClient
 
+        from anima.pipeline.interrupted import mark_dead
+        from anima.tracking.liveness import RunLock
         from anima.tracking.store import setup_mlflow
 
         cfg, c = self.cfg, self.console
         self.preflight()
         exp_id = setup_mlflow(cfg.tracking)
+        mark_dead(exp_id)  # a pipeline killed -9 earlier (and its step run) end KILLED: its step can be continued
         desc = str(cfg.pipeline.description or "").strip().splitlines()
         c.print(f"[bold]pipeline {cfg.pipeline.name}[/]: {' → '.join(s.name for s in self.steps)}"
                 + (f"  — {desc[0]}" if desc else ""))
@@ -125,6 +136,8 @@ class Runner:
             return self._dry_run(exp_id)
         out_dir = _out_dir(cfg)
         parent = _start_parent(cfg, exp_id, self.steps)
+        lock = RunLock(parent, cfg.tracking)  # while held, no later command takes this pipeline for dead
+        lock.acquire()
         client = MlflowClient()
         outcomes: list[StepOutcome] = []
         outputs: dict[str, dict[str, Any]] = {}
@@ -143,23 +156,47 @@ class Runner:
             status = "KILLED"
             raise
         finally:
-            client.log_text(parent, json.dumps([o.__dict__ for o in outcomes], indent=2, default=str),
-                            "pipeline/steps.json")
-            client.log_metric(parent, "pipeline/seconds", time.monotonic() - start)
-            client.log_metric(parent, "pipeline/steps_run", sum(o.status == "ran" for o in outcomes))
-            client.log_metric(parent, "pipeline/steps_cached", sum(o.status == "cached" for o in outcomes))
-            client.set_terminated(parent, status)
+            try:
+                client.log_text(parent, json.dumps([o.__dict__ for o in outcomes], indent=2, default=str),
+                                "pipeline/steps.json")
+                client.log_metric(parent, "pipeline/seconds", time.monotonic() - start)
+                client.log_metric(parent, "pipeline/steps_run", sum(o.status in ("ran", "resumed") for o in outcomes))
+                client.log_metric(parent, "pipeline/steps_cached", sum(o.status == "cached" for o in outcomes))
+                client.set_terminated(parent, status)
+            finally:
+                lock.release()
         result = PipelineResult(parent, outcomes)
         result.champion = self._report(result, time.monotonic() - start)
         return result
+
+    def _key(self, step: Step, stage_cfg: DictConfig, upstream: dict[str, str], fetch: bool
+             ) -> tuple[dict[str, Any], str, dict[str, str]]:
+        """(key parts, key, label -> path of each content input)."""
+        from anima.pipeline.inputs import content_inputs, fingerprints
+        from anima.tracking.run import config_hash, resolved_config
+
+        content = content_inputs(stage_cfg, fetch=fetch)
+        inputs = cache.inputs_of(config_hash(stage_cfg), upstream, cache.moving_aliases(resolved_config(stage_cfg)),
+                                 fingerprints(content))
+        return inputs, cache.cache_key(inputs), {k: v["path"] for k, v in content.items()}
+
+    def _why(self, exp_id: str, step: Step, stage_cfg: DictConfig, inputs: dict[str, Any], paths: dict[str, str],
+             rerun: set[str]) -> str:
+        """One line: what differs from this step's newest finished run (inputs, config keys, earlier steps)."""
+        from anima.tracking.run import resolved_config
+
+        prev = cache.previous_run(exp_id, str(self.cfg.pipeline.name), step.name)
+        fed = {k.lstrip("+~") for k, v in step.overrides.items() if refs.find_refs(v)}
+        why = cache.explain(prev, inputs, paths, resolved_config(stage_cfg), rerun, fed)
+        return "; ".join(why) or "the run with this key is gone (its registered model was deleted)"
 
     def _step(self, i: int, step: Step, exp_id: str, parent: str, out_dir: Path,
               outputs: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StepOutcome:
         from anima.cli import _load
         from anima.pipeline.context import child_runs_of, step_runtime
+        from anima.pipeline.interrupted import PENDING_TAG, RESUMED_TAG, find_interrupted
         from anima.pipeline.outputs import child_run, extract
         from anima.stages import STAGES
-        from anima.tracking.run import config_hash, resolved_config
 
         c, n = self.console, len(self.steps)
         label = f"[{i}/{n}] {step.name}" + (f" ({step.stage})" if step.stage != step.name else "")
@@ -168,14 +205,13 @@ class Runner:
             stage_cfg = compose_step(step, overrides)
         except ConfigError as e:
             raise ConfigError(f"pipeline stopped at step {step.name!r} (stage {step.stage}): {e}") from None
-        h = config_hash(stage_cfg)
-        inputs = cache.inputs_of(h, upstream, cache.moving_aliases(resolved_config(stage_cfg)))
-        key = cache.cache_key(inputs)
+        inputs, key, paths = self._key(step, stage_cfg, upstream, fetch=True)
+        h = inputs["config_hash"]
         if forced(self.cfg, step.name):
             hit, why_not = None, "forced"
         else:
             hit = cache.find_cached(exp_id, key)
-            why_not = "no finished run with this config and inputs"
+            why_not = "" if hit else self._why(exp_id, step, stage_cfg, inputs, paths, set(self._ran))
         if hit is not None:
             from anima.pipeline.outputs import extract as extract_outputs
 
@@ -184,11 +220,20 @@ class Runner:
             c.print(f"[cyan]↺ {label}: skipped[/] — same config (hash {h}) and inputs as finished run "
                     f"{hit.info.run_id[:12]}" + (f"; reusing {shown}" if shown else ""))
             return StepOutcome(step.name, step.stage, "cached", hit.info.run_id, outs, "cache hit")
-        c.print(f"[bold]▶ {label}[/]: running ({why_not}) — anima {step.stage} "
-                + " ".join(o for o in overrides if not o.startswith(("paths.", "tracking.", "device.", "seed="))))
+        pipeline = str(self.cfg.pipeline.name)
+        resumed = None if why_not == "forced" else find_interrupted(exp_id, pipeline, step.name, step.stage, key)
+        status = "ran"
+        if resumed is not None:
+            status, why_not = "resumed", f"continuing interrupted run {resumed.info.run_id[:12]}"
+            stage_cfg.resume = resumed.info.run_id  # the training stage's resume=<run_id>: last.ckpt, same run
+        c.print(f"[bold]▶ {label}[/]: {'resuming' if resumed else 'running'} ({why_not}) — anima {step.stage} "
+                + " ".join(o for o in overrides
+                           if not o.startswith(("paths.", "tracking.", "device.", "seed=", "run_name="))))
         t0 = time.monotonic()
+        extra = {PENDING_TAG: key, **({RESUMED_TAG: "true"} if resumed else {})}
         try:
-            with child_runs_of(parent, step.name), step_runtime(out_dir / f"{i:02d}-{step.name}", overrides):
+            with child_runs_of(parent, step.name, pipeline, extra), \
+                    step_runtime(out_dir / f"{i:02d}-{step.name}", overrides):
                 result = _load(STAGES[step.stage].target)(stage_cfg)  # validated in compose_step
         except KeyboardInterrupt:
             raise
@@ -207,31 +252,44 @@ class Runner:
         run_id = outs.get("run_id")
         if run_id:
             cache.record(run_id, key, inputs, outs)
+        self._ran.append(step.name)
         secs = time.monotonic() - t0
         c.print(f"[green]✓ {label}[/] done in {secs:.0f}s" + (f": {outs['model_uri']}" if outs.get("model_uri") else ""))
-        return StepOutcome(step.name, step.stage, "ran", run_id, outs, why_not, secs)
+        return StepOutcome(step.name, step.stage, status, run_id, outs, why_not, secs)
 
     def _dry_run(self, exp_id: str) -> PipelineResult:
-        """Only the first step's cache state is exact; later ones depend on what earlier steps produce."""
-        from anima.tracking.run import config_hash, resolved_config
-
+        """What would run and why. A step after one that re-runs re-runs too; its own changed inputs are still
+        listed (composed with stand-ins for the outputs the earlier steps have not produced yet)."""
         outcomes, outputs, upstream = [], {}, {}
+        stand_ins = refs.placeholder_outputs([s.name for s in self.steps])
         certain = True
+        n = len(self.steps)
         for i, step in enumerate(self.steps, 1):
+            earlier = outputs if certain else {**{s.name: stand_ins[s.name] for s in self.steps[:i - 1]}, **outputs}
+            stage_cfg = compose_step(step, step_overrides(self.cfg, step, earlier))
+            inputs, key, paths = self._key(step, stage_cfg, upstream, fetch=False)
             if not certain:
-                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: would run (an earlier step runs)")
-                outcomes.append(StepOutcome(step.name, step.stage, "planned"))
+                own = [w for w in self._why(exp_id, step, stage_cfg, inputs, paths, set()).split("; ")
+                       if w.startswith(("input", "new input", "config changed"))]
+                self.console.print(f"  [{i}/{n}] {step.name}: re-run (an earlier step re-runs"
+                                   + "".join(f"; {w}" for w in own) + ")")
+                outcomes.append(StepOutcome(step.name, step.stage, "planned", reason="; ".join(own)))
                 continue
-            stage_cfg = compose_step(step, step_overrides(self.cfg, step, outputs))
-            h = config_hash(stage_cfg)
-            key = cache.cache_key(cache.inputs_of(h, upstream, cache.moving_aliases(resolved_config(stage_cfg))))
             hit = None if forced(self.cfg, step.name) else cache.find_cached(exp_id, key)
             if hit is None:
                 certain = False
-                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: would run (config hash {h})")
-                outcomes.append(StepOutcome(step.name, step.stage, "planned"))
+                why = "forced" if forced(self.cfg, step.name) else self._why(exp_id, step, stage_cfg, inputs, paths,
+                                                                            set())
+                if not forced(self.cfg, step.name):
+                    from anima.pipeline.interrupted import find_interrupted
+
+                    resumable = find_interrupted(exp_id, str(self.cfg.pipeline.name), step.name, step.stage, key)
+                    if resumable is not None:
+                        why = f"continues interrupted run {resumable.info.run_id[:12]}; {why}"
+                self.console.print(f"  [{i}/{n}] {step.name}: re-run ({why})")
+                outcomes.append(StepOutcome(step.name, step.stage, "planned", reason=why))
             else:
-                self.console.print(f"  [{i}/{len(self.steps)}] {step.name}: cached (run {hit.info.run_id[:12]})")
+                self.console.print(f"  [{i}/{n}] {step.name}: cached (run {hit.info.run_id[:12]})")
                 outputs[step.name] = cache.outputs_of_run(hit)
                 upstream[step.name] = hit.info.run_id
                 outcomes.append(StepOutcome(step.name, step.stage, "cached", hit.info.run_id, outputs[step.name]))

@@ -27,10 +27,15 @@ def run(cfg: Any) -> None:
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
+    from anima.tracking.store import setup_mlflow
+
+    # Build before the run starts: a source that yields nothing is the user's to fix, not a FAILED run in the
+    # record. The store is checked first so an unreachable server fails before the build's work.
+    setup_mlflow(cfg.tracking)
+    t0 = time.time()
+    ds = ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
+    seconds = time.time() - t0
     with stage_run(cfg):
-        t0 = time.time()
-        ds = ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
-        seconds = time.time() - t0
         m = ds.manifest
         mlflow.set_tags({"anima.data_fingerprint": ds.fingerprint, "anima.dataset": ds.ref,
                          "anima.data_reused": str(bool(m.get("reused"))).lower()})

@@ -50,7 +50,8 @@ def gguf_logit_diff(model_dir: Path, gguf_path: Path, text: str) -> float:
     hf_logging.disable_progress_bar()  # the GGUF loader's de-quantizing bar
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     ids = tok(text, return_tensors="pt").input_ids[:, :64]
-    ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True,
+                                               local_files_only=True).eval()
     try:
         got = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                    dtype=torch.float32).eval()

@@ -55,6 +55,9 @@ def run(cfg: DictConfig) -> None:
     console.print(datasets)
 
     exp_id = setup_mlflow(cfg.tracking)
+    from anima.tracking.liveness import mark_dead_runs
+
+    mark_dead_runs()  # a run whose process was killed shows KILLED here, not RUNNING forever
     runs = mlflow.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=int(cfg.limit),
                               output_format="list")
     table = Table(title=f"Recent runs ({cfg.tracking.uri})", title_justify="left")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anima.errors import ConfigError
 
@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> SweepResult:
 
     from anima.paths import conf_dir
     from anima.sweep.objective import MetricMissing, SweepContext, base_overrides, make_objective
+    from anima.sweep.recover import end_dead_runs, fail_dead_trials
     from anima.sweep.space import check_space, parse_space
     from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
                                    safe_url, used_budget)
@@ -117,19 +118,26 @@ def run(cfg: DictConfig) -> SweepResult:
     storage = make_storage(sw.storage, int(sw.heartbeat))
     name = str(sw.study_name or default_study_name(storage, str(sw.name)))
     study = open_study(sw, storage, name, space)
-    requeued = requeue_interrupted(study)
     budget = sw.n_trials
     if sw.sampler == "grid":
         budget = min(int(budget or 10**9), grid_size(space))
     out_dir = _out_dir(cfg)
-    before = used_budget(study)
-    console.print(f"[bold]sweep[/] study [bold]{name}[/] ({safe_url(sw.storage)}): {stage} trials, "
-                  f"{sw.direction} {sw.metric}, sampler={sw.sampler}, pruner={sw.pruner}; "
-                  f"{before}/{budget if budget else '∞'} trials done" + (f", {requeued} requeued" if requeued else ""))
     tags = {"anima.sweep.study": name, "anima.sweep.storage": safe_url(sw.storage), "anima.sweep.space": str(sw.name),
             "anima.sweep.stage": stage}
-    with stage_run(cfg, extra_tags=tags) as parent:
-        ctx = SweepContext(cfg, name, space, propagated, out_dir, console)
+    if not cfg.get("run_name"):
+        with open_dict(cfg):
+            cfg.run_name = f"sweep-{name}"  # its trials are <study>-t<N>
+    with stage_run(cfg, extra_tags=tags) as parent:  # ends the runs of dead processes KILLED first (liveness)
+        died = fail_dead_trials(study, storage)  # a killed earlier sweep of this study: fail + requeue its trial now
+        end_dead_runs(study, parent.info.experiment_id)
+        requeued = requeue_interrupted(study)
+        before = used_budget(study)
+        console.print(f"[bold]sweep[/] study [bold]{name}[/] ({safe_url(sw.storage)}): {stage} trials, "
+                      f"{sw.direction} {sw.metric}, sampler={sw.sampler}, pruner={sw.pruner}; "
+                      f"{before}/{budget if budget else '∞'} trials done"
+                      + (f", {requeued} requeued" if requeued else "")
+                      + (f", trial {', '.join(map(str, died))} of a dead worker failed and requeued" if died else ""))
+        ctx = SweepContext(cfg, name, space, propagated, out_dir, console, run_id=parent.info.run_id)
         ctx.pins = pin_models(cfg, study, base_overrides(sw))
         if ctx.pins:
             console.print(f"  pinned for this study: {' '.join(ctx.pins)}")
@@ -137,6 +145,7 @@ def run(cfg: DictConfig) -> SweepResult:
         start, interrupted = time.monotonic(), False
         try:
             while True:
+                fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
                 if sw.timeout and time.monotonic() - start >= float(sw.timeout):
                     break
                 if budget and used_budget(study) >= int(budget):
@@ -149,6 +158,7 @@ def run(cfg: DictConfig) -> SweepResult:
         except MetricMissing:
             raise
         result = _finish(ctx, study, parent.info.run_id, interrupted)
+        end_dead_runs(study, parent.info.experiment_id)  # trials other workers lost meanwhile (heartbeat)
         mlflow.log_text("\n".join(ctx.trial_lines) + "\n", "trials.log")
         if interrupted:
             console.print(f"[yellow]interrupted[/]: study {name} is intact; resume with "

@@ -61,6 +61,7 @@ def synth(cfg: DictConfig) -> SynthRun:
     from anima.stages.chat import sampling_params
     from anima.synth import load_prompts, synthesize
     from anima.tracking.datasets import log_dataset_input
+    from anima.tracking.redact import redact_text
     from anima.tracking.run import stage_run
 
     if not cfg.synth.prompts:
@@ -88,7 +89,7 @@ def synth(cfg: DictConfig) -> SynthRun:
                          "anima.synth.teacher": teacher.name})
         log_dataset_input(str(cfg.synth.name), fp, str(out.resolve()), "output", tags={"kind": "synth"})
         if result.errors:
-            mlflow.log_text("\n".join(result.errors) + "\n", "synth/errors.txt")
+            mlflow.log_text(redact_text("\n".join(result.errors)) + "\n", "synth/errors.txt")
         mlflow.log_artifact(str(out), "synth")
         if result.count < float(cfg.synth.min_success) * n:
             first = f"; first: {result.errors[0]}" if result.errors else ""

@@ -136,13 +136,13 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
 def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None, nested: bool) -> TrainResult:
     import lightning as L
     import mlflow
-    from lightning.pytorch.loggers import MLFlowLogger
     from torch.utils.data import DataLoader
 
     from anima.model.build import count_parameters
+    from anima.train.logger import StageRunLogger
     from anima.train.module import CausalLMModule
     from anima.train.prepare import prepare_data
-    from anima.train.resume import CHECKPOINT_TAG, find_resume
+    from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
@@ -150,22 +150,25 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         from anima.train.seqdistill import generate_stage
 
         return generate_stage(cfg, overrides=overrides, nested=nested)
-    run_id, ckpt_path = None, None
+    run_id, ckpt_path, point = None, None, None
     if str(cfg.get("resume", "none")) != "none":
-        cfg, run_id, ckpt_path = find_resume(cfg)
+        point = find_resume(cfg)  # before any work: a config that differs from the run's fails here
+        run_id, ckpt_path = point.run_id, point.ckpt
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     bundle = prepare_data(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep
     from anima.train.init import initial_model
 
     model, parent_uri = initial_model(cfg, bundle.tokenizer)
-    out_dir = Path(ckpt_path).parent.parent if ckpt_path else _output_dir(cfg)
+    out_dir = point.ckpt_dir.parent if point else _output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
-    with stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested,
-                   extra_tags={CHECKPOINT_TAG: str(ckpt_dir)}) as active:
+    tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
+    if point and point.changed:
+        tags["anima.resumed_with"] = ", ".join(f"{k}={new}" for k, (_, new) in point.changed.items())[:5000]
+    with stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested, extra_tags=tags) as active:
         run_id = active.info.run_id
         n_params = count_parameters(model)
-        if ckpt_path is None:
+        if point is None or "model.n_parameters" not in mlflow.get_run(run_id).data.params:  # once per run
             n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
             mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
                                **{f"data.{k}": v for k, v in bundle.stats.items()}})
@@ -179,7 +182,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         terms = build_loss_terms(cfg, model, bundle)
         module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token)
-        logger = MLFlowLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
+        logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
         trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
         accum = int(cfg.trainer.grad_accum)
@@ -188,7 +191,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
         try:
             trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
-                        val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
+                        val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
         except SystemExit:
             # Lightning answers Ctrl-C with exit(1) (and ignores further Ctrl-C): report it as an interrupt so
             # the run ends KILLED, resumable with resume=auto.

@@ -18,9 +18,11 @@ import optuna
 
 from anima.errors import AnimaError, ConfigError
 from anima.sweep.space import Param, to_overrides
-from anima.sweep.study import INTERRUPTED
+from anima.sweep.recover import SWEEP_RUN
+from anima.sweep.study import INTERRUPTED, retry_of
 
 TAG_STUDY, TAG_TRIAL, TAG_STATE = "anima.sweep.study", "anima.sweep.trial", "anima.sweep.state"
+TAG_RETRY_OF = "anima.sweep.retry_of"
 INTERRUPTED_MSG = "interrupted (Ctrl-C)"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
@@ -38,6 +40,7 @@ class SweepContext:
     out_dir: Path
     console: Any = None
     pins: list[str] = field(default_factory=list)  # init_from/teacher aliases resolved once per study
+    run_id: str | None = None  # the sweep's own (parent) run
     trial_lines: list[str] = field(default_factory=list)
 
     @property
@@ -52,8 +55,14 @@ class SweepContext:
         return [*seed, *base, *self.pins, *to_overrides(values)]
 
     def trial_overrides(self, number: int, values: dict[str, Any]) -> list[str]:
-        return [*self.propagated, *self.preset_overrides(values), f"run_name={self.study_name}-t{number}",
-                "registry.register=false"]
+        return [*self.propagated, *self.preset_overrides(values),
+                *to_overrides({"run_name": trial_run_name(self.study_name, number)}), "registry.register=false"]
+
+
+def trial_run_name(study: str, number: int) -> str:
+    """`<study>-t<N>`: the MLflow run name of trial N (its training run, or the FAILED run of a trial that
+    failed before training)."""
+    return f"{study}-t{number}"
 
 
 def base_overrides(sweep: Any) -> list[str]:
@@ -127,7 +136,7 @@ def _record_failed_run(ctx: SweepContext, trial: optuna.Trial, error: str) -> st
     """A trial that failed before training started still gets its child run, FAILED, naming the error."""
     import mlflow
 
-    with mlflow.start_run(run_name=f"{ctx.study_name}-t{trial.number}", nested=True,
+    with mlflow.start_run(run_name=trial_run_name(ctx.study_name, trial.number), nested=True,
                           tags={"anima.stage": str(ctx.sweep.stage), "anima.error": error[:5000]}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in trial.params.items()})
     return run.info.run_id
@@ -147,8 +156,18 @@ def make_objective(ctx: SweepContext):
         values = {p.key: p.suggest(trial) for p in ctx.space}
         overrides = ctx.trial_overrides(trial.number, values)
         trial.set_user_attr("overrides", ctx.preset_overrides(values))
+        if ctx.run_id:
+            trial.set_user_attr(SWEEP_RUN, ctx.run_id)  # if this worker is killed, the next sweep fails the trial
         base_tags = {TAG_STUDY: ctx.study_name, TAG_TRIAL: trial.number}
-        cb = StepPruningCallback(trial, metric, on_start=lambda rid: _tag(rid, {**base_tags, TAG_STATE: "RUNNING"}))
+        retried = retry_of(trial)
+        if retried is not None:
+            base_tags[TAG_RETRY_OF] = retried
+
+        def on_start(run_id: str) -> None:
+            trial.set_user_attr("run_id", run_id)  # known before the end: a killed trial's run can be ended
+            _tag(run_id, {**base_tags, TAG_STATE: "RUNNING"})
+
+        cb = StepPruningCallback(trial, metric, on_start=on_start)
         start = time.perf_counter()
         state, value, error = "FAIL", float("nan"), None
         interrupt = _Interrupt()

@@ -7,7 +7,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -114,11 +114,17 @@ def preset_text(ctx: SweepContext, best: FrozenTrial, stage: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_preset(ctx: SweepContext, best: FrozenTrial) -> Path:
-    """conf/experiment/sweeps/<study>-best.yaml, written atomically."""
-    from anima.paths import conf_dir
+def preset_dir(sweep: Any) -> Path:
+    """`sweep.preset_dir`, else `<user conf dir>/experiment/sweeps`: on Hydra's search path (so
+    `+experiment=sweeps/<study>-best` works) but outside the tracked `conf/`, so a sweep leaves the checkout clean."""
+    from anima.paths import user_conf_dir
 
-    folder = Path(str(ctx.sweep.preset_dir)) if ctx.sweep.preset_dir else conf_dir() / "experiment" / "sweeps"
+    return Path(str(sweep.preset_dir)) if sweep.preset_dir else user_conf_dir() / "experiment" / "sweeps"
+
+
+def write_preset(ctx: SweepContext, best: FrozenTrial) -> Path:
+    """<preset dir>/<study>-best.yaml, written atomically."""
+    folder = preset_dir(ctx.sweep)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ctx.study_name}-best.yaml"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")

@@ -3,6 +3,7 @@ the study's name, and how many trials are still to run (a budget shared by every
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from pathlib import Path
@@ -13,12 +14,28 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from anima.errors import ConfigError
+from anima.sweep.recover import SWEEP_RUN
 from anima.sweep.space import Param
 from anima.tracking.redact import redact
 
 INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C: rerun when the study resumes
 RETRY_OF = "retry_of"
 _RACE = ("already exists", "unique constraint", "duplicate key", "database is locked")  # concurrent table creation
+NOT_INHERITED = ("error", SWEEP_RUN, "run_id", "steps", "seconds")  # what a retry must not copy from the dead try
+
+
+class RetryOnce(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died (queued WAITING with the same params, once), minus the dead
+    attempt's error, worker and run: the retry records its own, and a copied dead worker's run would get it
+    failed before it records them."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retry=1)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED}
+        super().__call__(study, clean)
 
 
 def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
@@ -35,7 +52,7 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
     for attempt in range(3):  # workers started together may race to create the tables: the loser retries
         try:
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                              heartbeat_stale_trial_callback=RetryOnce())
         except Exception as e:  # bad URL, unreachable server, missing driver
             if attempt < 2 and any(w in str(e).lower() for w in _RACE):
                 time.sleep(1.0 + attempt)
@@ -156,3 +173,14 @@ def requeue_interrupted(study: optuna.Study) -> int:
             study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
             n += 1
     return n
+
+
+def retry_of(trial: optuna.Trial) -> int | None:
+    """The number of the trial this one reruns: a Ctrl-C'd trial (requeued) or a dead worker's (retry callback)."""
+    try:
+        n = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    except Exception:
+        n = None
+    if n is None:
+        n = trial.user_attrs.get(RETRY_OF)
+    return int(n) if n is not None else None

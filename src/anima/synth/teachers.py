@@ -86,7 +86,10 @@ class OpenAITeacher:
     __str__ = __repr__
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        from anima.tracking.redact import redact_text
+
+        text = text.replace(self._secret, "***") if self._secret else text
+        return redact_text(text.replace(self.base_url, redact_url(self.base_url)))
 
     def reply(self, messages: Messages, params: SamplingParams) -> str:
         import openai

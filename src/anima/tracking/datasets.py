@@ -41,9 +41,15 @@ def _local_source_class():
 
 def log_dataset_input(name: str, fingerprint: str, source: str, context: str,
                       tags: dict[str, str] | None = None) -> None:
-    """Record `name@fingerprint` (stored at `source`) as an input of the active run, in `context`."""
+    """Record `name@fingerprint` (stored at `source`) as an input of the active run, in `context`.
+
+    The source is recorded with any credentials masked (a URI's password, secret query values)."""
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
-    dataset = MetaDataset(source=_local_source_class()(source), name=name, digest=fingerprint[:36])
-    mlflow.log_input(dataset, context=context, tags={"fingerprint": fingerprint, **(tags or {})})
+    from anima.tracking.redact import redact_text
+
+    safe_tags = {k: redact_text(str(v)) for k, v in {"fingerprint": fingerprint, **(tags or {})}.items()}
+    dataset = MetaDataset(source=_local_source_class()(redact_text(str(source))), name=redact_text(name),
+                          digest=fingerprint[:36])
+    mlflow.log_input(dataset, context=context, tags=safe_tags)

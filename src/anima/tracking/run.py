@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from anima.fingerprint import hash_obj
 from anima.paths import SOURCE_ROOT
 from anima.tracking.gitinfo import git_state
-from anima.tracking.redact import redact
+from anima.tracking.names import run_name
+from anima.tracking.redact import redact, redact_overrides, redact_text
 from anima.tracking.store import setup_mlflow
 
 # Tags every run started inside `inherited_tags(...)` receives (the pipeline makes its steps' runs children).
@@ -32,7 +33,7 @@ def inherited_tags(tags: dict[str, str]) -> Iterator[None]:
 
 
 # Keys that say where/how a run is recorded, not what it computes: excluded from the config hash.
-NON_SEMANTIC_KEYS = ("paths", "tracking", "run_name", "resume")
+NON_SEMANTIC_KEYS = ("paths", "tracking", "run_name", "resume", "resume_force")
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -85,7 +86,7 @@ def log_config(cfg: DictConfig, overrides: Sequence[str]) -> None:
     for i in range(0, len(items), 100):
         mlflow.log_params(dict(items[i:i + 100]))
     mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(data)), "config.yaml")
-    mlflow.log_text("\n".join(redact({"o": list(overrides)})["o"]) + "\n", "overrides.txt")
+    mlflow.log_text("\n".join(redact_overrides(overrides)) + "\n", "overrides.txt")
 
 
 @contextlib.contextmanager
@@ -100,20 +101,24 @@ def stage_run(
     """Start (or continue, given `run_id`) the stage's MLflow run; end it FINISHED, FAILED or KILLED."""
     import mlflow
 
+    from anima.tracking.liveness import RunLock, mark_dead_runs, process_tags
+
     setup_mlflow(cfg.tracking)
+    mark_dead_runs()  # a run killed -9 earlier is shown KILLED, not RUNNING forever
     overrides = list(hydra_overrides() if overrides is None else overrides)
     sha, dirty = git_state(SOURCE_ROOT)  # the code that ran, wherever the project's data lives
     stage = str(cfg.stage)
-    name = cfg.get("run_name") or f"{stage}-{'-'.join(o.split('=')[-1] for o in overrides)[:40]}".rstrip("-")
+    name = redact_text(str(cfg.get("run_name") or run_name(cfg, overrides)))  # explicit run_name wins
     parent = mlflow.active_run() if nested else None
     tags = {
         **_inherited,
         "anima.stage": stage,
-        "anima.command": shlex.join(["anima", stage, *redact({"o": overrides})["o"]]),
+        "anima.command": shlex.join(["anima", stage, *redact_overrides(overrides)]),
         "anima.config_hash": config_hash(cfg),
         "mlflow.source.git.commit": sha,
         "anima.git_dirty": str(dirty).lower(),
-        **(extra_tags or {}),
+        **{k: redact_text(str(v)) for k, v in (extra_tags or {}).items()},
+        **process_tags(),
     }
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
@@ -121,7 +126,9 @@ def stage_run(
     if out_dir is not None:
         tags["anima.output_dir"] = str(out_dir)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested, tags=tags)
+    lock = RunLock(run.info.run_id, cfg.tracking)  # held while this process runs it (liveness.py)
     try:
+        lock.acquire()
         if run_id is None:
             log_config(cfg, overrides)
         yield run
@@ -133,5 +140,7 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+    finally:
+        lock.release()
 
 

@@ -13,14 +13,34 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temp file and rename: an interrupted save never leaves a truncated .ckpt."""
+    """Checkpoints are written to a temp file, fsynced and renamed over the old one (then the dir is fsynced):
+    a kill at any moment leaves the previous `last.ckpt` intact and loadable. Loading never unpickles
+    arbitrary objects (`weights_only=True`, whatever the caller asks)."""
+
+    #: Test hook: seconds to pause after the temp file is written and before it replaces the checkpoint, so a
+    #: test can kill the process mid-write at a known moment.
+    DELAY_ENV = "ANIMA_TEST_CKPT_WRITE_DELAY"
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            if delay := float(os.environ.get(self.DELAY_ENV) or 0):
+                time.sleep(delay)
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 class Throughput(L.Callback):
