@@ -67,6 +67,14 @@ def test_range_and_cross_field_errors_name_the_key(override, message):
         compose_cfg("pretrain", override)
 
 
+@pytest.mark.parametrize("word", ["true", "false", "auto"])
+def test_true_false_choices_take_the_plain_words(word):
+    """`optim.fused=false` arrives as a bool from Hydra's parser; the choice must still be accepted."""
+    assert str(compose_cfg("pretrain", [f"optim.fused={word}"]).optim.fused).lower() == word
+    with pytest.raises(ConfigError, match="optim.fused='maybe' is not one of auto, true, false"):
+        compose_cfg("pretrain", ["optim.fused=maybe"])
+
+
 def test_paths_default_to_the_project_root(project: Path):
     cfg = compose_cfg("pretrain", [])
     assert cfg.tracking.uri == f"sqlite:///{project}/mlruns/mlflow.db"

@@ -14,6 +14,8 @@ from anima.errors import ConfigError
 def _bounds_error(key: str, value: Any, meta: dict) -> str | None:
     if value is None:
         return None
+    if value in ("True", "False"):  # `key=false` on a str key: Hydra parses a bool, OmegaConf stores "False"
+        value = value.lower()
     if meta.get("choices") and value not in meta["choices"]:
         return f"{key}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
     if not isinstance(value, (int, float)) or isinstance(value, bool):

@@ -81,7 +81,7 @@ class CausalLMModule(L.LightningModule):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = {"auto": None, "true": True, "false": False}[str(cfg.fused)]
+        fused = {"auto": None, "true": True, "false": False}[str(cfg.fused).lower()]
         if fused is None:
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
