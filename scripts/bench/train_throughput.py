@@ -56,6 +56,34 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def matmul_peak(precision: str, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 8) -> float:
+    """Measured dense matmul rate (FLOP/s) at this matmul precision and dtype: the MFU denominator."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up (oneDNN picks its kernel)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    elapsed = time.perf_counter() - t
+    torch.set_float32_matmul_precision(saved)
+    return 2 * n ** 3 * reps / elapsed
+
+
+def train_flops_per_token(cfg) -> float:
+    """6 x matmul parameters (the LM head included, the embedding lookup not) + attention's 12 x layers x dim x
+    context: forward + backward FLOPs per trained token, as in the PaLM paper's MFU."""
+    from anima.model.build import build_model
+
+    model = build_model(cfg.model)
+    emb = model.get_input_embeddings().weight
+    matmul = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and p is not emb)
+    head = model.get_output_embeddings().weight.numel()  # tied to the embedding: still a matmul per token
+    m = cfg.model
+    return 6 * (matmul + (head if model.get_output_embeddings().weight is emb else 0)) \
+        + 12 * int(m.n_layers) * int(m.dim) * int(m.max_seq_len)
+
+
 def bare_loop(cfg, tokens, steps: int, warmup: int, precision: str) -> float:
     """nanoGPT-style eager loop (batch, forward, loss, backward, clip, AdamW step), timed like anima's."""
     from anima.model.build import build_model
@@ -133,12 +161,19 @@ def main() -> None:
         print(f"round {r + 1}: bare fp32 {exact[-1]:,.0f}  bare {precision} {same[-1]:,.0f}  "
               f"anima {ours[-1]:,.0f} tok/s  (anima start-up {up:.1f} s)", flush=True)
     e, s, a = statistics.median(exact), statistics.median(same), statistics.median(ours)
+    flops = train_flops_per_token(cfg)
+    peak_exact, peak_same = matmul_peak("highest"), matmul_peak(precision)
+    peak_bf16 = matmul_peak("highest", torch.bfloat16)
     print(f"\n{cpu_name()}, {args.threads} threads; model=tiny batch {cfg.trainer.batch_size}x{cfg.model.max_seq_len}, "
           f"{args.steps - args.warmup} timed steps by wall clock, median of {args.rounds} rounds")
     print(f"overrides: {overrides}")
     print(f"bare eager loop, exact fp32 (highest)     : {e:,.0f} tokens/s")
     print(f"bare eager loop, matmul precision {precision:<7}: {s:,.0f} tokens/s")
     print(f"anima pretrain (whole loop)               : {a:,.0f} tokens/s  (start-up {statistics.median(startup):.1f} s)")
+    print(f"matmul peak at {args.threads} threads: fp32 exact {peak_exact / 1e9:,.0f} GFLOP/s, fp32 at {precision} "
+          f"{peak_same / 1e9:,.0f}, bf16 {peak_bf16 / 1e9:,.0f}; {flops / 1e6:.1f} MFLOP per trained token")
+    print(f"MFU: bare exact fp32 {e * flops / peak_exact:.1%} of the fp32 peak; anima {a * flops / peak_same:.1%} "
+          f"of the {precision} peak, {a * flops / peak_bf16:.1%} of the bf16 peak")
     print(f"ratio anima / bare exact fp32             : {a / e:.2f}x")
     print(f"ratio anima / bare at equal precision     : {a / s:.2f}x")
 
