@@ -53,7 +53,8 @@ SWEEP = ["sweep.sweep.overrides=[" + ",".join(f"'{o}'" for o in SWEEP_TRIAL) + "
 
 JOURNEYS = {
     "demo": [*NANO, *train_step("pretrain"), *train_step("sft"), *train_step("distill"), *SWEEP,
-             *rank_step("merge"), *EVAL, *rank_step("promote")],
+             *rank_step("merge"), *EVAL, f"eval.compare=models:/{REGISTRY}@champion",  # the preset's compare,
+             *rank_step("promote")],                                                # on this registry
     "arianna": [*NANO, *train_step("pretrain"), *train_step("sft"), *EVAL, *rank_step("promote")],
     "persona_distill": [*NANO, *(o for s in ("teacher_pretrain", "teacher_sft", "student_pretrain", "student_kl",
                                              "student_rkl") for o in train_step(s, custom=True)),
@@ -160,12 +161,14 @@ def test_demo_journey(project, raw_dir, tmp_path):
     candidate = registered(c, merge_id)
     assert version_of(c, "candidate") == candidate
     assert c.get_model_version(REGISTRY, candidate).tags["stage"] == "merge"
+    assert c.get_run(steps["eval"][1]).data.tags["anima.eval.compare"] == ""  # no champion yet: compare skipped
     assert_promoted_first_champion(c, steps, candidate)
     assert chat_reply(project, "What are you?")
 
     # A second study on the same store: another merge recipe re-runs merge and what follows (the rest is reused);
-    # eval now compares the new candidate against the champion, and promote decides between them.
-    pipeline(project, raw_dir, "demo", "merge.merge.method=uniform", "eval.compare=champion")
+    # eval now compares the new candidate against the champion (skipped on the first run: none yet), and promote
+    # decides between them.
+    pipeline(project, raw_dir, "demo", "merge.merge.method=uniform")
     steps2 = last_pipeline_steps(c)
     assert {s: st for s, (st, _) in steps2.items()} == {"pretrain": "cached", "sft": "cached", "distill": "cached",
                                                         "sweep": "cached", "merge": "ran", "eval": "ran",

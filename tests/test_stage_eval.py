@@ -124,3 +124,15 @@ def test_eval_bad_compare_is_one_line(nano_registry):
     reg = nano_registry
     with pytest.raises(ModelError, match="compare=nosuch: .*has no alias 'nosuch'"):
         eval_stage(reg.cfg("eval", f"model=models:/{reg.name}/2", "compare=nosuch", "eval=smoke"))
+
+
+def test_eval_compare_missing_skip_evaluates_alone(nano_registry, capsys):
+    """A pipeline's first run: the champion it compares against does not exist yet."""
+    from anima.stages.eval import eval_stage
+
+    reg = nano_registry
+    summary = eval_stage(reg.cfg("eval", f"model=models:/{reg.name}/2", "compare=nosuch", "compare_missing=skip",
+                                 "eval=smoke", "eval.max_examples=8"))
+    assert summary["compare"] is None and summary["compare_metrics"] is None
+    assert summary["metrics"]["persona_ppl"] > 0
+    assert f"no comparison: models:/{reg.name}@nosuch does not exist yet" in capsys.readouterr().out

@@ -48,6 +48,9 @@ class EvalStageConfig(StageConfig):
                          "Model to evaluate: models:/name@alias, models:/name/N, runs:/<id>/model or a local dir.")
     compare: Optional[str] = setting(None, "Also evaluate this one and print both side by side: an alias of the "
                                            "same registered model (champion) or any model URI.")
+    compare_missing: str = setting("error", "When `compare` names an alias nobody holds yet (a fresh registry): "
+                                            "error, or skip the comparison with a note (pipelines' first run).",
+                                   choices=["error", "skip"])
     registry: RegistryRef = field(default_factory=RegistryRef)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)

@@ -48,7 +48,9 @@ def eval_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict:
         try:
             other = candidate_from_uri(uri, cfg.tracking)
         except ModelError as e:
-            raise ModelError(f"compare={cfg.compare}: {e}") from None
+            if str(cfg.get("compare_missing", "error")) != "skip" or "@" not in uri:
+                raise ModelError(f"compare={cfg.compare}: {e}") from None
+            console.print(f"[yellow]no comparison: {uri} does not exist yet[/] (compare_missing=skip)")
     sets = load_eval_sets(cfg)
     reports = [evaluate_candidate(target, sets, cfg)]
     if other is not None:
