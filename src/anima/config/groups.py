@@ -94,13 +94,17 @@ class DeviceConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = setting(200, "Optimizer steps to train.", ge=1)
-    max_time: Optional[str] = setting(None, "Wall-clock limit DD:HH:MM:SS; training stops cleanly when reached.")
+    max_time: Optional[str] = setting(None, "Wall-clock limit DD:HH:MM:SS; training stops cleanly when reached, "
+                                      "and the LR decay ends at it (the schedule's horizon is the time budget).")
     batch_size: int = setting(8, "Sequences per micro-batch.", ge=1)
     grad_accum: int = setting(1, "Micro-batches per optimizer step.", ge=1)
     grad_clip: float = setting(1.0, "Clip gradient norm to this (0 disables).", ge=0)
     val_every: int = setting(50, "Validate every N optimizer steps.", ge=1)
+    val_every_s: float = setting(0, "Validate every N seconds of training instead (0 = off: use val_every).", ge=0)
     val_batches: int = setting(16, "Validation batches per evaluation (0 = the whole split).", ge=0)
     ckpt_every: int = setting(100, "Write the `last` checkpoint every N steps (resume point).", ge=1)
+    ckpt_every_s: float = setting(0, "Write the `last` checkpoint every N seconds instead (0 = off: use ckpt_every).",
+                                  ge=0)
     deterministic: bool = setting(True, "Deterministic algorithms: bitwise-reproducible CPU runs for a seed.")
     progress: str = setting("rich", "Progress display.", choices=["rich", "tqdm", "none"])
     num_samples: int = setting(3, "Sample generations logged at the end (and at each validation).", ge=0)

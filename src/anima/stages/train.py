@@ -92,6 +92,8 @@ def build_loss_terms(cfg: DictConfig, model, bundle) -> list:
 
 
 def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundle) -> Any:
+    from datetime import timedelta
+
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -101,8 +103,9 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
     cbs = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=int(t.ckpt_every),
-                        save_top_k=1, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
+                        **({"train_time_interval": timedelta(seconds=float(t.ckpt_every_s))} if t.get("ckpt_every_s")
+                           else {"every_n_train_steps": int(t.ckpt_every)})),
         Throughput(int(cfg.tracking.log_every_n_steps)),
         *callbacks,
     ]
@@ -118,7 +121,8 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
         strategy=str(cfg.device.strategy), precision=str(cfg.device.precision),
         max_steps=int(t.max_steps), max_time=t.max_time or None,
         accumulate_grad_batches=int(t.grad_accum), gradient_clip_val=float(t.grad_clip) or None,
-        val_check_interval=int(t.val_every) * int(t.grad_accum), check_val_every_n_epoch=None,
+        val_check_interval=(timedelta(seconds=float(t.val_every_s)) if t.get("val_every_s")
+                            else int(t.val_every) * int(t.grad_accum)), check_val_every_n_epoch=None,
         limit_val_batches=int(t.val_batches) or 1.0, num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.tracking.log_every_n_steps), logger=logger, callbacks=cbs,
         enable_progress_bar=t.progress != "none", enable_model_summary=False,
@@ -143,6 +147,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     from anima.train.module import CausalLMModule
     from anima.train.prepare import prepare_data
     from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
+    from anima.train.schedule import duration_seconds
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
@@ -171,6 +176,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         if point is None or "model.n_parameters" not in mlflow.get_run(run_id).data.params:  # once per run
             n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
             mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
+                               "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
                                **{f"data.{k}": v for k, v in bundle.stats.items()}})
             mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
                              "anima.tokenizer": bundle.tokenizer_dir.name})
@@ -180,8 +186,10 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
             if bundle.lineage:
                 mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
         terms = build_loss_terms(cfg, model, bundle)
+        budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
         module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
-                                val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token)
+                                val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
+                                time_budget_s=budget_s)
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
         trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
@@ -202,7 +210,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if not any(k.startswith("val/") for k in metrics) or trainer.global_step % int(cfg.trainer.val_every):
+        if not any(k.startswith("val/") for k in metrics) or module.last_val_step != trainer.global_step:
             trainer.validate(module, val_loaders, verbose=False)  # final numbers on the final weights
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         for k, v in metrics.items():

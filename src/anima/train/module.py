@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
 from anima.train.schedule import lr_factor
@@ -18,12 +19,15 @@ class CausalLMModule(L.LightningModule):
     for each named validation set: `val/*` for the first, `<name>/*` for the others (e.g. `persona/ppl`)."""
 
     def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int,
-                 val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None):
+                 val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None,
+                 time_budget_s: float | None = None):
         super().__init__()
         self.model = model
         self.terms = list(terms)
         self.optim_cfg = optim
         self.max_steps = max_steps
+        self.time_budget_s = time_budget_s  # `trainer.max_time` in seconds: the schedule's horizon by time
+        self.last_val_step: int | None = None
         self.val_names = list(val_names)
         self.chars_per_token = chars_per_token or {}
         self._forward = model
@@ -73,6 +77,8 @@ class CausalLMModule(L.LightningModule):
             if name in self.chars_per_token:
                 bpc = loss / math.log(2) / self.chars_per_token[name]
                 self.log(f"{name}/bpc", bpc, prog_bar=name == self.val_names[0], add_dataloader_idx=False)
+        if not self.trainer.sanity_checking:
+            self.last_val_step = self.global_step
 
     # -- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -87,8 +93,21 @@ class CausalLMModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
         factor = partial(lr_factor, warmup=cfg.warmup_steps, total=self.max_steps, schedule=cfg.schedule,
                          min_ratio=cfg.min_lr_ratio)
+        if self.time_budget_s:
+            step_factor, budget = factor, self.time_budget_s
+
+            def factor(step: int) -> float:  # a plain function: LambdaLR keeps it out of the checkpoint
+                return step_factor(step, elapsed_s=self.train_seconds(), budget_s=budget)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train_seconds(self) -> float:
+        """Training time so far on the clock that enforces `trainer.max_time` (Lightning's Timer: from the start
+        of the training loop, so start-up is not counted; validation inside the fit is, since the Timer counts
+        it too and the floor must come exactly when the run stops; restored from the checkpoint on resume)."""
+        trainer = self._trainer
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None) if trainer else None
+        return float(timer.time_elapsed("train")) if timer else 0.0
 
     # -- RNG state rides along in checkpoints so a resumed run samples exactly as an uninterrupted one ---
     def on_save_checkpoint(self, checkpoint: dict) -> None:
