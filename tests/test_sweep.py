@@ -75,6 +75,16 @@ def test_unknown_key_fails_before_any_trial_with_a_suggestion(project, raw_dir):
                                    Param("optim.warmup_steps", "int", 0, 10)])
 
 
+def test_a_users_own_model_is_a_sweep_choice(project, raw_dir):
+    """A model preset in the user config dir (conf.local/model/) is a valid categorical choice of the group."""
+    (project / "conf.local" / "model").mkdir(parents=True)
+    (project / "conf.local" / "model" / "pico.yaml").write_text(
+        (Path(__file__).resolve().parents[1] / "conf" / "model" / "nano.yaml").read_text().replace("nano", "pico"))
+    check_space("pretrain", ["trainer=smoke"], [Param("model", "categorical", choices=("nano", "pico"))])
+    with pytest.raises(ConfigError, match=r"model takes one of base, hf, nano, pico, small, tiny; 'huge'"):
+        check_space("pretrain", ["trainer=smoke"], [Param("model", "categorical", choices=("pico", "huge"))])
+
+
 def test_sweep_config_composes_and_validates(project):
     cfg = compose_cfg("sweep", ["sweep=pretrain_arch"])
     assert cfg.sweep.stage == "pretrain" and cfg.sweep.pruner == "hyperband"

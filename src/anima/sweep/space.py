@@ -149,11 +149,18 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def is_group(key: str) -> bool:
-    """`model`, `trainer`, ...: a config group of conf/ (its choices are yaml files)."""
-    from anima.paths import conf_dir
+def group_options(key: str) -> list[str]:
+    """The choices of config group `key`: its yaml files in the user config dir and the shipped conf/."""
+    from anima.paths import conf_dir, user_conf_dir
 
-    return "." not in key and (conf_dir() / key).is_dir()
+    return sorted({f.stem for d in (user_conf_dir(), conf_dir()) for f in (d / key).glob("*.yaml")})
+
+
+def is_group(key: str) -> bool:
+    """`model`, `trainer`, ...: a config group (its choices are yaml files, shipped or the user's)."""
+    from anima.paths import conf_dir, user_conf_dir
+
+    return "." not in key and any((d / key).is_dir() for d in (conf_dir(), user_conf_dir()))
 
 
 def check_space(stage: str, base_overrides: Sequence[str], space: Sequence[Param]) -> None:
@@ -164,13 +171,12 @@ def check_space(stage: str, base_overrides: Sequence[str], space: Sequence[Param
     from anima.cli import compose
     from anima.config.stages import STAGE_SCHEMAS
     from anima.config.validate import _walk
-    from anima.paths import conf_dir
 
     base = compose(stage, list(base_overrides))
     known = _flat_keys(base)
     for p in space:
         if is_group(p.key):
-            opts = sorted(f.stem for f in (conf_dir() / p.key).glob("*.yaml"))
+            opts = group_options(p.key)
             bad = [c for c in p.choices or () if str(c) not in opts]
             if p.type != "categorical" or bad:
                 raise ConfigError(f"sweep.params.{p.key}: config group {p.key} takes one of {', '.join(opts)}"
