@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from anima.errors import AnimaError
+from anima.tracking.run import flatten
 
 CHECKPOINT_TAG = "anima.checkpoint_dir"
 RESUME_HASH_TAG = "anima.resume_hash"
@@ -44,18 +45,12 @@ def _free(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUME_FREE_KEYS)
 
 
-def _flat(data: dict) -> dict[str, Any]:
-    from anima.tracking.run import flatten
-
-    return flatten(data)
-
-
 def _current_view(cfg: DictConfig) -> dict[str, Any]:
     """The user's config as the run would have recorded it (resolved, secrets redacted, flattened)."""
     from anima.tracking.redact import redact
     from anima.tracking.run import resolved_config
 
-    return _flat(redact(resolved_config(cfg)))
+    return flatten(redact(resolved_config(cfg)))
 
 
 def resume_hash(cfg: DictConfig) -> str:
@@ -92,7 +87,7 @@ def _saved_view(run) -> dict[str, Any] | None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
-    return _flat(OmegaConf.to_container(OmegaConf.create(text), resolve=False))  # type: ignore[arg-type]
+    return flatten(OmegaConf.to_container(OmegaConf.create(text), resolve=False))  # type: ignore[arg-type]
 
 
 def owned_by(tags: dict[str, str]) -> str | None:
