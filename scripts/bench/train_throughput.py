@@ -6,7 +6,7 @@ loop from the first timed step to the end of training: data, forward/backward, o
 callback in between (not a step timed hook to hook). Start-up (imports, data prep, model build) is printed
 separately. Runs are interleaved (bare exact fp32, bare at anima's precision, anima, ...) so noise hits all.
 
-    python scripts/bench/train_throughput.py [--steps 40] [--warmup 5] [--rounds 2] [--threads 2] [overrides...]
+    python scripts/bench/train_throughput.py [--steps 110] [--warmup 5] [--rounds 2] [--threads 2] [overrides...]
 
 Printed ratios: anima's default against an exact-fp32 bare loop (what a user gets vs the plain reference), and
 anima against a bare loop at the same matmul precision (what the framework itself costs or gains).
@@ -84,8 +84,9 @@ def train_flops_per_token(cfg) -> float:
         + 12 * int(m.n_layers) * int(m.dim) * int(m.max_seq_len)
 
 
-def bare_loop(cfg, tokens, steps: int, warmup: int, precision: str) -> float:
-    """nanoGPT-style eager loop (batch, forward, loss, backward, clip, AdamW step), timed like anima's."""
+def bare_loop(cfg, tokens, steps: int, warmup: int, precision: str, bf16: bool = False) -> float:
+    """nanoGPT-style eager loop (batch, forward, loss, backward, clip, AdamW step), timed like anima's;
+    `bf16`: the forward under `torch.autocast("cpu", torch.bfloat16)` (fp32 weights and optimizer state)."""
     from anima.model.build import build_model
     from anima.train.text_data import RandomWindows
 
@@ -101,8 +102,9 @@ def bare_loop(cfg, tokens, steps: int, warmup: int, precision: str) -> float:
         if i == warmup:
             t0 = time.perf_counter()
         batch = data.batch_at(i)
-        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -130,7 +132,7 @@ def anima_run(overrides, raw_dir, steps: int, warmup: int) -> tuple[float, float
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=110)  # >= COMPILE_MIN_STEPS: anima as in a real run
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -151,16 +153,17 @@ def main() -> None:
     corpus = load_text_corpus(cfg.data, raw)
     tok_dir, _ = ensure_tokenizer(corpus, cfg.tokenizer, "chatml", cfg.paths.cache_dir)
     tokens = build_token_cache(corpus, tok_dir, cfg.paths.cache_dir)[0]["train"].tokens
-    exact, same, ours, startup = [], [], [], []
+    exact, same, bf16, ours, startup = [], [], [], [], []
     for r in range(args.rounds):
         exact.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest"))
         same.append(bare_loop(cfg, tokens, args.steps, args.warmup, precision))
+        bf16.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest", bf16=True))
         tps, up = anima_run(overrides, raw, args.steps, args.warmup)
         ours.append(tps)
         startup.append(up)
-        print(f"round {r + 1}: bare fp32 {exact[-1]:,.0f}  bare {precision} {same[-1]:,.0f}  "
-              f"anima {ours[-1]:,.0f} tok/s  (anima start-up {up:.1f} s)", flush=True)
-    e, s, a = statistics.median(exact), statistics.median(same), statistics.median(ours)
+        print(f"round {r + 1}: bare fp32 {exact[-1]:,.0f}  bare {precision} {same[-1]:,.0f}  bare bf16 autocast "
+              f"{bf16[-1]:,.0f}  anima {ours[-1]:,.0f} tok/s  (anima start-up {up:.1f} s)", flush=True)
+    e, s, b, a = (statistics.median(x) for x in (exact, same, bf16, ours))
     flops = train_flops_per_token(cfg)
     peak_exact, peak_same = matmul_peak("highest"), matmul_peak(precision)
     peak_bf16 = matmul_peak("highest", torch.bfloat16)
@@ -169,13 +172,20 @@ def main() -> None:
     print(f"overrides: {overrides}")
     print(f"bare eager loop, exact fp32 (highest)     : {e:,.0f} tokens/s")
     print(f"bare eager loop, matmul precision {precision:<7}: {s:,.0f} tokens/s")
+    print(f"bare eager loop, bf16 autocast            : {b:,.0f} tokens/s")
     print(f"anima pretrain (whole loop)               : {a:,.0f} tokens/s  (start-up {statistics.median(startup):.1f} s)")
     print(f"matmul peak at {args.threads} threads: fp32 exact {peak_exact / 1e9:,.0f} GFLOP/s, fp32 at {precision} "
           f"{peak_same / 1e9:,.0f}, bf16 {peak_bf16 / 1e9:,.0f}; {flops / 1e6:.1f} MFLOP per trained token")
-    print(f"MFU: bare exact fp32 {e * flops / peak_exact:.1%} of the fp32 peak; anima {a * flops / peak_same:.1%} "
-          f"of the {precision} peak, {a * flops / peak_bf16:.1%} of the bf16 peak")
+    from anima.train.precision import resolve_precision
+
+    used = resolve_precision(cfg.device)
+    peak_used, peak_name = (peak_bf16, "bf16") if used == "bf16-mixed" else (peak_same, f"fp32 {precision}")
+    print(f"anima trains in {used}; MFU against the peak of the precision in use: anima "
+          f"{a * flops / peak_used:.1%} of the {peak_name} peak; bare exact fp32 {e * flops / peak_exact:.1%} of the "
+          f"fp32 peak; bare bf16 autocast {b * flops / peak_bf16:.1%} of the bf16 peak")
     print(f"ratio anima / bare exact fp32             : {a / e:.2f}x")
-    print(f"ratio anima / bare at equal precision     : {a / s:.2f}x")
+    print(f"ratio anima / bare at matmul precision {precision}: {a / s:.2f}x")
+    print(f"ratio anima / bare bf16 autocast          : {a / b:.2f}x")
 
 
 if __name__ == "__main__":

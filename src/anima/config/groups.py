@@ -84,11 +84,14 @@ class DeviceConfig:
     devices: Any = setting(1, "Device count or 'auto'.")
     num_nodes: int = setting(1, "Nodes for multi-node training (torchrun/SLURM).", ge=1)
     strategy: str = setting("auto", "Lightning strategy: auto, ddp, fsdp, ...")
-    precision: str = setting("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, bf16-true.",
-                             choices=["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"])
+    precision: str = setting("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, bf16-true; auto: "
+                             "bf16-mixed on a CPU with AMX or a bf16 GPU, else 32-true.",
+                             choices=["auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"])
     threads: Optional[int] = setting(None, "torch intra-op threads (CPU); default: all cores.", ge=1)
     matmul_precision: str = setting("highest", "torch.set_float32_matmul_precision.",
                                     choices=["highest", "high", "medium"])
+    attention: str = setting("auto", "Attention kernel for training: auto (eager under bf16 on a CPU, else "
+                             "sdpa), sdpa, eager.", choices=["auto", "sdpa", "eager"])
 
 
 @dataclass
@@ -110,6 +113,9 @@ class TrainerConfig:
     num_samples: int = setting(3, "Sample generations logged at the end (and at each validation).", ge=0)
     sample_tokens: int = setting(64, "New tokens per sample generation.", ge=1)
     num_workers: int = setting(0, "DataLoader worker processes.", ge=0)
+    packing: bool = setting(False, "Chat data (sft/distill, on in their configs): pack whole conversations into "
+                            "full rows of model.max_seq_len (attention and positions restart per conversation) "
+                            "instead of one padded conversation per row. Validation stays padded.")
 
 
 @dataclass
@@ -125,7 +131,8 @@ class OptimConfig:
     eps: float = setting(1e-8, "Adam epsilon.", gt=0)
     fused: str = setting("auto", "Fused AdamW kernel: auto (when supported), true, false.",
                          choices=["auto", "true", "false"])
-    compile: bool = setting(False, "torch.compile the model before training.")
+    compile: str = setting("auto", "torch.compile the training forward: auto (bf16 on a CPU, text batches), "
+                           "true, false.", choices=["auto", "true", "false"])
 
 
 @dataclass

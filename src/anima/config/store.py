@@ -41,11 +41,19 @@ def _local_path(path: str | None) -> Path | None:
     return Path(path.removeprefix("file://")).resolve()
 
 
+_stored: dict[str, type] = {}  # schema name -> the class stored for it (OmegaConf.structured costs ~20 ms each)
+
+
 def register_configs() -> None:
-    """Idempotent and cheap; call again after a stage module registers its schema."""
+    """Idempotent and cheap; call again after a stage module registers its schema (only new or replaced
+    schemas are stored again)."""
     if not OmegaConf.has_resolver("anima_root"):
         OmegaConf.register_new_resolver("anima_root", lambda: str(project_root()))
     Plugins.instance().register(UserConfSearchPath)
     cs = ConfigStore.instance()
     for name, schema in STAGE_SCHEMAS.items():
-        cs.store(name=f"{name}_schema", node=schema)
+        key = f"{name}_schema"
+        if _stored.get(key) is schema and f"{key}.yaml" in cs.repo:
+            continue
+        cs.store(name=key, node=schema)
+        _stored[key] = schema

@@ -1,28 +1,39 @@
 """Plain-text documents for pretraining and tokenizer training, from a `data` config of kind text.
 
 Documents are whole units (a play, a file) so validation can hold out entire documents.
+
+Parsing the 38 demo plays costs ~0.5-1 s at every start-up; given a cache dir, the parsed corpus is kept as
+`<cache>/corpus/<key>.json`, key = the sources' file names and bytes + the holdout + the parser code, so a
+changed file, split or parser misses the cache (never mtimes).
 """
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from anima.errors import DataError
-from anima.fingerprint import hash_obj
+from anima.fingerprint import hash_obj, hash_paths
 
 
 @dataclass
 class TextCorpus:
     train: dict[str, str]
     val: dict[str, str]
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
-        """Content hash of both splits (names and text), independent of file paths and mtimes."""
-        return hash_obj({"train": self.train, "val": self.val})
+        """Content hash of both splits (names and text), independent of file paths and mtimes (computed once:
+        hashing the demo corpus's 5 MB is read by the tokenizer and token caches alike)."""
+        if self._fingerprint is None:
+            self._fingerprint = hash_obj({"train": self.train, "val": self.val})
+        return self._fingerprint
 
     def chars(self, split: str) -> int:
         return sum(len(t) for t in getattr(self, split).values())
@@ -41,9 +52,13 @@ def _ensure_demo(path: Path, raw_dir: Path) -> None:
         fetch_demo_data(raw_dir)
 
 
-def _read_text_files(pattern: str, name: str) -> dict[str, str]:
-    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") \
+def _text_paths(pattern: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") \
         else sorted(Path(pattern).rglob("*.txt")) if Path(pattern).is_dir() else [Path(pattern)]
+
+
+def _read_text_files(pattern: str, name: str) -> dict[str, str]:
+    paths = _text_paths(pattern)
     docs = {}
     for p in paths:
         if not p.is_file():
@@ -55,8 +70,63 @@ def _read_text_files(pattern: str, name: str) -> dict[str, str]:
     return docs
 
 
-def load_text_corpus(data_cfg: Any, raw_dir: str | Path) -> TextCorpus:
-    """Read every source of a kind=text data config; hold out `split.holdout` documents for validation."""
+def load_text_corpus(data_cfg: Any, raw_dir: str | Path, cache_dir: str | Path | None = None) -> TextCorpus:
+    """Read every source of a kind=text data config; hold out `split.holdout` documents for validation.
+
+    With `cache_dir`, a corpus parsed before from the same bytes is read back instead of parsed again."""
+    for src in (data_cfg.sources or {}).values():
+        _ensure_demo(Path(str(src.path)), Path(str(raw_dir)))
+    key = _cache_key(data_cfg) if cache_dir is not None else None
+    cached = Path(str(cache_dir)) / "corpus" / f"{key}.json" if key else None
+    if cached is not None and cached.is_file():
+        try:
+            data = json.loads(cached.read_text(encoding="utf-8"))
+            return TextCorpus(data["train"], data["val"], data["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable entry: parse again and rewrite it
+    corpus = _load(data_cfg, raw_dir)
+    if cached is not None:
+        _write_json(cached, {"train": corpus.train, "val": corpus.val, "fingerprint": corpus.fingerprint})
+    return corpus
+
+
+def _cache_key(data_cfg: Any) -> str | None:
+    """Hash of what the parsed corpus depends on; None when a source cannot be listed (the parse reports it)."""
+    from anima.data import plays
+
+    sources = []
+    for name, src in (data_cfg.sources or {}).items():
+        path = Path(str(src.path))
+        if src.kind == "plays":
+            files = sorted(path.glob("*.md")) if path.is_dir() else []
+        elif src.kind == "text":
+            files = _text_paths(str(path))
+        else:
+            return None
+        if not files or not all(f.is_file() for f in files):
+            return None
+        try:
+            sources.append([str(name), str(src.kind), hash_paths(files, length=32)])
+        except OSError:
+            return None
+    code = hash_paths([Path(__file__), Path(plays.__file__)], length=32)
+    return hash_obj({"sources": sources, "holdout": [str(h) for h in data_cfg.split.holdout or []],
+                     "code": code}, length=32)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Written to a temp file and renamed: a concurrent reader sees the whole entry or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)  # a read-only cache only costs the parse next time
+
+
+def _load(data_cfg: Any, raw_dir: str | Path) -> TextCorpus:
     holdout = list(data_cfg.split.holdout or [])
     train: dict[str, str] = {}
     val: dict[str, str] = {}

@@ -18,7 +18,7 @@ def run(cfg: DictConfig):
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
-    corpus = load_text_corpus(cfg.data, cfg.paths.raw_dir)
+    corpus = load_text_corpus(cfg.data, cfg.paths.raw_dir, cfg.paths.cache_dir)
     with stage_run(cfg):
         tok_dir, trained = ensure_tokenizer(corpus, cfg.tokenizer, str(cfg.chat.template), cfg.paths.cache_dir)
         tok = load_tokenizer(tok_dir)

@@ -97,9 +97,12 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from anima.train.callbacks import AtomicCheckpointIO, SampleGenerations, Throughput, step_progress_bar
+    from anima.train.precision import trainer_precision
+    from anima.train.callbacks import (AtomicCheckpointIO, SampleGenerations, StartupTime, Throughput,
+                                       step_progress_bar)
 
     t = cfg.trainer
+    precision, plugins = trainer_precision(cfg.device)
     cbs = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
@@ -107,6 +110,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
                         **({"train_time_interval": timedelta(seconds=float(t.ckpt_every_s))} if t.get("ckpt_every_s")
                            else {"every_n_train_steps": int(t.ckpt_every)})),
         Throughput(int(cfg.tracking.log_every_n_steps)),
+        StartupTime(),
         *callbacks,
     ]
     if t.num_samples and bundle.sample_prompts:
@@ -118,7 +122,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
         cbs.append(TQDMProgressBar())
     return L.Trainer(
         accelerator=str(cfg.device.accelerator), devices=cfg.device.devices, num_nodes=int(cfg.device.num_nodes),
-        strategy=str(cfg.device.strategy), precision=str(cfg.device.precision),
+        strategy=str(cfg.device.strategy), precision=precision,
         max_steps=int(t.max_steps), max_time=t.max_time or None,
         accumulate_grad_batches=int(t.grad_accum), gradient_clip_val=float(t.grad_clip) or None,
         val_check_interval=(timedelta(seconds=float(t.val_every_s)) if t.get("val_every_s")
@@ -126,7 +130,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
         limit_val_batches=int(t.val_batches) or 1.0, num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.tracking.log_every_n_steps), logger=logger, callbacks=cbs,
         enable_progress_bar=t.progress != "none", enable_model_summary=False,
-        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO()], default_root_dir=str(ckpt_dir.parent),
+        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO(), *plugins], default_root_dir=str(ckpt_dir.parent),
     )
 
 
@@ -145,6 +149,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     from anima.model.build import count_parameters
     from anima.train.logger import StageRunLogger
     from anima.train.module import CausalLMModule
+    from anima.train.precision import attention_implementation, compile_training, resolve_precision
     from anima.train.prepare import prepare_data
     from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
     from anima.train.schedule import duration_seconds
@@ -165,6 +170,11 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     from anima.train.init import initial_model
 
     model, parent_uri = initial_model(cfg, bundle.tokenizer)
+    getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(cfg.device))
+    if cfg.trainer.get("packing") and str(cfg.data.kind) == "chat" and str(cfg.model.arch) == "hf":
+        from anima.train.packing import check_packing_support
+
+        check_packing_support(model, f"model.path={cfg.model.path}")  # anima's own Llama builds: tested
     out_dir = point.ckpt_dir.parent if point else _output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
@@ -177,6 +187,9 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
             n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
             mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
                                "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
+                               "device.precision_used": resolve_precision(cfg.device),
+                               "device.attention_used": attention_implementation(cfg.device),
+                               "optim.compile_used": compile_training(cfg),
                                **{f"data.{k}": v for k, v in bundle.stats.items()}})
             mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
                              "anima.tokenizer": bundle.tokenizer_dir.name})
@@ -189,7 +202,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
         module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
-                                time_budget_s=budget_s)
+                                time_budget_s=budget_s, compile=compile_training(cfg))
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
         trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
@@ -220,17 +233,17 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
             for name in ("best.ckpt", "last.ckpt"):
                 if (ckpt_dir / name).is_file():
                     mlflow.log_artifact(str(ckpt_dir / name), "checkpoints")
-        result = _finish(cfg, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params)
+        result = _finish(cfg, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params, trainer)
     return result
 
 
 def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics: dict[str, float],
-            parent_uri: str | None, n_params: int) -> TrainResult:
+            parent_uri: str | None, n_params: int, trainer=None) -> TrainResult:
     """Save the final model dir, log it with sample generations, register a version with its lineage tags."""
     import mlflow
 
     from anima.model.save import save_model_dir
-    from anima.train.callbacks import generate_samples
+    from anima.train.callbacks import generate_samples, samples_of
     from anima.tracking.registry import log_model_dir, register_version
     from anima.tracking.run import config_hash
 
@@ -239,8 +252,9 @@ def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics:
             "data_fingerprint": bundle.fingerprint, "parent": parent_uri}
     model_dir = save_model_dir(model, bundle.tokenizer_dir, out_dir / "model", meta)
     if bundle.sample_prompts and cfg.trainer.num_samples:
-        samples = generate_samples(model, bundle.tokenizer, bundle.sample_prompts, int(cfg.trainer.sample_tokens),
-                                   cfg.sampling, int(cfg.seed))
+        samples = (samples_of(trainer, model) if trainer is not None else None) or generate_samples(
+            model, bundle.tokenizer, bundle.sample_prompts, int(cfg.trainer.sample_tokens), cfg.sampling,
+            int(cfg.seed))  # the final validation's samples when they are of this model at this step
         mlflow.log_text("\n\n---\n\n".join(samples), "samples/final.md")
     source = log_model_dir(model_dir)
     result = TrainResult(run_id, model_dir, metrics)

@@ -1,4 +1,4 @@
-"""Lightning callbacks: throughput, sample generations, atomic checkpoint writes."""
+"""Lightning callbacks: throughput, start-up time, sample generations, atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -65,6 +65,42 @@ class Throughput(L.Callback):
             self._tokens, self._t0 = 0, time.perf_counter()
 
 
+def process_start_time() -> float | None:
+    """When this process started (epoch seconds), from the OS; None where psutil cannot tell."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or no access to the process table: start-up goes unmeasured
+        return None
+
+
+_startup_logged = False  # start-up happens once per process: later runs (sweep trials, pipeline steps) skip it
+
+
+class StartupTime(L.Callback):
+    """Logs `startup_s` once per process: seconds from process start to the end of its first optimizer step
+    (imports, config, data and tokenizer caches, model, MLflow run, the step itself). The number start-up is
+    tuned on (scripts/bench/startup.py); logged straight to the run, so it is not among the final metrics."""
+
+    def __init__(self) -> None:
+        self._start_step: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_step = trainer.global_step  # a resumed run starts counting from its checkpoint
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        global _startup_logged
+        if _startup_logged or self._start_step is None or trainer.global_step <= self._start_step:
+            return
+        _startup_logged = True
+        started = process_start_time()
+        logger = trainer.logger
+        if started is None or trainer.global_rank != 0 or logger is None or not hasattr(logger, "experiment"):
+            return
+        logger.experiment.log_metric(logger.run_id, "startup_s", time.time() - started, step=trainer.global_step)
+
+
 def generate_samples(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, sampling: Any,
                      seed: int) -> list[str]:
     """Sample one continuation per prompt without disturbing the training RNG."""
@@ -92,16 +128,30 @@ class SampleGenerations(L.Callback):
         self.tokenizer, self.prompts = tokenizer, list(prompts)
         self.max_new_tokens, self.sampling, self.seed = max_new_tokens, sampling, seed
         self.last: list[str] = []
+        self.last_of: tuple[Any, int, str] | None = None  # (model, global step, device) `last` was sampled from
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self.prompts or trainer.global_rank != 0:
             return
         self.last = generate_samples(pl_module.model, self.tokenizer, self.prompts, self.max_new_tokens,
                                      self.sampling, self.seed)
+        self.last_of = (pl_module.model, trainer.global_step, str(pl_module.model.device))
         if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
             text = "\n\n---\n\n".join(self.last)
             trainer.logger.experiment.log_text(trainer.logger.run_id, text,
                                                f"samples/step_{trainer.global_step:06d}.md")
+
+
+def samples_of(trainer, model) -> list[str] | None:
+    """The samples the last validation generated, when they are the final model's: `model` is the very module
+    sampled, on the same device, at the trainer's final step. Sampling is seeded, so generating again (2 x
+    num_samples x sample_tokens forward passes, most of a short run's tail) would write the same text."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, SampleGenerations) and cb.last_of is not None:
+            sampled, step, device = cb.last_of
+            if sampled is model and step == trainer.global_step and device == str(model.device):
+                return list(cb.last)
+    return None
 
 
 def step_progress_bar():

@@ -13,7 +13,8 @@ conversation left with no assistant token is dropped and counted (``data.dropped
 with no assistant tokens at all is an error.
 
 Batches: one conversation per row, right-padded to the longest row of the batch (``attention_mask`` 0 and
-label -100 on padding). Training batch ``i`` is a pure function of ``(seed, i)``: examples are visited in a
+label -100 on padding); with ``trainer.packing`` training rows hold several whole conversations instead
+(``anima.train.packing``). Training batch ``i`` is a pure function of ``(seed, i)``: rows are visited in a
 seeded permutation per epoch, so resuming at step k replays exactly the batches of an uninterrupted run.
 """
 
@@ -115,16 +116,21 @@ class ChatBatches(torch.utils.data.IterableDataset):
         self.start, self.total = start, total
         self._perms: dict[int, list[int]] = {}
 
+    def rows_per_epoch(self) -> int:
+        """Rows one epoch visits (one pass over a seeded permutation). Not ``__len__``: Lightning would read
+        it as the epoch length of this endless stream."""
+        return len(self.rows)
+
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             if len(self._perms) > 4:
                 self._perms.clear()
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(len(self.rows), generator=g).tolist()
+            self._perms[epoch] = torch.randperm(self.rows_per_epoch(), generator=g).tolist()
         return self._perms[epoch]
 
     def indices_at(self, index: int) -> list[int]:
-        n = len(self.rows)
+        n = self.rows_per_epoch()
         return [self._perm(p // n)[p % n] for p in range(index * self.batch, (index + 1) * self.batch)]
 
     def batch_at(self, index: int) -> dict[str, torch.Tensor]:
@@ -408,17 +414,16 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
         spec = cfg.loss.persona_guard.get("data")
         lineage["persona_data"] = str(spec) if spec else f"{source.name}@{source.fingerprint}:persona_train"
 
-    seed = int(cfg.seed)
+    from anima.train.packing import train_batches
 
-    def make_train(start: Callable[[], int], total: int) -> ChatBatches:
-        return ChatBatches(train_rows, batch_size, pad_id, seed, start, total)
-
+    make_train, batch_stats = train_batches(train_rows, batch_size, pad_id, int(cfg.seed), block_size,
+                                            bool(cfg.trainer.get("packing", False)))
     prompts = [render_prompt(_prompt_messages(ex["messages"]), tokenizer, template, max_length=block_size // 2)
                for ex in source.splits["val"][: int(cfg.trainer.num_samples)]]
     stats = {"train_examples": len(train_rows), "val_examples": len(val_rows),
              "persona_val_examples": len(persona_val), "train_target_tokens": train_rows.target_tokens,
              "val_target_tokens": val_rows.target_tokens, "truncated": train_rows.truncated + val_rows.truncated,
-             "dropped_no_target": train_rows.dropped + val_rows.dropped, "chat_template": template}
+             "dropped_no_target": train_rows.dropped + val_rows.dropped, "chat_template": template, **batch_stats}
     if persona_train is not None:
         stats["persona_train_examples"] = len(persona_train)
     bundle = DataBundle(

@@ -23,7 +23,9 @@ def _to_device(model, device: torch.device):
 
 
 def _forward(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False).logits
+    """Logits of a reference model on a padded or packed batch (packed: position_ids, no attention_mask)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch.get("position_ids"), use_cache=False).logits
 
 
 class DistillationLoss:
@@ -96,6 +98,7 @@ class PersonaGuardLoss:
     """
 
     name = "persona_guard"
+    needs_step_logits = False  # runs its own forward on persona batches
 
     def __init__(self, batches, weight: float, every: int, kl_weight: float = 0.0, reference=None):
         if every < 1:
@@ -112,13 +115,15 @@ class PersonaGuardLoss:
                  module: Any) -> Optional[torch.Tensor]:
         if not self.fires(step):
             return None
-        pb = {k: v.to(logits.device) for k, v in self.batches.batch_at(step // self.every).items()
+        # logits is None when the module fused its LM loss with the head (this term never reads them)
+        device = logits.device if logits is not None else next(module.parameters()).device
+        pb = {k: v.to(device) for k, v in self.batches.batch_at(step // self.every).items()
               if k != "example_index"}
         out = module(pb["input_ids"], pb["attention_mask"])
         ce = token_cross_entropy(out, pb["labels"])
         total = ce
         if self.kl_weight > 0:
-            _to_device(self.reference, logits.device)
+            _to_device(self.reference, device)
             mask = pb["labels"] != IGNORE_INDEX
             with torch.no_grad():
                 ref = _forward(self.reference, pb)[mask]

@@ -17,6 +17,9 @@ IGNORE_INDEX = -100
 
 
 class LossTerm(Protocol):
+    """A term may set `needs_step_logits = False` when it never reads the batch's logits (it runs its own
+    forward), so the module can skip materialising them."""
+
     name: str
     weight: float
 
@@ -39,13 +42,24 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: s
 
 
 class LanguageModelingLoss:
-    """Next-token cross-entropy; on chat data only assistant tokens carry labels."""
+    """Next-token cross-entropy; on chat data only assistant tokens carry labels.
+
+    `fusable`: the loss can also be computed from the final hidden states and the LM head's weight
+    (`from_hidden`, chunked, logits never materialised); the module does so when no other term needs the
+    batch's logits."""
 
     name = "lm"
+    fusable = True
 
-    def __init__(self, weight: float = 1.0):
-        self.weight = weight
+    def __init__(self, weight: float = 1.0, chunk: int = 1024):
+        self.weight, self.chunk = weight, chunk
 
     def __call__(self, step: int, batch: dict[str, torch.Tensor], logits: torch.Tensor,
                  module: Any) -> Optional[torch.Tensor]:
         return token_cross_entropy(logits, batch["labels"])
+
+    def from_hidden(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor, head_weight: torch.Tensor
+                    ) -> torch.Tensor:
+        from anima.train.linear_ce import linear_cross_entropy
+
+        return linear_cross_entropy(hidden, head_weight, batch["labels"], self.chunk)

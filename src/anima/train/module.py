@@ -14,13 +14,27 @@ from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
 from anima.train.schedule import lr_factor
 
 
+def fused_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """(decoder, lm_head) when the logits are exactly `lm_head(decoder(...).last_hidden_state)` — a plain
+    bias-free linear head with no soft-capping or scaling (Llama and friends, LoRA on the body included) — so
+    the LM loss can be fused with the head; None otherwise (the loss then goes through the logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder, head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", lambda: None)()
+    config = getattr(base, "config", None)
+    if get_decoder is None or type(head) is not torch.nn.Linear or head.bias is not None or config is None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    return get_decoder(), head
+
+
 class CausalLMModule(L.LightningModule):
     """Wraps a Hugging Face causal LM. Validation reports loss, perplexity and (for text) bits per character
     for each named validation set: `val/*` for the first, `<name>/*` for the others (e.g. `persona/ppl`)."""
 
     def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int,
                  val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None,
-                 time_budget_s: float | None = None):
+                 time_budget_s: float | None = None, compile: bool = False):
         super().__init__()
         self.model = model
         self.terms = list(terms)
@@ -30,21 +44,37 @@ class CausalLMModule(L.LightningModule):
         self.last_val_step: int | None = None
         self.val_names = list(val_names)
         self.chars_per_token = chars_per_token or {}
-        self._forward = model
-        if getattr(optim, "compile", False):
-            object.__setattr__(self, "_forward", torch.compile(model))  # not a submodule: no duplicate keys
+        self._head = fused_head(model)
+        self._decoder = self._head[0] if self._head else None
+        self._forward, self._train_decoder = model, self._decoder
+        if compile:  # the training forward only (validation's eval mode would recompile); plain attributes,
+            object.__setattr__(self, "_forward", torch.compile(model))  # not submodules: no duplicate keys
+            if self._decoder is not None:
+                object.__setattr__(self, "_train_decoder", torch.compile(self._decoder))
         self._val_sums: dict[str, list[float]] = {}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits. Packed rows carry `position_ids` that restart per sequence and no `attention_mask`:
+        transformers then builds a block-diagonal causal mask, so attention stays inside each sequence."""
+        forward = self._forward if self.training else self.model
+        return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
-        total = logits.new_zeros(())
-        for term in self.terms:
-            if term.weight == 0:
-                continue
-            value = term(self.global_step, batch, logits, self)
+        active = [term for term in self.terms if term.weight != 0]
+        hidden = logits = None
+        if self._head and all(getattr(t, "fusable", False) or not getattr(t, "needs_step_logits", True)
+                              for t in active):
+            hidden = self._hidden(batch)
+        else:
+            logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
+        total = torch.zeros((), device=batch["input_ids"].device)
+        for term in active:
+            if hidden is not None and getattr(term, "fusable", False):
+                value = term.from_hidden(batch, hidden, self._head[1].weight)
+            else:
+                value = term(self.global_step, batch, logits, self)
             if value is None:
                 continue
             total = total + term.weight * value
@@ -56,8 +86,18 @@ class CausalLMModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {name: [0.0, 0.0] for name in self.val_names}
 
+    def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        decoder = self._train_decoder if self.training else self._decoder
+        return decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                             position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        if self._head:  # the LM head in fp32 under bf16 autocast: no bf16 rounding of the logits themselves
+            hidden = self._hidden(batch)
+            with torch.autocast(hidden.device.type, enabled=False):
+                logits = torch.nn.functional.linear(hidden.float(), self._head[1].weight.float())
+        else:
+            logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
         labels = batch["labels"]
         n = int((labels != IGNORE_INDEX).sum())
         if n == 0:

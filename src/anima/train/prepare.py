@@ -34,7 +34,7 @@ def prepare_text_data(cfg: Any, batch_size: int, block_size: int) -> DataBundle:
     from anima.tokenizer.hf import load_tokenizer
     from anima.train.text_data import RandomWindows, SequentialWindows, build_token_cache
 
-    corpus = load_text_corpus(cfg.data, cfg.paths.raw_dir)
+    corpus = load_text_corpus(cfg.data, cfg.paths.raw_dir, cfg.paths.cache_dir)
     tok_dir, _ = ensure_tokenizer(corpus, cfg.tokenizer, str(cfg.chat.template), cfg.paths.cache_dir)
     tokenizer = load_tokenizer(tok_dir)
     splits, fp = build_token_cache(corpus, tok_dir, cfg.paths.cache_dir)

@@ -1,0 +1,66 @@
+"""Fused, chunked LM-head + cross-entropy: the loss from the final hidden states without materialising logits.
+
+Why: for a small model the LM head dominates the step's memory traffic. The plain path writes [tokens, vocab]
+logits (fp32 for an exact softmax), keeps them for backward, then runs log-softmax backward and nll backward
+over the same array (a third of the step on a CPU for the `tiny` model). Here each chunk of tokens gets its
+logits, loss and gradients in one pass (the gradient of cross-entropy is `softmax - onehot`), so the logits
+never outlive a chunk. The matmuls run in the autocast dtype (bf16 on CPUs with bf16 matrix units); the
+softmax, log-sum-exp and gradient accumulation run in fp32, so the loss is as exact as the fp32 path's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from anima.errors import DataError
+from anima.train.losses import IGNORE_INDEX
+
+
+def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum over valid positions of CE(hidden @ weight.T, labels); gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        dtype = _matmul_dtype(hidden)
+        h, w = hidden.detach().to(dtype), weight.detach().to(dtype)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, h.shape[0], chunk):
+            hc, y = h[start:start + chunk], labels[start:start + chunk]
+            valid = (y != IGNORE_INDEX).unsqueeze(1)
+            target = y.clamp_min(0).unsqueeze(1)
+            logits = (hc @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=1, keepdim=True)
+            total += ((lse - logits.gather(1, target)) * valid).sum()
+            grad = logits.sub_(lse).exp_()  # softmax, in place of the logits
+            grad.scatter_add_(1, target, torch.full_like(lse, -1.0)).mul_(valid)
+            grad = grad.to(dtype)
+            grad_h[start:start + chunk] = grad @ w
+            grad_w += (grad.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk: int = 1024) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden @ weight.T` over labels != IGNORE_INDEX (labels already
+    shifted), equal to `token_cross_entropy(lm_head(hidden), labels)` up to float rounding."""
+    flat = labels.reshape(-1)
+    n = int((flat != IGNORE_INDEX).sum())
+    if n == 0:
+        raise DataError("a training batch has no target tokens (assistant mask all zeros); "
+                        "check the chat template and max_seq_len truncation")
+    total = _ChunkedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, flat, chunk)
+    return total / n
