@@ -96,7 +96,8 @@ class DeviceConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = setting(200, "Optimizer steps to train.", ge=1)
+    max_steps: Optional[int] = setting(None, "Optimizer steps to train; null: 200, or no step limit when max_time "
+                                       "is set (the time budget alone ends the run).", ge=1)
     max_time: Optional[str] = setting(None, "Wall-clock limit DD:HH:MM:SS; training stops cleanly when reached, "
                                       "and the LR decay ends at it (the schedule's horizon is the time budget).")
     batch_size: int = setting(8, "Sequences per micro-batch.", ge=1)

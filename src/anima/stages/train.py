@@ -97,9 +97,10 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from anima.train.precision import trainer_precision
     from anima.train.callbacks import (AtomicCheckpointIO, SampleGenerations, StartupTime, Throughput,
                                        step_progress_bar)
+    from anima.train.precision import trainer_precision
+    from anima.train.schedule import step_limit
 
     t = cfg.trainer
     precision, plugins = trainer_precision(cfg.device)
@@ -123,7 +124,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
     return L.Trainer(
         accelerator=str(cfg.device.accelerator), devices=cfg.device.devices, num_nodes=int(cfg.device.num_nodes),
         strategy=str(cfg.device.strategy), precision=precision,
-        max_steps=int(t.max_steps), max_time=t.max_time or None,
+        max_steps=step_limit(t) or -1, max_time=t.max_time or None,
         accumulate_grad_batches=int(t.grad_accum), gradient_clip_val=float(t.grad_clip) or None,
         val_check_interval=(timedelta(seconds=float(t.val_every_s)) if t.get("val_every_s")
                             else int(t.val_every) * int(t.grad_accum)), check_val_every_n_epoch=None,
@@ -152,7 +153,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     from anima.train.precision import attention_implementation, compile_training, resolve_precision
     from anima.train.prepare import prepare_data
     from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
-    from anima.train.schedule import duration_seconds
+    from anima.train.schedule import duration_seconds, step_limit
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
@@ -200,14 +201,15 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
                 mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
         terms = build_loss_terms(cfg, model, bundle)
         budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
-        module = CausalLMModule(model, terms, cfg.optim, int(cfg.trainer.max_steps),
+        module = CausalLMModule(model, terms, cfg.optim, step_limit(cfg.trainer),
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
                                 time_budget_s=budget_s, compile=compile_training(cfg))
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
         trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
         accum = int(cfg.trainer.grad_accum)
-        total = int(cfg.trainer.max_steps) * accum
+        limit = step_limit(cfg.trainer)
+        total = limit * accum if limit else 1 << 62
         train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
         val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
         try:

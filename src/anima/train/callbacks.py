@@ -160,7 +160,8 @@ def step_progress_bar():
 
     class StepProgressBar(RichProgressBar):
         def _get_train_description(self, current_epoch: int) -> str:
-            return f"train · {self.trainer.max_steps} steps"
+            steps = self.trainer.max_steps
+            return f"train · {steps} steps" if steps and steps > 0 else "train · until max_time"
 
         def get_metrics(self, trainer, pl_module):
             items = super().get_metrics(trainer, pl_module)

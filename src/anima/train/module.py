@@ -32,7 +32,7 @@ class CausalLMModule(L.LightningModule):
     """Wraps a Hugging Face causal LM. Validation reports loss, perplexity and (for text) bits per character
     for each named validation set: `val/*` for the first, `<name>/*` for the others (e.g. `persona/ppl`)."""
 
-    def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int,
+    def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int | None,
                  val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None,
                  time_budget_s: float | None = None, compile: bool = False):
         super().__init__()

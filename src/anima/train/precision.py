@@ -83,11 +83,11 @@ def compile_training(cfg: Any) -> bool:
     choice = str(cfg.optim.get("compile", "auto")).lower()
     if choice != "auto":
         return choice == "true"
-    from anima.train.schedule import duration_seconds
+    from anima.train.schedule import duration_seconds, step_limit
 
     on_cpu = str(cfg.device.accelerator) in ("cpu", "auto") and not _cuda_available()
-    max_time = cfg.trainer.get("max_time")
-    long_run = int(cfg.trainer.max_steps) >= COMPILE_MIN_STEPS and (
+    max_time, steps = cfg.trainer.get("max_time"), step_limit(cfg.trainer)
+    long_run = (steps is None or steps >= COMPILE_MIN_STEPS) and (
         not max_time or duration_seconds(str(max_time)) >= COMPILE_MIN_SECONDS)
     return (on_cpu and long_run and resolve_precision(cfg.device) == "bf16-mixed"
             and str(cfg.data.get("kind", "text")) == "text")
