@@ -245,6 +245,9 @@ class ChatEngine:
             if params.repetition_penalty != 1.0:
                 seen = torch.zeros(self.vocab_size, dtype=torch.bool)
                 seen[torch.tensor(prompt_ids, dtype=torch.long).clamp_(0, self.vocab_size - 1)] = True
+                for stop_id in self.stop_ids:  # the end-of-turn token is in every chat prompt: penalising it
+                    if 0 <= stop_id < self.vocab_size:  # would make replies run on
+                        seen[stop_id] = False
             plain_greedy = params.greedy and seen is None
             detok = IncrementalDetokenizer(self._decode, self._hold_ids)
             holder = StopHolder(params.stop)
