@@ -23,7 +23,7 @@ def test_every_key_of_every_schema_is_documented():
             assert f"`{key.split('.')[-1]}`" in text or key in text, (name, key)
             field_doc = doc.replace("|", "\\|")
             assert field_doc in text, (name, key)
-    assert "| `optim.lr` | float | `0.0006` | > 0 | Peak learning rate. |" in text
+    assert "| `optim.lr` | float | `0.0009` | > 0 | Peak learning rate. |" in text
     assert "`model.arch` | str | `llama` | llama / hf |" in text
     assert "`<step>`" in text  # the pipeline's per-step keys
 

@@ -122,9 +122,9 @@ class TrainerConfig:
 @dataclass
 class OptimConfig:
     name: str = setting("adamw", "Optimizer.", choices=["adamw"])
-    lr: float = setting(6e-4, "Peak learning rate.", gt=0)
+    lr: float = setting(9e-4, "Peak learning rate.", gt=0)
     min_lr_ratio: float = setting(0.1, "Cosine floor as a fraction of lr.", ge=0, le=1)
-    warmup_steps: int = setting(50, "Linear warm-up steps.", ge=0)
+    warmup_steps: int = setting(60, "Linear warm-up steps.", ge=0)
     schedule: str = setting("cosine", "LR schedule after warm-up.", choices=["cosine", "constant", "linear"])
     weight_decay: float = setting(0.1, "Decoupled weight decay on matrices (not norms/biases/embeddings).", ge=0)
     beta1: float = setting(0.9, "Adam beta1.", ge=0, lt=1)
