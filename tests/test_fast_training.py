@@ -109,10 +109,11 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     assert resolve_precision(cpu) == ("bf16-mixed" if amx else "32-true")
     assert attention_implementation(cpu) == ("eager" if amx else "sdpa")
     assert resolve_precision(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})) == "32-true"
-    long_text = compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"])
-    assert compile_training(long_text) == amx
-    assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10"]))  # too short to pay
-    assert not compile_training(compose_cfg("sft", ["model=nano", "trainer.max_steps=500"]))  # chat: varying shapes
+    assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"]))  # off by default
+    auto = "optim.compile=auto"
+    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", auto])) == amx
+    assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", auto]))  # too short
+    assert not compile_training(compose_cfg("sft", ["model=nano", "trainer.max_steps=500", auto]))  # varying shapes
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", "optim.compile=true"]))
 
 
