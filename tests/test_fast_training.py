@@ -109,7 +109,7 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     assert resolve_precision(cpu) == ("bf16-mixed" if amx else "32-true")
     assert attention_implementation(cpu) == ("eager" if amx else "sdpa")
     assert resolve_precision(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})) == "32-true"
-    assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"]))  # off by default
+    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"])) == amx  # the default
     auto = "optim.compile=auto"
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", auto])) == amx
     assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", auto]))  # too short

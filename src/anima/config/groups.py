@@ -132,8 +132,8 @@ class OptimConfig:
     eps: float = setting(1e-8, "Adam epsilon.", gt=0)
     fused: str = setting("auto", "Fused AdamW kernel: auto (when supported), true, false.",
                          choices=["auto", "true", "false"])
-    compile: str = setting("false", "torch.compile the training forward: auto (bf16 on a CPU, text batches, long "
-                           "runs), true, false. Off by default: a compiled run ignores Ctrl-C.",
+    compile: str = setting("auto", "torch.compile the training forward: auto (bf16 on a CPU, text batches, long "
+                           "runs), true, false.",
                            choices=["auto", "true", "false"])
 
 
