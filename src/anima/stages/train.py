@@ -131,7 +131,8 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
         limit_val_batches=int(t.val_batches) or 1.0, num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.tracking.log_every_n_steps), logger=logger, callbacks=cbs,
         enable_progress_bar=t.progress != "none", enable_model_summary=False,
-        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO(), *plugins], default_root_dir=str(ckpt_dir.parent),
+        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO(), *plugins],
+        default_root_dir=str(ckpt_dir.parent),
     )
 
 
@@ -176,6 +177,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         from anima.train.packing import check_packing_support
 
         check_packing_support(model, f"model.path={cfg.model.path}")  # anima's own Llama builds: tested
+    limit, compile_model = step_limit(cfg.trainer), compile_training(cfg)
     out_dir = point.ckpt_dir.parent if point else _output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
@@ -190,7 +192,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
                                "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
                                "device.precision_used": resolve_precision(cfg.device),
                                "device.attention_used": attention_implementation(cfg.device),
-                               "optim.compile_used": compile_training(cfg),
+                               "optim.compile_used": compile_model,
                                **{f"data.{k}": v for k, v in bundle.stats.items()}})
             mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
                              "anima.tokenizer": bundle.tokenizer_dir.name})
@@ -201,14 +203,13 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
                 mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
         terms = build_loss_terms(cfg, model, bundle)
         budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
-        module = CausalLMModule(model, terms, cfg.optim, step_limit(cfg.trainer),
+        module = CausalLMModule(model, terms, cfg.optim, limit,
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
-                                time_budget_s=budget_s, compile=compile_training(cfg))
+                                time_budget_s=budget_s, compile=compile_model)
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
         trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
         accum = int(cfg.trainer.grad_accum)
-        limit = step_limit(cfg.trainer)
         total = limit * accum if limit else 1 << 62
         train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
         val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]

@@ -49,13 +49,7 @@ def trainer_precision(device_cfg: Any) -> tuple[str | None, list]:
         def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=None):
             Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
 
-    accelerator = str(device_cfg.accelerator)
-    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
-    if accelerator == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return None, [Bf16Mixed("bf16-mixed", device)]
+    return None, [Bf16Mixed("bf16-mixed", "cpu" if _on_cpu(device_cfg) else "cuda")]
 
 
 def attention_implementation(device_cfg: Any) -> str:
@@ -65,9 +59,7 @@ def attention_implementation(device_cfg: Any) -> str:
     choice = str(device_cfg.get("attention", "auto"))
     if choice != "auto":
         return choice
-    on_cpu = str(device_cfg.accelerator) == "cpu" or (str(device_cfg.accelerator) == "auto"
-                                                      and not _cuda_available())
-    return "eager" if on_cpu and resolve_precision(device_cfg) == "bf16-mixed" else "sdpa"
+    return "eager" if _on_cpu(device_cfg) and resolve_precision(device_cfg) == "bf16-mixed" else "sdpa"
 
 
 COMPILE_MIN_STEPS = 100
@@ -85,7 +77,7 @@ def compile_training(cfg: Any) -> bool:
         return choice == "true"
     from anima.train.schedule import duration_seconds, step_limit
 
-    on_cpu = str(cfg.device.accelerator) in ("cpu", "auto") and not _cuda_available()
+    on_cpu = _on_cpu(cfg.device)
     max_time, steps = cfg.trainer.get("max_time"), step_limit(cfg.trainer)
     long_run = (steps is None or steps >= COMPILE_MIN_STEPS) and (
         not max_time or duration_seconds(str(max_time)) >= COMPILE_MIN_SECONDS)
@@ -93,7 +85,11 @@ def compile_training(cfg: Any) -> bool:
             and str(cfg.data.get("kind", "text")) == "text")
 
 
-def _cuda_available() -> bool:
+def _on_cpu(device_cfg: Any) -> bool:
+    """Training runs on the CPU: `accelerator=cpu`, or `auto` on a machine without CUDA."""
+    accelerator = str(device_cfg.accelerator)
+    if accelerator != "auto":
+        return accelerator == "cpu"
     import torch
 
-    return torch.cuda.is_available()
+    return not torch.cuda.is_available()
