@@ -140,3 +140,27 @@ def test_sigkill_at_several_points_then_resume_auto_equals_an_uninterrupted_run(
         assert torch.equal(a[k], b[k]), k
     final = mlflow.get_run(run.info.run_id).data.metrics
     assert final["val/loss"] == mlflow.get_run(full.info.run_id).data.metrics["val/loss"]
+
+
+def test_ctrl_c_stops_between_steps_ends_killed_and_resume_auto_continues(project, raw_dir):
+    """SIGINT mid-training: the step in flight finishes, the run ends KILLED (never 'database is locked'),
+    exit 130; resume=auto continues the same run from its last checkpoint."""
+    import mlflow
+
+    proc, log = _start(project, raw_dir, ["trainer.max_steps=5000"])
+    _wait_for(proc, log, "the first checkpoint", lambda: any(project.glob("experiments/pretrain/*/checkpoints/last.ckpt")))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "stopping after this step" in text and "anima: interrupted" in text, text[-3000:]
+    assert "Traceback" not in text and "locked" not in text, text[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    (run,) = _pretrain_runs()
+    assert run.info.status == "KILLED"
+    (last,) = project.glob("experiments/pretrain/*/checkpoints/last.ckpt")
+    step = _ckpt_step(last)
+    proc, log = _start(project, raw_dir, ["resume=auto", f"trainer.max_steps={step + 4}"])
+    _finish(proc, log)
+    (resumed,) = _pretrain_runs()
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert _ckpt_step(last) == step + 4  # continued from its checkpoint to the new budget

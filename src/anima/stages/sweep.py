@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> SweepResult:
     from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
                                    safe_url, used_budget)
     from anima.tracking.run import stage_run
+    from anima.train.interrupt import graceful_interrupt
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # anima prints its own line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -127,7 +128,8 @@ def run(cfg: DictConfig) -> SweepResult:
     if not cfg.get("run_name"):
         with open_dict(cfg):
             cfg.run_name = f"sweep-{name}"  # its trials are <study>-t<N>
-    with stage_run(cfg, extra_tags=tags) as parent:  # ends the runs of dead processes KILLED first (liveness)
+    # Ctrl-C asks to stop (between steps, or before the next trial) instead of landing inside a write
+    with graceful_interrupt() as stop, stage_run(cfg, extra_tags=tags) as parent:  # ends dead runs KILLED first
         died = fail_dead_trials(study, storage)  # a killed earlier sweep of this study: fail + requeue its trial now
         end_dead_runs(study, parent.info.experiment_id)
         requeued = requeue_interrupted(study)
@@ -145,6 +147,7 @@ def run(cfg: DictConfig) -> SweepResult:
         start, interrupted = time.monotonic(), False
         try:
             while True:
+                stop.raise_if_requested()
                 fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
                 if sw.timeout and time.monotonic() - start >= float(sw.timeout):
                     break

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +169,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     bundle = prepare_data(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep
     from anima.train.init import initial_model
+    from anima.train.interrupt import StopOnInterrupt, graceful_interrupt
 
     model, parent_uri = initial_model(cfg, bundle.tokenizer)
     getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(cfg.device))
@@ -208,23 +208,24 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
                                 time_budget_s=budget_s, compile=compile_model)
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
-        trainer = _trainer(cfg, ckpt_dir, logger, callbacks, bundle)
-        accum = int(cfg.trainer.grad_accum)
-        total = limit * accum if limit else 1 << 62
-        train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
-        val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
-        try:
-            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
-                        val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-        except SystemExit:
-            # Lightning answers Ctrl-C with exit(1) (and ignores further Ctrl-C): report it as an interrupt so
-            # the run ends KILLED, resumable with resume=auto.
-            if trainer.interrupted:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt from None
-            raise
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        with graceful_interrupt() as stop:
+            trainer = _trainer(cfg, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
+            accum = int(cfg.trainer.grad_accum)
+            total = limit * accum if limit else 1 << 62
+            train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
+            val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
+            try:
+                trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
+                            val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+            except SystemExit:
+                # Lightning answers Ctrl-C with exit(1): report it as an interrupt so the run ends KILLED,
+                # resumable with resume=auto.
+                if not trainer.interrupted:
+                    raise
+            finally:
+                stop.reinstall()  # Lightning ignores SIGINT after an interrupt
+            if trainer.interrupted or stop.requested:
+                raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if not any(k.startswith("val/") for k in metrics) or module.last_val_step != trainer.global_step:
             trainer.validate(module, val_loaders, verbose=False)  # final numbers on the final weights

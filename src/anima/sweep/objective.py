@@ -75,34 +75,6 @@ def base_overrides(sweep: Any) -> list[str]:
     return [*map(str, sweep.overrides), *to_overrides(extra)]
 
 
-class _Interrupt:
-    """Remember Ctrl-C during a trial. Lightning answers KeyboardInterrupt inside fit with `exit(1)` and then
-    ignores SIGINT; with this flag the objective turns that SystemExit back into an interrupt, and restoring
-    the handler afterwards keeps the next Ctrl-C working."""
-
-    def __init__(self) -> None:
-        self.hit = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.hit = True
-        raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread() or \
-                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            yield  # SIGINT ignored (background job) or owned by someone else: leave it alone
-            return
-        signal.signal(signal.SIGINT, self._handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 @contextlib.contextmanager
 def trial_output_dir(path: Path, overrides: Sequence[str]) -> Iterator[None]:
     """Point Hydra's runtime.output_dir (which the training stage writes into) at the trial's own folder."""
@@ -170,18 +142,12 @@ def make_objective(ctx: SweepContext):
         cb = StepPruningCallback(trial, metric, on_start=on_start)
         start = time.perf_counter()
         state, value, error = "FAIL", float("nan"), None
-        interrupt = _Interrupt()
         try:
             cfg = compose(str(sweep.stage), overrides)
             validate(cfg, STAGE_SCHEMAS[str(sweep.stage)])
             trial.set_user_attr("registered_name", str(sweep.register_name or cfg.registry.name))
-            with interrupt.guard(), trial_output_dir(ctx.out_dir / f"trial-{trial.number:03d}", overrides):
-                try:
-                    result = train(cfg, callbacks=[cb], overrides=overrides, nested=True)
-                except SystemExit:
-                    if interrupt.hit:
-                        raise KeyboardInterrupt from None
-                    raise
+            with trial_output_dir(ctx.out_dir / f"trial-{trial.number:03d}", overrides):
+                result = train(cfg, callbacks=[cb], overrides=overrides, nested=True)
             trial.set_user_attr("run_id", result.run_id)
             if metric not in result.metrics:
                 logged = ", ".join(sorted(k for k in result.metrics if "/" in k))
