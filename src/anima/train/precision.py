@@ -1,10 +1,10 @@
 """`device.precision=auto`: the fastest Lightning precision this hardware trains well in.
 
-On a CPU with AMX tiles (bf16 matrix units: ~5x the fp32 matmul rate at 2 threads on a Xeon here) that is
-`bf16-mixed`: autocast runs matmuls and attention in bf16 while the weights, gradients and AdamW state stay
-fp32 (master weights), and the LM loss's softmax stays fp32. A CPU with only AVX512-BF16 dot products (AMD
-EPYC here) gained nothing from autocast over fp32 with bf16 matmul kernels (`matmul_precision: medium`), so it
-keeps `32-true`; so does any other CPU. A CUDA GPU gets `bf16-mixed` where it supports bf16, else `16-mixed`.
+On a CPU with bf16 matrix units (AMX tiles on a Xeon here: ~6x the fp32 matmul rate at 2 threads; AVX512-BF16
+dot products on an AMD EPYC Zen 4 here: ~2x) that is `bf16-mixed`: autocast runs matmuls and attention in bf16
+while the weights, gradients and AdamW state stay fp32 (master weights), and the LM loss's softmax stays fp32.
+Whole training loop on `tiny` against a plain fp32 loop: 2.4x on the Xeon, 1.8x on the EPYC (1.08x there in
+fp32). Any other CPU keeps `32-true`. A CUDA GPU gets `bf16-mixed` where it supports bf16, else `16-mixed`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 
 def cpu_has_bf16_matrix_units() -> bool:
-    """True on a CPU with AMX bf16 tiles (Sapphire Rapids and later)."""
+    """True on a CPU with AMX bf16 tiles (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, Zen 4)."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(probe and probe()) for probe in probes)
 
 
 def resolve_precision(device_cfg: Any) -> str:
