@@ -16,7 +16,7 @@ import pytest
 from anima.chat.feedback import read_feedback
 from anima.chat.repl import ChatSession, run_repl
 from anima.generation.sampling import SamplingParams
-from helpers_models import cached_nano_model_dir
+from tests.helpers.models import cached_nano_model_dir
 
 HERE = Path(__file__).resolve().parent
 

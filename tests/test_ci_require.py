@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import require, require_module
+from tests.helpers import require, require_module
 
 
 @pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes"])

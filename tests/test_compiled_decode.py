@@ -11,7 +11,7 @@ from anima.errors import ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.compiled import CompiledLlamaBackend, DecodeStep, PackageBuild, StepSpec, step_weights
-from helpers_models import random_llama
+from tests.helpers.models import random_llama
 
 needs_compiler = pytest.mark.usefixtures("cxx_compiler")  # skips without one; fails under CI=true
 
@@ -87,7 +87,7 @@ def test_a_damaged_package_is_noted_and_decoding_stays_eager(tmp_path):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A nano model dir and an engine that started the compiled step's build in the background."""
-    from helpers_models import build_nano_model_dir
+    from tests.helpers.models import build_nano_model_dir
 
     root = tmp_path_factory.mktemp("compiled")
     model_dir = build_nano_model_dir(root / "nano")
@@ -150,7 +150,7 @@ def test_compiled_logits_match_eager_through_prefix_reuse(built):
 @needs_compiler
 def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
     """`anima chat` with the package in paths.cache_dir says so; chat.compile=false does not start a build."""
-    from tests.stage_models import anima
+    from tests.helpers.champion import anima
 
     model_dir, cache, _ = built
     proc = anima(tmp_path, "chat", f"model={model_dir}", f"paths.cache_dir={cache}", "chat.feedback=null",

@@ -9,7 +9,7 @@ import pytest
 from anima.config.stages import STAGE_SCHEMAS
 from anima.errors import ConfigError
 from anima.paths import conf_dir
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 PRIMARY = sorted(p.stem for p in conf_dir().glob("*.yaml"))
 GROUPS = {"model": ["nano", "tiny", "small", "base"], "device": ["cpu", "gpu", "mps", "auto", "ddp"],

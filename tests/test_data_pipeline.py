@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from anima.config.data import DataConfig
 from anima.data.dataset import ensure_dataset, load_dataset_ref
 from anima.errors import ConfigError, DataError
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 def paths(root: Path, raw: Path | None = None) -> SimpleNamespace:
@@ -181,7 +181,7 @@ def test_text_dataset_streams_into_shards(tmp_path: Path) -> None:
 
 def test_export_round_trips(chat_mix, tmp_path: Path) -> None:
     from anima.data.export import write_export
-    from anima.data.readers import read_alpaca, read_jsonl_chat, read_qa, read_sharegpt
+    from anima.data.chat_readers import read_alpaca, read_jsonl_chat, read_qa, read_sharegpt
 
     _, _, ds = chat_mix
     val = ds.split("val")

@@ -4,6 +4,9 @@ reference-model score + rehearsal from a registered model (slow: real nano model
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,9 +50,28 @@ def test_appending_data_never_moves_an_example(tmp_path_factory, base, extra) ->
 
 @settings(max_examples=50, deadline=None)
 @given(st.text(min_size=1, max_size=50))
-def test_assign_split_is_a_pure_function(key: str) -> None:
-    assert assign_split(key, 0.1, 0.1) == assign_split(key, 0.1, 0.1)
+def test_growing_a_share_only_pulls_keys_into_it(key: str) -> None:
     assert assign_split(key, 0.0, 0.0) == "train"
+    assert assign_split(key, 1.0, 0.0) == "val" and assign_split(key, 0.0, 1.0) == "test"
+    small, larger_test, larger_val = (assign_split(key, 0.1, 0.1), assign_split(key, 0.1, 0.3),
+                                      assign_split(key, 0.3, 0.1))
+    assert small != "test" or larger_test == "test"
+    assert small != "val" or larger_val == "val"
+    assert small == "train" or "train" not in (larger_test, larger_val)  # nothing is pushed back into train
+
+
+def test_assign_split_is_the_same_in_every_process() -> None:
+    """A pure function of the key: pinned values (a changed hash would move the examples of every existing
+    dataset) and a fresh interpreter with another hash seed agree."""
+    keys = [f"example {i}" for i in range(40)]
+    short = {"train": ".", "val": "v", "test": "T"}
+    here = "".join(short[assign_split(k, 0.2, 0.2)] for k in keys)
+    assert here == "T..vvTv....T......v.....TvT..T...vvv..TT"
+    code = ("import json, sys; from anima.data.split import assign_split; "
+            "print(json.dumps([assign_split(k, 0.2, 0.2) for k in json.load(sys.stdin)]))")
+    child = subprocess.run([sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert "".join(short[s] for s in json.loads(child.stdout)) == here
 
 
 def test_split_ratios_are_respected() -> None:
@@ -93,8 +115,8 @@ def test_model_score_and_rehearsal_from_registered_model(project: Path, raw_dir:
 
     from anima.tracking.registry import register_version
     from anima.tracking.store import setup_mlflow
-    from tests.conftest import compose_cfg
-    from tests.helpers_models import cached_nano_model_dir
+    from tests.helpers import compose_cfg
+    from tests.helpers.models import cached_nano_model_dir
 
     model_dir = cached_nano_model_dir(tmp_path_factory)
     cfg = compose_cfg("data", ["data=persona_hamlet", f"data.filter.model={model_dir}", "data.filter.drop_worst=0.2"],

@@ -12,7 +12,7 @@ import pytest
 from anima.data.chatterbot import load_chatterbot, read_chatterbot_yaml
 from anima.data.demo import CHATTERBOT, PLAYS, Source, _unpack, fetch_demo_data
 from anima.errors import DataError
-from conftest import require
+from tests.helpers import require
 
 REPO_RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from anima.errors import ModelError
-from helpers_models import build_nano_model_dir, cached_nano_model_dir
+from tests.helpers.models import build_nano_model_dir, cached_nano_model_dir
 
 CHATS = [
     [{"role": "user", "content": "What is your name?"}, {"role": "assistant", "content": "My name is anima."}],
@@ -39,7 +39,7 @@ def other_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows(student_dir):
     from anima.tokenizer.hf import load_tokenizer
-    from anima.train.chat_data import encode_examples
+    from anima.train.chat_rows import encode_examples
 
     tok = load_tokenizer(student_dir)
     return encode_examples([{"id": str(i), "messages": m} for i, m in enumerate(CHATS)], tok, "chatml", 64, "t"), tok
@@ -59,7 +59,7 @@ def _cfg(tmp_path: Path, **over):
 
 
 def _source():
-    from anima.train.chat_data import ChatSource
+    from anima.train.chat_source import ChatSource
 
     examples = [{"id": str(i), "messages": m} for i, m in enumerate(CHATS)]
     return ChatSource("chats", "fp-chats", "/nowhere", {"train": examples, "val": examples[:2],
@@ -84,7 +84,7 @@ def test_vocab_mismatch_is_a_one_line_error(student_dir, other_dir):
 
 def test_kd_teacher_frozen_zero_against_itself_and_gradients_reach_the_student(student_dir, rows):
     from anima.model.build import load_model_dir
-    from anima.train.chat_data import ChatBatches
+    from anima.train.chat_rows import ChatBatches
     from anima.train.extra_terms import DistillationLoss
     from anima.train.teacher import load_frozen
 
@@ -110,7 +110,7 @@ def test_kd_teacher_frozen_zero_against_itself_and_gradients_reach_the_student(s
 
 def test_kd_top_k_cache(student_dir, rows):
     from anima.model.build import load_model_dir
-    from anima.train.chat_data import ChatBatches
+    from anima.train.chat_rows import ChatBatches
     from anima.train.extra_terms import DistillationLoss
     from anima.train.teacher import load_frozen
 
@@ -146,7 +146,7 @@ def test_kd_top_k_cache(student_dir, rows):
 # -------------------------------------------------------------------------------------- persona guard ----
 def test_persona_guard_schedule_and_kl_anchor(student_dir, rows):
     from anima.model.build import load_model_dir
-    from anima.train.chat_data import ChatBatches
+    from anima.train.chat_rows import ChatBatches
     from anima.train.extra_terms import PersonaGuardLoss
     from anima.train.teacher import frozen_copy
 

@@ -18,7 +18,7 @@ import pytest
 
 from anima.errors import ConfigError, ModelError
 from anima.export import GGUF_DTYPES, export_gguf, export_llama2c
-from conftest import require, require_module
+from tests.helpers import require, require_module
 
 torch = require_module("torch")  # skipped when absent; a failure under CI=true
 spm = require_module("sentencepiece")

@@ -12,7 +12,7 @@ from anima.train.losses import IGNORE_INDEX, LanguageModelingLoss, token_cross_e
 from anima.train.module import CausalLMModule, fused_head
 from anima.train.precision import (attention_implementation, compile_training, cpu_has_bf16_matrix_units,
                                    resolve_precision)
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 
 def _nano(seed: int = 0):

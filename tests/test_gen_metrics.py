@@ -23,6 +23,24 @@ def test_every_module_loads_from_its_local_dir():
     assert load_metric("chrf") is load_metric("chrf")  # cached per process
 
 
+def test_a_metric_script_on_the_shared_base_loads_from_any_dir(tmp_path):
+    """evaluate copies a script into its module cache: the absolute import of the base must still work."""
+    import evaluate
+
+    script = tmp_path / "shouting" / "shouting.py"
+    script.parent.mkdir()
+    script.write_text(
+        "from anima.evaluation.metric_base import ReplyMetric\n\n\n"
+        "class Shouting(ReplyMetric):\n"
+        '    DESCRIPTION = "share of all-caps replies"\n\n'
+        "    def _compute(self, predictions):\n"
+        "        return {'shouting': sum(p.isupper() for p in predictions) / len(predictions)}\n"
+    )
+    module = evaluate.load(str(script.parent), keep_in_memory=True)
+    assert type(module).__name__ == "Shouting" and module.description == "share of all-caps replies"
+    assert module.compute(predictions=["HEY", "hi"]) == {"shouting": 0.5}
+
+
 def test_chrf_hand_worked():
     chrf = load_metric("chrf")
     # "ab" vs "abc": n=1 P=2/2 R=2/3; n=2 P=1/1 R=1/2; n>=3: no hypothesis n-grams -> not counted.

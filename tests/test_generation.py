@@ -14,10 +14,7 @@ from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
 from anima.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
-from conftest import require_module
-from helpers_models import random_llama
-
-require_module("anima.chat.templates")
+from tests.helpers.models import random_llama
 
 GREEDY = dict(temperature=0.0)
 
@@ -27,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from helpers_models import build_nano_model_dir
+    from tests.helpers.models import build_nano_model_dir
 
     return build_nano_model_dir(tmp_path_factory.mktemp("gen") / "nano")
 
@@ -235,6 +232,22 @@ def test_sampling_params_validation():
     with pytest.raises(ConfigError, match="temperature"):
         SamplingParams(temperature=-1).validate()
     assert SamplingParams(stop="x").validate().stop == ["x"]
+
+
+def test_sampling_from_config_is_the_one_converter():
+    from omegaconf import OmegaConf
+
+    from anima.config.groups import SamplingConfig
+    from anima.generation.sampling import sampling_from_config
+
+    group = OmegaConf.structured(SamplingConfig(temperature=0.5, top_k=7, max_new_tokens=9))
+    assert sampling_from_config(group) == SamplingParams(temperature=0.5, top_p=0.95, top_k=7, max_new_tokens=9)
+    assert sampling_from_config(group, seed=3).seed == 3  # a stage's seed when the group sets none
+    group.seed = 11
+    assert sampling_from_config(group, seed=3).seed == 11
+    group.top_p = 0.0  # the schema is not the only guard: a bad value fails naming its key
+    with pytest.raises(ConfigError, match="sampling.top_p"):
+        sampling_from_config(group)
 
 
 # --------------------------------------------------------------------------- context, prefix reuse, threads

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stage_models import anima
+from tests.helpers.champion import anima
 
 pytestmark = pytest.mark.slow
 

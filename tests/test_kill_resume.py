@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import NANO_FAST
+from tests.helpers import NANO_FAST
 
 pytestmark = pytest.mark.slow
 

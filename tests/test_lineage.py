@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers_registry import nano_registry  # noqa: F401  (session fixture)
+from tests.helpers.registry import nano_registry  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
 

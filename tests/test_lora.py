@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from anima.errors import ConfigError, ModelError
-from helpers_models import build_nano_model_dir
+from tests.helpers.models import build_nano_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_sft_with_lora_saves_and_registers_the_merged_model(hf_dir, raw_dir, pro
 
     from anima.model.build import load_model_dir
     from anima.stages.train import train
-    from tests.conftest import NANO_FAST, compose_cfg
+    from tests.helpers import compose_cfg
 
     torch.set_num_threads(1)
 
@@ -116,7 +116,7 @@ def test_sft_with_lora_saves_and_registers_the_merged_model(hf_dir, raw_dir, pro
 
 def test_lora_on_an_anima_preset_is_refused(project):
     from anima.train.init import initial_model
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg("sft", ["model=nano", "model.lora.r=4"])
     with pytest.raises(ModelError, match="model.lora.r=4 needs model=hf"):

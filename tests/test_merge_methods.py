@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anima.errors import ConfigError, ModelError
-from anima.merge import check_compatible, greedy_soup, merge, perplexity_weights, registered
-from anima.merge.methods import get_method, slerp_tensors, ties
+from anima.merge import check_compatible, greedy_soup, merge, merge_models, perplexity_weights, registered
+from anima.merge.methods import slerp_tensors, ties
 
 torch.set_num_threads(1)
 
@@ -85,7 +85,9 @@ def trio(tmp_path):
 
 def test_registry_has_methods_with_descriptions_and_papers():
     reg = registered()
-    assert {"uniform", "weighted", "slerp", "task_arithmetic", "ties"} <= set(reg)
+    assert {"uniform", "weighted", "slerp", "task_arithmetic", "ties", "greedy_soup"} <= set(reg)
+    assert reg["greedy_soup"].procedure and not reg["uniform"].procedure
+    assert [n for n, m in reg.items() if m.needs_base] == ["task_arithmetic", "ties"]
     for m in reg.values():
         assert m.description and "\n" not in m.description and m.paper
 
@@ -343,6 +345,14 @@ def test_greedy_soup_keeps_only_improving_ingredients(tmp_path):
     assert len(calls) == 4  # the first ingredient alone, then one soup per candidate
     assert_same(sd(tmp_path / "soup"), sd(merge("uniform", [a, b], tmp_path / "ab")))
     assert not any(p.name.startswith(".soup") for p in tmp_path.iterdir())
+    # the same procedure through the registry, the one entry point for every method
+    assert merge_models("greedy_soup", [a, b, c, d], tmp_path / "soup2", evaluate=dist) == [a, b]
+    assert_same(sd(tmp_path / "soup2"), sd(tmp_path / "soup"))
+    assert merge_models("uniform", [a, b], tmp_path / "ab2", evaluate=dist) == [a, b]
+    with pytest.raises(ConfigError, match="works on whole models"):
+        merge("greedy_soup", [a, b], tmp_path / "no")
+    with pytest.raises(ConfigError, match="needs an evaluate function"):
+        merge_models("greedy_soup", [a, b], tmp_path / "no")
 
 
 def test_greedy_soup_with_real_loss_never_worse_than_first(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from anima.errors import DataError
-from helpers_models import cached_nano_model_dir, random_llama
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers.models import cached_nano_model_dir, random_llama
+from tests.helpers import NANO_FAST, compose_cfg
 
 WORDS = "the sea ship wave island story name model small well thank you asking today tell me about".split()
 
@@ -35,7 +35,7 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(tok):
-    from anima.train.chat_data import encode_examples
+    from anima.train.chat_rows import encode_examples
 
     return encode_examples([{"id": str(i), "messages": _chat(i)} for i in range(40)], tok, "chatml", 128, "t")
 
@@ -73,7 +73,7 @@ def test_a_packed_conversation_has_the_logits_it_has_alone(rows, tok, attn):
 
 
 def test_labels_stay_inside_their_conversation_and_an_epoch_scores_the_padded_targets(rows, tok):
-    from anima.train.chat_data import pad_rows
+    from anima.train.chat_rows import pad_rows
     from anima.train.packing import pack_conversations, packed_batch
 
     packing = pack_conversations([len(x) for x in rows.input_ids], 256, seed=0)

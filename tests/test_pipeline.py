@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from anima.errors import ConfigError
-from conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 def _steps(overrides):

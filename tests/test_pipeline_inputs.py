@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from anima.errors import AnimaError
-from conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 BASE = ["pipeline.name=nano", "pipeline.stages=[pretrain,more]", "pipeline.stage_of={more:pretrain}",
         "device.threads=1",

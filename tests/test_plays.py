@@ -10,7 +10,7 @@ import pytest
 from anima.data.demo import fetch_demo_data
 from anima.data.plays import Play, load_corpus, load_plays, parse_play, persona_pairs, play_to_text, slugify
 from anima.errors import ConfigError, DataError
-from conftest import require
+from tests.helpers import require
 
 REPO_RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 MARKUP = re.compile(r"[*_#\[\]\\`<>]|&amp;|&#")

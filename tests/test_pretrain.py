@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anima.errors import AnimaError
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 pytestmark = pytest.mark.slow
 

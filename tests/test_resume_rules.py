@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from anima.errors import AnimaError, ModelError
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 BASE = [*NANO_FAST, "optim.lr=0.001", "trainer.batch_size=2"]
 
@@ -98,7 +98,7 @@ def test_resume_by_id_checks_the_config_unless_forced(project):
 
 HOLDER = """
 import sys, time
-from anima.cli import compose
+from anima.config.compose import compose
 from anima.tracking.run import stage_run
 cfg = compose("pretrain", sys.argv[2:])
 with stage_run(cfg, overrides=[], extra_tags={"anima.checkpoint_dir": sys.argv[1]}) as run:

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.conftest import NANO_FAST, compose_cfg
-from tests.stage_models import champion_project
+from tests.helpers import NANO_FAST, compose_cfg
+from tests.helpers.champion import champion_project
 
 PAIRS = [
     ("What is your name?", "My name is anima, a small model trained on plays."),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from anima.tracking.names import fmt, run_name, short_model
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 SECRET = "hunter2-sentinel"
 

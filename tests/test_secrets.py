@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from anima.tracking.redact import RedactingFilter, is_secret_key, redact, redact_overrides, redact_text
-from tests.conftest import NANO_FAST, compose_cfg, postgres_url
+from tests.helpers import NANO_FAST, compose_cfg, postgres_url
 
 REPO = Path(__file__).resolve().parent.parent
 ANIMA = [sys.executable, "-m", "anima"]

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from helpers_models import cached_nano_model_dir
+from tests.helpers.models import cached_nano_model_dir
 
 API_KEY = "test-key-123"
 MSGS = [{"role": "user", "content": "What is your name?"}]
@@ -51,7 +51,8 @@ def _auth():
 
 
 def test_binds_loopback(server, engine):
-    assert server.host == "127.0.0.1" and server.port > 0
+    bound = {s.getsockname()[:2] for srv in server.server.servers for s in srv.sockets}
+    assert bound == {("127.0.0.1", server.port)}  # the listening socket itself, not the host we asked for
     health = httpx.get(server.url + "/health").json()  # /health needs no key
     assert health["status"] == "ok" and health["backend"] == engine.backend_name
 
@@ -223,3 +224,14 @@ def test_prompt_longer_than_context(client):
             if stream:
                 list(out)
         assert "context" in e.value.body["message"]
+
+
+def test_server_limits_come_from_their_config_group():
+    from omegaconf import OmegaConf
+
+    from anima.config.serve import ServeLimitsConfig
+    from anima.serve.limits import ServeLimits
+
+    assert ServeLimits.from_config(ServeLimitsConfig()) == ServeLimits()  # schema defaults = server defaults
+    group = OmegaConf.structured(ServeLimitsConfig(max_tokens=7, max_stop=1))
+    assert ServeLimits.from_config(group) == ServeLimits(max_tokens=7, max_stop=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anima.errors import ModelError
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _version_tags(name: str, version: str) -> dict:
 def test_sft_from_registry_alias_with_qa_template(parent, raw_dir):
     import mlflow
 
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.generation.engine import ChatEngine
     from anima.stages.train import train
 
@@ -78,7 +78,7 @@ def test_sft_from_registry_alias_with_qa_template(parent, raw_dir):
 
 def test_bad_init_from_and_teacher_fail_with_one_line(parent, raw_dir, tmp_path):
     from anima.stages.train import train
-    from helpers_models import build_nano_model_dir
+    from tests.helpers.models import build_nano_model_dir
 
     with pytest.raises(ModelError, match=r"no alias 'best'; aliases: .*@latest") as e:
         train(compose_cfg("sft", [*FAST, "init_from=models:/anima-nano@best"], raw_dir))

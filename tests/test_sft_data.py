@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anima.errors import ConfigError, DataError
-from helpers_models import cached_nano_model_dir
+from tests.helpers.models import cached_nano_model_dir
 
 MULTI = [
     {"role": "system", "content": "You are anima."},
@@ -39,8 +39,8 @@ def _targets(labels):
 
 @pytest.mark.parametrize("template", ["chatml", "qa"])
 def test_labels_are_assistant_tokens_shifted_with_end_of_turn(tok, template):
-    from anima.chat.templates import get_template, render_chat
-    from anima.train.chat_data import encode_conversation
+    from anima.tokenizer.chat_template import get_template, render_chat
+    from anima.train.chat_rows import encode_conversation
 
     ids, labels, truncated = encode_conversation(MULTI, tok, template, 128)
     full = render_chat(MULTI, tok, template)
@@ -60,7 +60,7 @@ def test_labels_are_assistant_tokens_shifted_with_end_of_turn(tok, template):
 
 
 def test_truncation_keeps_the_last_reply_and_fits(tok):
-    from anima.train.chat_data import encode_conversation
+    from anima.train.chat_rows import encode_conversation
 
     long_chat = [{"role": "user", "content": f"Question number {i} about the sea?"} if j == 0 else
                  {"role": "assistant", "content": f"Answer number {i}: the sea is wide and deep."}
@@ -72,7 +72,7 @@ def test_truncation_keeps_the_last_reply_and_fits(tok):
 
 
 def test_conversations_without_reply_are_dropped_and_counted(tok):
-    from anima.train.chat_data import ChatBatches, encode_examples
+    from anima.train.chat_rows import ChatBatches, encode_examples
 
     rows = encode_examples([{"id": "a", "messages": MULTI}, {"id": "b", "messages": NO_REPLY}], tok, "chatml", 128, "t")
     assert len(rows) == 1 and rows.dropped == 1 and rows.ids == ["a"]
@@ -89,7 +89,7 @@ def test_all_zero_mask_batch_is_an_error():
 
 
 def test_batches_are_padded_and_a_pure_function_of_the_step(tok):
-    from anima.train.chat_data import ChatBatches, encode_examples
+    from anima.train.chat_rows import ChatBatches, encode_examples
 
     examples = [{"id": str(i), "messages": [{"role": "user", "content": "word " * (i + 1)},
                                              {"role": "assistant", "content": "reply " * (10 - i)}]}
@@ -108,11 +108,13 @@ def test_batches_are_padded_and_a_pure_function_of_the_step(tok):
     # one epoch visits every example once (10 examples, batches of 4 -> 2.5 batches)
     seen = [i for k in range(5) for i in a.indices_at(k)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
-    assert ChatBatches(rows, 4, 3, seed=8).indices_at(0) != a.indices_at(0) or True  # other seed, other order
+    other = ChatBatches(rows, 4, 3, seed=8)
+    other_epoch = [i for k in range(3) for i in other.indices_at(k)][:10]
+    assert sorted(other_epoch) == list(range(10)) and other_epoch != seen[:10]  # other seed: same rows, other order
 
 
 def test_eval_set_rows_have_one_length(tok):
-    from anima.train.chat_data import ChatEvalSet, encode_examples
+    from anima.train.chat_rows import ChatEvalSet, encode_examples
 
     rows = encode_examples([{"messages": MULTI}, {"messages": MULTI[1:3]}], tok, "chatml", 128, "t")
     ds = ChatEvalSet(rows, tok.pad_token_id, "val")
@@ -124,9 +126,9 @@ def test_eval_set_rows_have_one_length(tok):
 
 @pytest.mark.parametrize("template", ["qa", "chatml"])
 def test_templated_tokenizer_dir_carries_the_training_template(model_dir, tmp_path, template):
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import load_tokenizer, read_template_name
-    from anima.train.chat_data import templated_tokenizer_dir
+    from anima.train.chat_tokenizer import templated_tokenizer_dir
 
     out = templated_tokenizer_dir(model_dir, template, tmp_path)
     assert read_template_name(out) == template
@@ -144,7 +146,7 @@ def test_template_without_its_end_of_turn_token_is_a_clear_error():
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import PreTrainedTokenizerFast
 
-    from anima.train.chat_data import check_template_tokens
+    from anima.train.chat_tokenizer import check_template_tokens
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "hello": 4}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))

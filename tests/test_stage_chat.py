@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.stage_models import anima, champion_project
+from tests.helpers.champion import anima, champion_project
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.helpers_registry import nano_registry  # noqa: F401  (session fixture)
+from tests.helpers.registry import nano_registry  # noqa: F401  (session fixture)
 
 CHATS = [
     [{"role": "user", "content": "What are you?"}, {"role": "assistant", "content": "I am a software program."}],
@@ -20,7 +20,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def nano_dir(tmp_path_factory):
-    from tests.helpers_models import build_nano_model_dir
+    from tests.helpers.models import build_nano_model_dir
 
     return build_nano_model_dir(tmp_path_factory.mktemp("nano") / "model")
 
@@ -43,7 +43,7 @@ def test_chat_perplexity_is_assistant_token_loss(nano_dir):
     import torch
     import torch.nn.functional as F
 
-    from anima.chat.templates import render_chat
+    from anima.tokenizer.chat_template import render_chat
     from anima.evaluation.evalsets import make_eval_set
     from anima.evaluation.perplexity import load_for_eval, perplexity
 
@@ -75,7 +75,7 @@ def test_text_perplexity_and_score_model_dir(nano_dir):
 
 
 def test_suite_config_is_a_real_persona_suite():
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg("eval", [])
     assert cfg.eval.suite == "persona" and len(cfg.eval.prompts) >= 12

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from tests.conftest import compose_cfg
-from tests.stage_models import anima, champion_project
+from tests.helpers import compose_cfg
+from tests.helpers.champion import anima, champion_project
 
 pytestmark = pytest.mark.slow
 

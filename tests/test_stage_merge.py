@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_registry import nano_registry  # noqa: F401  (session fixture)
+from tests.helpers.registry import nano_registry  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
 

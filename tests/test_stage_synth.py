@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_cfg
-from tests.stage_models import champion_project
+from tests.helpers import compose_cfg
+from tests.helpers.champion import champion_project
 
 pytestmark = pytest.mark.slow
 

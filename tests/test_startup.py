@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 
 def _text_data(src: Path, holdout: list[str]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_cfg, postgres_url
+from tests.helpers import REPO, compose_cfg, postgres_url
 
 from anima.errors import ConfigError
 from anima.sweep.space import Param, check_space, format_value, parse_space
@@ -153,7 +153,7 @@ def test_nano_sweep_end_to_end(project, raw_dir):
     composes and reproduces the best trial's values, and the top 2 registered with their sweep tags."""
     import torch
 
-    from anima.cli import compose
+    from anima.config.compose import compose
     from anima.stages.sweep import run
 
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ from anima.errors import AnimaError, DataError
 from anima.generation.sampling import SamplingParams
 from anima.synth import HFTeacher, OpenAITeacher, TeacherClient, load_prompts, synthesize
 from anima.synth.teachers import redact_url
-from helpers_models import cached_nano_model_dir
+from tests.helpers.models import cached_nano_model_dir
 
 SECRET = "sk-synth-secret-42"
 

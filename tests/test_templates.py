@@ -33,7 +33,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import build_hf_tokenizer
     from anima.tokenizer.train import train_sentencepiece
 
@@ -43,7 +43,7 @@ def tok(tmp_path_factory):
 
 
 def _with_template(tok, name):
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
 
     tok.chat_template = get_template(name).chat_template
     return tok
@@ -56,7 +56,7 @@ def masked_text(tok, r) -> str:
 @pytest.mark.parametrize("name", ["chatml", "qa"])
 @pytest.mark.parametrize("chat", CHATS)
 def test_mask_covers_exactly_assistant_content_and_end_of_turn(tok, name, chat):
-    from anima.chat.templates import get_template, render_chat
+    from anima.tokenizer.chat_template import get_template, render_chat
 
     tpl = get_template(name)
     r = render_chat(chat, tok, name)
@@ -86,7 +86,7 @@ def test_mask_covers_exactly_assistant_content_and_end_of_turn(tok, name, chat):
 
 @pytest.mark.parametrize("name", ["chatml", "qa"])
 def test_system_and_user_tokens_never_masked(tok, name):
-    from anima.chat.templates import render_chat
+    from anima.tokenizer.chat_template import render_chat
 
     chat = [
         {"role": "system", "content": "SYSTEMWORD persona line"},
@@ -105,7 +105,7 @@ def test_system_and_user_tokens_never_masked(tok, name):
 @pytest.mark.parametrize("name", ["chatml", "qa"])
 @pytest.mark.parametrize("chat", CHATS)
 def test_jinja_template_matches_python_renderer(tok, name, chat):
-    from anima.chat.templates import render_chat, render_text
+    from anima.tokenizer.chat_template import render_chat, render_text
 
     tok = _with_template(tok, name)
     for gen in (False, True):
@@ -122,7 +122,7 @@ def test_jinja_template_matches_python_renderer(tok, name, chat):
 @pytest.mark.parametrize("name", ["chatml", "qa"])
 @pytest.mark.parametrize("chat", CHATS)
 def test_prompt_is_token_prefix_of_training_rendering(tok, name, chat):
-    from anima.chat.templates import render_chat, render_prompt
+    from anima.tokenizer.chat_template import render_chat, render_prompt
 
     for k, m in enumerate(chat):
         if m["role"] != "assistant":
@@ -135,7 +135,7 @@ def test_prompt_is_token_prefix_of_training_rendering(tok, name, chat):
 
 
 def test_truncation_drops_oldest_exchanges_keeps_system(tok):
-    from anima.chat.templates import render_chat
+    from anima.tokenizer.chat_template import render_chat
 
     chat = [{"role": "system", "content": "Persona."}] + CHATS[2]
     full = render_chat(chat, tok, "chatml")
@@ -158,7 +158,7 @@ def test_truncation_drops_oldest_exchanges_keeps_system(tok):
 
 
 def test_unknown_template_and_role(tok):
-    from anima.chat.templates import get_template, render_chat
+    from anima.tokenizer.chat_template import get_template, render_chat
 
     with pytest.raises(ConfigError, match="unknown chat_template 'llama9'.*chatml, qa"):
         get_template("llama9")
@@ -169,7 +169,7 @@ def test_unknown_template_and_role(tok):
 
 
 def test_stop_token_ids(tok):
-    from anima.chat.templates import stop_token_ids
+    from anima.tokenizer.chat_template import stop_token_ids
 
     assert stop_token_ids(tok, "chatml") == [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
     assert stop_token_ids(tok, "qa") == [tok.eos_token_id]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from anima.train.schedule import duration_seconds, lr_factor
-from tests.conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 
 def _step_factor_before(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:

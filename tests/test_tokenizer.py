@@ -56,7 +56,7 @@ def sp_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_tok(sp_model):
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import build_hf_tokenizer
 
     return build_hf_tokenizer(sp_model, get_template("chatml").chat_template)

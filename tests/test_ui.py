@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NANO_FAST, compose_cfg
+from tests.helpers import NANO_FAST, compose_cfg
 
 
 def _free_port() -> int:

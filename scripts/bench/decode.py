@@ -42,7 +42,7 @@ def build_tiny_model_dir(out: Path, vocab_size: int = 4096, seed: int = 0) -> Pa
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import build_hf_tokenizer, save_tokenizer
     from anima.tokenizer.train import train_sentencepiece
 

@@ -91,8 +91,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from helpers_models import build_nano_model_dir
+            sys.path.insert(0, str(ROOT))
+            from tests.helpers.models import build_nano_model_dir
 
             model_dir = build_nano_model_dir(Path(tmp) / "nano")
         port = _free_port()

@@ -57,7 +57,7 @@ def sft_run(overrides: list[str], raw: Path, steps: int, warmup: int, packing: b
     import mlflow
 
     from anima.stages.train import train
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     clock = TargetClock(warmup)
     cfg = compose_cfg("sft", ["model=tiny", f"trainer.max_steps={steps}", f"trainer.packing={packing}",
@@ -86,7 +86,7 @@ def main() -> None:
     from anima.data.demo import fetch_demo_data
     from anima.data.text_corpus import load_text_corpus
     from anima.tokenizer.ensure import ensure_tokenizer
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     raw = REPO / "data" / "raw"
     fetch_demo_data(raw)

@@ -22,9 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def sweep(name: str, pruner: str, args: argparse.Namespace, root: Path) -> dict:
-    from anima.cli import compose
-    from anima.config.stages import STAGE_SCHEMAS
-    from anima.config.validate import validate
+    from anima.config.compose import compose
     from anima.stages.sweep import run
 
     steps, val_every = args.steps, max(1, args.steps // 8)
@@ -36,8 +34,7 @@ def sweep(name: str, pruner: str, args: argparse.Namespace, root: Path) -> dict:
         f"+sweep.set.trainer.max_steps={steps}", f"+sweep.set.trainer.val_every={val_every}",
         "+sweep.set.trainer.batch_size=4", "+sweep.set.trainer.val_batches=4",
         "sweep.params.optim.lr.low=1.0e-4", "sweep.params.optim.lr.high=5.0e-2", "sweep.params.optim.warmup_steps.high=10",
-    ])
-    validate(cfg, STAGE_SCHEMAS["sweep"])
+    ])  # validated by compose
     start = time.perf_counter()
     res = run(cfg)
     seconds = time.perf_counter() - start

@@ -62,7 +62,7 @@ def main() -> None:
     import mlflow
 
     from anima.data.text_corpus import load_text_corpus
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg("pretrain", ["model=tiny", *overrides], raw)
     run = mlflow.MlflowClient(str(cfg.tracking.uri)).search_runs(

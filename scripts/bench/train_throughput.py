@@ -118,7 +118,7 @@ def bare_loop(cfg, tokens, steps: int, warmup: int, precision: str, bf16: bool =
 def anima_run(overrides, raw_dir, steps: int, warmup: int) -> tuple[float, float]:
     """(tokens/s of the loop, seconds of start-up before the first timed step) of one `train()` call."""
     from anima.stages.train import train
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     clock = WallClock(warmup)
     cfg = compose_cfg("pretrain", ["model=tiny", f"trainer.max_steps={steps}", "trainer.val_every=100000",
@@ -143,7 +143,7 @@ def main() -> None:
     from anima.data.text_corpus import load_text_corpus
     from anima.tokenizer.ensure import ensure_tokenizer
     from anima.train.text_data import build_token_cache
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     raw = REPO / "data" / "raw"
     fetch_demo_data(raw)

@@ -70,7 +70,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from anima.cli import compose
+    from anima.config.compose import compose
     from anima.stages.train import train
 
     s = args.scale

@@ -1,21 +1,24 @@
-"""`anima <stage> [hydra overrides]`: the one entry point.
+"""`anima <stage> [hydra overrides]`: the one entry point. Parses argv, prints help, dispatches to a stage.
 
 Start-up stays light (no torch, lightning, mlflow or transformers): the stage's implementation is imported
-only when it runs. Errors the user can fix print one line and exit 2; no traceback.
+only when it runs. Composition lives in `anima.config.compose`, the stage list in `anima.config.catalog`.
+Errors the user can fix print one line and exit 2; no traceback.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from anima.errors import AnimaError, ConfigError
-from anima.stages import STAGES, Stage
+from anima.config.catalog import STAGES, Stage
+from anima.errors import AnimaError
 
 USAGE = "usage: anima <stage> [key=value ...] [--multirun] [--cfg job] [--help]"
+MULTIRUN_FLAGS = ("--multirun", "-m")
+OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def _available(stage: Stage) -> bool:
@@ -33,165 +36,50 @@ def print_help() -> None:
     print("`anima <stage> --help` shows that stage's config groups. Docs: README.md.")
 
 
-def _load(target: str) -> Callable:
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def one_line(exc: BaseException) -> str:
-    """Condense Hydra/OmegaConf's multi-line errors into `full_key: reason`."""
-    parts: list[str] = []
-    key = None
-    e: BaseException | None = exc
-    while e is not None:
-        text = _join_options(str(e).strip())
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("full_key:"):
-                key = key or line.split(":", 1)[1].strip()
-            elif line and not line.startswith(("object_type", "reference_type", "To append", "Set the env")):
-                if line not in parts:
-                    parts.append(line)
-        e = e.__cause__ or e.__context__
-    msg = " ".join(parts[:2]) if parts else type(exc).__name__
-    return f"{key}: {msg}" if key and key not in msg else msg
-
-
-def _join_options(text: str) -> str:
-    """Hydra lists a group's options one per indented line, then its search path: fold the options into their
-    line (`Available options in 'model': base, nano, tiny`) and drop the search path."""
-    out: list[str] = []
-    for line in text.split("Config search path:")[0].splitlines():
-        if line.startswith("\t") and out and "options in" in out[-1]:
-            out[-1] += (" " if out[-1].endswith(":") else ", ") + line.strip()
-        else:
-            out.append(line)
-    return "\n".join(out)
-
-
-def _schema_for(config_name: str) -> type:
-    from anima.config.stages import STAGE_SCHEMAS
-
-    return STAGE_SCHEMAS[config_name]
-
-
-def compose(config_name: str, overrides: Sequence[str] = ()):  # -> DictConfig
-    """Compose <config_name>.yaml with overrides, as Hydra would (used by tests, sweeps, pipeline).
-
-    The search path is the same as the CLI's: the user config dir (anima.paths.user_conf_dir) ahead of the
-    shipped conf/ (anima.config.store)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from anima.config.store import register_configs
-    from anima.paths import conf_dir
-
-    _import_stage_schema(config_name)
-    register_configs()
-    overrides, values = split_value_overrides(config_name, overrides)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    except Exception as e:  # hydra/omegaconf composition errors
-        raise ConfigError(one_line(e)) from None
-    apply_values(cfg, values)
-    return cfg
-
-
-def split_value_overrides(config_name: str, overrides: Sequence[str]) -> tuple[list[str], list]:
-    """Take out the overrides Hydra cannot apply (anima.config.overrides): a plain string key named like a
-    config group (`anima chat model=models:/anima-tiny@champion`), a new entry of a typed dict
-    (`+data.sources.mine={kind: jsonl_chat, path: my.jsonl}`). `apply_values` applies them after composition."""
-    from anima.config.overrides import split_late
-    from anima.config.stages import STAGE_SCHEMAS
-    from anima.paths import conf_dir, user_conf_dir
-
-    return split_late(STAGE_SCHEMAS.get(config_name), overrides, (conf_dir(), user_conf_dir()))
-
-
-def apply_values(cfg, values: list) -> None:
-    from anima.config.overrides import apply_late
-
-    apply_late(cfg, values)
-
-
-def _import_stage_schema(config_name: str) -> None:
-    """Stages that define their own schema register it on import of `anima.config.<name>` (if present)."""
-    if importlib.util.find_spec(f"anima.config.{config_name}") is not None:
-        importlib.import_module(f"anima.config.{config_name}")
-
-
-def run_stage(stage: Stage, cfg):
-    """Validate a composed config, then hand it to the stage's implementation; returns its result."""
-    from anima.config.validate import validate
-
-    config_name = stage.name.replace(" ", "_")
-    validate(cfg, _schema_for(config_name))
-    return _load(stage.target)(cfg)
-
-
-MULTIRUN_FLAGS = ("--multirun", "-m")
-
-
-def _validate_up_front(config_name: str, argv: list[str]) -> None:
-    """Compose and validate before Hydra runs anything, so a bad key fails in one line before any work.
-
-    A plain run is checked once; a `--multirun` every job of the sweep (Hydra would otherwise print its
-    multi-line error, or fail half way through the sweep). Other Hydra flags (--cfg, --help, --info) are left
-    to Hydra."""
-    from anima.config.validate import validate
-
-    flags = [a for a in argv if a.startswith("-")]
-    overrides = [a for a in argv if not a.startswith("-")]
-    if not flags:
-        jobs = [overrides]
-    elif all(f in MULTIRUN_FLAGS for f in flags):
-        from anima.config.overrides import expand_sweep
-
-        kept, late = split_value_overrides(config_name, overrides)  # the same late overrides in every job
-        jobs = [job + [o.text for o in late] for job in expand_sweep(kept)]
-    else:
-        return
-    for job in jobs:
-        validate(compose(config_name, job), _schema_for(config_name))
-
-
 def _cfg_job_only(argv: list[str]) -> bool:
     flags = [a for i, a in enumerate(argv) if a.startswith("-") or (i and argv[i - 1] in ("--cfg", "-c"))]
     return flags in (["--cfg", "job"], ["-c", "job"])
 
 
 def _run_hydra(stage: Stage, argv: list[str]) -> int:
+    """Check every job up front (a plain run, or each job of a --multirun; other Hydra flags such as --cfg,
+    --help and --info are left to Hydra), then let `hydra.main` run the stage in its job dir."""
     import hydra
 
+    from anima.config.compose import apply_values, check_jobs, compose, run_stage, split_value_overrides
     from anima.config.store import register_configs
     from anima.paths import conf_dir
 
-    config_name = stage.name.replace(" ", "_")
-    _import_stage_schema(config_name)
+    name = stage.config_name
+    flags = [a for a in argv if a.startswith("-")]
+    if all(f in MULTIRUN_FLAGS for f in flags):
+        check_jobs(name, [a for a in argv if not a.startswith("-")], multirun=bool(flags))
+    argv, values = split_value_overrides(name, argv)
     register_configs()
-    _validate_up_front(config_name, argv)
-    argv, values = split_value_overrides(config_name, argv)
     if values and _cfg_job_only(argv):
         # Hydra would print the config without the late overrides: print what the job will run with.
         from omegaconf import OmegaConf
 
         job = [a for a in argv if a not in ("--cfg", "-c", "job")] + [v.text for v in values]
-        print(OmegaConf.to_yaml(compose(config_name, job)), end="")
+        print(OmegaConf.to_yaml(compose(name, job, validate=False)), end="")
         return 0
 
     def task(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from anima.tracking.context import run_context
+
+        job = HydraConfig.get()
         try:
             apply_values(cfg, values)
-            run_stage(stage, cfg)
+            with run_context(output_dir=job.runtime.output_dir, overrides=list(job.overrides.task)):
+                run_stage(stage, cfg)
         except AnimaError as e:
             print(f"anima: error: {e}", file=sys.stderr)
             sys.exit(2)
 
     sys.argv = [f"anima {stage.name}", *argv]
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)()
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=name)(task)()
     return 0
 
 
@@ -212,14 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stage is None or not _available(stage):
         print(f"anima: error: unknown stage {name!r}; run `anima --help` for the list", file=sys.stderr)
         return 2
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         if not stage.hydra:
-            return int(_load(stage.target)(args) or 0)
+            return int(stage.implementation()(args) or 0)
         return _run_hydra(stage, args)
     except AnimaError as e:
         print(f"anima: error: {e}", file=sys.stderr)

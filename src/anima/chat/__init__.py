@@ -1,1 +1,1 @@
-"""Chat formatting (templates and assistant masks), terminal chat and the OpenAI-compatible server."""
+"""The terminal chat (`anima chat`) and its feedback file; chat templates live in `anima.tokenizer.chat_template`."""

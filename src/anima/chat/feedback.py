@@ -24,14 +24,6 @@ from anima.errors import DataError
 
 RATINGS = ("up", "down")
 ROLES = ("system", "user", "assistant")
-DEFAULT_FEEDBACK_FILE = Path("data") / "feedback.jsonl"
-
-
-def default_feedback_path() -> Path:
-    """``<project root>/data/feedback.jsonl`` (ANIMA_ROOT wins, so tests stay in tmp dirs)."""
-    from anima.paths import project_root
-
-    return project_root() / DEFAULT_FEEDBACK_FILE
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`setting()`: a dataclass field that carries its own doc and valid range.
 
 The schema is the single source of truth: validation (`anima.config.validate`) and the generated config
-reference (`anima config-doc`) both read this metadata, so a key's documentation cannot drift from its check.
+reference (docs/CONFIG.md, scripts/gen_config_reference.py) both read this metadata, so a key's documentation
+cannot drift from its check.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Structured-config schemas of the shared config groups (conf/<group>/*.yaml merge into these).
 
 A wrong key or type fails at composition (OmegaConf); a value out of range fails in `validate` before any
-work starts. Every key has a one-line doc; `anima config-doc` renders them as the config reference.
+work starts. Every key has a one-line doc; scripts/gen_config_reference.py renders them into docs/CONFIG.md.
 """
 
 from __future__ import annotations

@@ -8,23 +8,15 @@ range), so the reference cannot drift from what validation enforces. Regenerate 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 import typing
 from typing import Any, Iterator
 
-SKIP_MODULES = {"fields", "groups", "data", "stages", "store", "validate", "reference"}
+from anima.config.catalog import STAGES, stage_for_config
 
 
 def load_all_schemas() -> dict[str, type]:
-    """Import every `anima.config.<stage>` module (each registers its schema) and return the registry."""
-    import anima.config as pkg
-    from anima.config.stages import STAGE_SCHEMAS
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in SKIP_MODULES:
-            importlib.import_module(f"anima.config.{mod.name}")
-    return dict(sorted(STAGE_SCHEMAS.items()))
+    """Config name -> schema of every stage the catalog lists with one, sorted by name."""
+    return dict(sorted((s.config_name, s.schema_class()) for s in STAGES.values() if s.schema))
 
 
 def type_name(tp: Any) -> str:
@@ -120,8 +112,6 @@ def group_fields(schema: type) -> tuple[list[tuple[str, type]], list[dataclasses
 
 def render() -> str:
     schemas = load_all_schemas()
-    from anima.stages import STAGES
-
     lines = ["# Config reference", "",
              "Generated from the schemas in `src/anima/config/` by `python scripts/gen_config_reference.py`; "
              "do not edit by hand. Every stage composes `conf/<stage>.yaml` onto its schema, so any key below "
@@ -135,7 +125,7 @@ def render() -> str:
         for gname, cls in g:
             groups.setdefault(cls, (gname, []))[1].append(name)
     for name, schema in schemas.items():
-        stage = STAGES.get(name.replace("_", " "))
+        stage = stage_for_config(name)
         title = f"anima {name.replace('_', ' ')}"
         lines += [f"### `{title}`", ""]
         if stage:
@@ -147,7 +137,6 @@ def render() -> str:
         lines += ["| key | type | default | range | doc |", "|---|---|---|---|---|"]
         hints = typing.get_type_hints(schema)
         for f in own:
-            meta = dict(f.metadata)
             for row in rows_for_field(f, hints[f.name]):
                 lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
         if name == "pipeline":

@@ -1,5 +1,5 @@
 """Schema of `anima sweep`: the `sweep` group (search space, objective, sampler, pruner, storage) on top of
-the keys every stage has. Registered as `sweep_schema` when the CLI (or `anima.cli.compose`) imports it."""
+the keys every stage has. Registered as `sweep_schema` when `anima.config.compose` imports it (the stage catalog names it)."""
 
 from __future__ import annotations
 

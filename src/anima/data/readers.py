@@ -1,4 +1,5 @@
-"""Source readers: one small generator per `kind`, each yielding `Raw` records or `Bad` markers.
+"""Source readers: one small generator per `kind`, each yielding `Raw` records or `Bad` markers; the chat
+kinds are in `anima.data.chat_readers`, `read_source` dispatches on the kind.
 
 Every reader streams (line by line, file by file), so a source larger than memory can be read; only the
 formats that are one JSON document per file (`.json` arrays) are parsed whole, file by file.
@@ -20,85 +21,18 @@ Kinds (data.sources.<name>.kind):
 
 from __future__ import annotations
 
-import glob
-import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from anima.data.chat_readers import (read_alpaca, read_chatterbot, read_feedback_file, read_jsonl_chat,
+                                     read_persona_pairs, read_qa, read_sharegpt)
+from anima.data.files import read_lines, resolve_files
 from anima.data.records import Bad, Raw, RecordStream, to_messages
 from anima.errors import ConfigError, DataError
 
 TEXT_KINDS = ("text", "plays", "hf")
 CHAT_KINDS = ("jsonl_chat", "synth", "sharegpt", "alpaca", "qa", "chatterbot", "persona_pairs", "feedback", "hf")
 JSON_EXTS = (".jsonl", ".json", ".ndjson")
-
-
-# ----------------------------------------------------------------------------------------------- files
-def resolve_files(path: str, key: str, exts: Iterable[str]) -> list[Path]:
-    """Files of a source: a glob, a folder (searched recursively for `exts`) or one file; sorted."""
-    exts = tuple(exts)
-    if not str(path).strip():
-        raise ConfigError(f"{key}: no path given")
-    if any(c in path for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
-        if not files:
-            raise DataError(f"{key}: no files match {path}")
-        return files
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(exts) and not f.name.startswith("."))
-        if not files:
-            raise DataError(f"{key}: {p} holds no {'/'.join(exts)} files")
-        return files
-    if p.is_file():
-        return [p]
-    raise DataError(f"{key}: {p} does not exist")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) per line; text None when the line is not UTF-8. Streams; never loads the file."""
-    try:
-        fh = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield n, None
-
-
-def iter_json(path: Path) -> Iterator[tuple[str, Any] | Bad]:
-    """(where, object) per record of a .jsonl (line by line) or .json (an array) file."""
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            yield Bad(str(path), f"not UTF-8 text (byte {e.start})")
-            return
-        except json.JSONDecodeError as e:
-            yield Bad(f"{path}:{e.lineno}", f"malformed JSON ({e.msg}, column {e.colno})")
-            return
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            yield Bad(str(path), "a .json source must hold an array of records (use .jsonl for one per line)")
-            return
-        for i, obj in enumerate(data):
-            yield f"{path}[{i}]", obj
-        return
-    for n, line in _lines(path):
-        where = f"{path}:{n}"
-        if line is None:
-            yield Bad(where, "not UTF-8 text")
-            continue
-        if not line.strip():
-            continue
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield Bad(where, f"malformed JSON ({e.msg}, column {e.colno})")
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -112,7 +46,7 @@ def read_text(files: list[Path], unit: str = "paragraph", max_chars: int = 1 << 
         buf: list[str] = []
         size = 0
         start = 1
-        for n, line in _lines(path):
+        for n, line in read_lines(path):
             if line is None:
                 yield Bad(f"{path}:{n}", "not UTF-8 text")
                 continue
@@ -150,184 +84,7 @@ def read_plays(folder: Path) -> RecordStream:
                       group=f"{play.slug}/{sp.act}/{sp.scene}")
 
 
-# ------------------------------------------------------------------------------------------------ chat
-def read_jsonl_chat(files: list[Path]) -> RecordStream:
-    """`[{"role","content"}...]` or `{"messages": [...], "domain"?: ...}` per line (or a .json array)."""
-    for path in files:
-        for item in iter_json(path):
-            if isinstance(item, Bad):
-                yield item
-                continue
-            where, obj = item
-            domain = ""
-            if isinstance(obj, dict):
-                if "messages" not in obj:
-                    yield Bad(where, "expected a list of messages or an object with 'messages'")
-                    continue
-                domain = str(obj.get("domain") or "")
-                obj = obj["messages"]
-            msgs = to_messages(obj, where)
-            yield msgs if isinstance(msgs, Bad) else Raw(where, messages=msgs, domain=domain, doc=path.stem)
-
-
-def read_sharegpt(files: list[Path]) -> RecordStream:
-    """ShareGPT: `{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}], "system"?: ...}`."""
-    for path in files:
-        for item in iter_json(path):
-            if isinstance(item, Bad):
-                yield item
-                continue
-            where, obj = item
-            if not isinstance(obj, dict) or "conversations" not in obj:
-                yield Bad(where, "expected an object with 'conversations' (ShareGPT)")
-                continue
-            msgs = to_messages(obj["conversations"], where, role_key="from", content_key="value")
-            if isinstance(msgs, Bad):
-                yield msgs
-                continue
-            if isinstance(obj.get("system"), str) and obj["system"].strip():
-                msgs = [{"role": "system", "content": obj["system"]}, *msgs]
-            yield Raw(where, messages=msgs, domain=str(obj.get("domain") or ""), doc=path.stem)
-
-
-def read_alpaca(files: list[Path]) -> RecordStream:
-    """Alpaca: instruction (+ input, joined by a blank line) -> user; output -> assistant.
-    Optional "system" and "history" ([[user, assistant], ...], LLaMA-Factory style) come first."""
-    for path in files:
-        for item in iter_json(path):
-            if isinstance(item, Bad):
-                yield item
-                continue
-            where, obj = item
-            if not isinstance(obj, dict):
-                yield Bad(where, "expected an object with 'instruction' and 'output' (Alpaca)")
-                continue
-            missing = [k for k in ("instruction", "output") if not isinstance(obj.get(k), str)]
-            if missing:
-                yield Bad(where, f"missing or non-string {', '.join(repr(k) for k in missing)} (Alpaca)")
-                continue
-            user = obj["instruction"]
-            if isinstance(obj.get("input"), str) and obj["input"].strip():
-                user = f"{user}\n\n{obj['input']}"
-            msgs: list[dict] = []
-            if isinstance(obj.get("system"), str) and obj["system"].strip():
-                msgs.append({"role": "system", "content": obj["system"]})
-            history = obj.get("history") or []
-            if not isinstance(history, list) or not all(
-                isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in history
-            ):
-                yield Bad(where, "'history' must be a list of [user, assistant] string pairs")
-                continue
-            for u, a in history:
-                msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
-            yield Raw(where, messages=msgs, domain=str(obj.get("domain") or ""), doc=path.stem)
-
-
-def read_qa(files: list[Path]) -> RecordStream:
-    """Blocks of `Q: ...` / `A: ...` lines separated by blank lines; a line without a prefix continues the
-    previous turn. A block must start with Q: and alternate; a block that ends on a question is Bad."""
-    for path in files:
-        block: list[tuple[int, str]] = []
-
-        def flush(block: list[tuple[int, str]]) -> Raw | Bad | None:
-            if not block:
-                return None
-            where = f"{path}:{block[0][0]}"
-            msgs: list[dict] = []
-            for n, line in block:
-                head = line[:2].upper()
-                if head in ("Q:", "A:"):
-                    role = "user" if head == "Q:" else "assistant"
-                    expected = "user" if not msgs or msgs[-1]["role"] == "assistant" else "assistant"
-                    if role != expected:
-                        return Bad(f"{path}:{n}", f"expected {'Q:' if expected == 'user' else 'A:'} here")
-                    msgs.append({"role": role, "content": line[2:].strip()})
-                elif not msgs:
-                    return Bad(f"{path}:{n}", "a Q/A block must start with 'Q:'")
-                else:
-                    msgs[-1]["content"] += "\n" + line.strip()
-            if msgs[-1]["role"] != "assistant":
-                return Bad(f"{path}:{block[-1][0]}", "question without an answer ('A:' line)")
-            return Raw(where, messages=msgs, doc=path.stem)
-
-        for n, line in _lines(path):
-            if line is None:
-                yield Bad(f"{path}:{n}", "not UTF-8 text")
-                continue
-            if line.strip():
-                block.append((n, line.rstrip("\n")))
-                continue
-            out = flush(block)
-            block = []
-            if out is not None:
-                yield out
-        out = flush(block)
-        if out is not None:
-            yield out
-
-
-def read_chatterbot(path: str, key: str, categories: list[str] | None) -> RecordStream:
-    """chatterbot-corpus YAML (a file, a folder or a glob); the file stem is the domain."""
-    from anima.data.chatterbot import read_chatterbot_yaml
-
-    files = resolve_files(path, key, (".yml", ".yaml"))
-    if categories:
-        want = {c.lower() for c in categories}
-        known = {f.stem.lower() for f in files}
-        unknown = sorted(want - known)
-        if unknown:
-            raise ConfigError(f"{key.rsplit('.', 1)[0]}.categories: unknown {', '.join(unknown)}; "
-                              f"available: {', '.join(sorted(known))}")
-        files = [f for f in files if f.stem.lower() in want]
-    for f in files:
-        try:
-            convs = read_chatterbot_yaml(f)
-        except DataError as e:
-            yield Bad(str(f), str(e).split(": ", 1)[-1])
-            continue
-        for i, conv in enumerate(convs):
-            yield Raw(f"{f}[{i}]", messages=conv["messages"], domain=conv["domain"], doc=f.stem)
-
-
-def read_persona_pairs(folder: str, key: str, character: str | None) -> RecordStream:
-    """(previous speaker's speech -> character's reply) pairs; one scene is one split group."""
-    from anima.data.plays import parse_play, persona_pairs
-
-    if not character:
-        raise ConfigError(f"{key.rsplit('.', 1)[0]}.character: kind=persona_pairs needs a character name")
-    p = Path(folder)
-    if not p.is_dir():
-        raise DataError(f"{key}: {p} does not exist (run `anima data fetch`)")
-    plays = [parse_play(f) for f in sorted(p.glob("*.md"))]
-    if not plays:
-        raise DataError(f"{key}: {p} holds no plays (*.md)")
-    domain = "_".join(character.lower().split())
-    scene_of: dict[tuple[str, str, str], str] = {}  # (play, cue, reply) -> "act/scene"
-    for play in plays:
-        for prev, sp in zip(play.speeches, play.speeches[1:]):
-            scene_of.setdefault((play.slug, prev.text, sp.text), f"{sp.act}/{sp.scene}")
-    for i, pair in enumerate(persona_pairs(plays, character)):
-        cue, reply = pair["messages"][0]["content"], pair["messages"][1]["content"]
-        group = f"{pair['play']}/{scene_of.get((pair['play'], cue, reply), '')}"
-        yield Raw(f"{p}/{pair['play']}.md#pair{i}", messages=pair["messages"], domain=domain, doc=pair["play"],
-                  group=group)
-
-
-def read_feedback_file(path: str, key: str) -> RecordStream:
-    """Approved replies and corrections of the chat feedback file; corrupt lines are Bad."""
-    from anima.chat.feedback import feedback_to_chat_examples, read_feedback
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{key}: {p} does not exist")
-    records, corrupt = read_feedback(p)
-    for i in range(corrupt):
-        yield Bad(f"{p}", f"corrupt feedback line ({i + 1} of {corrupt})")
-    for i, ex in enumerate(feedback_to_chat_examples(records)):
-        yield Raw(f"{p}[{i}]", messages=ex["messages"], domain=f"feedback_{ex['rating']}", doc=p.stem)
-
-
+# ------------------------------------------------------------------------------------------------- hf
 def read_hf(path: str, key: str, split: str, options: dict, want: str) -> RecordStream:
     """`datasets`: a `save_to_disk` folder, a local data file/folder, or a dataset name (Hub or cache).
     Rows are detected by their columns: messages | conversations | instruction/output | text (or

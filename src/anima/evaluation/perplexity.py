@@ -50,7 +50,7 @@ def load_for_eval(model_dir: Path | str):
 
 
 def _chat_batches(es: EvalSet, tokenizer, template: str, ctx: int, batch_size: int):
-    from anima.train.chat_data import encode_examples, pad_rows
+    from anima.train.chat_rows import encode_examples, pad_rows
 
     rows = encode_examples(list(es.examples), tokenizer, template, ctx, f"eval set {es.name}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

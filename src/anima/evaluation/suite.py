@@ -37,16 +37,13 @@ def generate_replies(model_dir, prompts: Sequence[dict], sampling: Any, seed: in
     from transformers.utils import logging as hf_logging
 
     from anima.generation.engine import ChatEngine
-    from anima.generation.sampling import SamplingParams
+    from anima.generation.sampling import sampling_from_config
 
     if not prompts:
         return []
     hf_logging.disable_progress_bar()
     engine = ChatEngine(model_dir, backend=backend)
-    params = SamplingParams(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
-                            top_k=int(sampling.top_k), repetition_penalty=float(sampling.repetition_penalty),
-                            max_new_tokens=int(sampling.max_new_tokens),
-                            seed=int(sampling.seed) if sampling.get("seed") is not None else seed)
+    params = sampling_from_config(sampling, seed=seed)
     replies = []
     for p in prompts:
         messages = ([{"role": "system", "content": p["system"]}] if p.get("system") else [])

@@ -207,9 +207,8 @@ def read_sp_vocab(sp_path: Path) -> SpVocab:
     )
 
 
-def load_llama_source(model_dir: str | Path) -> LlamaSource:
-    """Validate `model_dir` as a Llama model dir with a SentencePiece tokenizer and load it."""
-    model_dir = Path(model_dir)
+def _llama_config(model_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """config.json of a Llama model dir the exporters can handle (no biases), with its path."""
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: model dir does not exist")
     cfg_path = model_dir / "config.json"
@@ -224,10 +223,11 @@ def load_llama_source(model_dir: str | Path) -> LlamaSource:
         )
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ModelError(f"{cfg_path}: attention_bias/mlp_bias=true is not supported by the exporters")
-    sp_path = model_dir / "tokenizer.model"
-    if not sp_path.is_file():
-        raise ModelError(f"{sp_path}: missing; the exporters need the SentencePiece model in the model dir")
+    return cfg_path, config
 
+
+def _hyperparameters(config: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    """The :class:`LlamaSource` hyperparameter fields, with config.json's defaults filled in."""
     try:
         hidden = int(config["hidden_size"])
         n_layers = int(config["num_hidden_layers"])
@@ -242,40 +242,53 @@ def load_llama_source(model_dir: str | Path) -> LlamaSource:
         raise ModelError(f"{cfg_path}: missing key {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{cfg_path}: bad hyperparameter value ({exc})") from None
-    theta = _rope(config, cfg_path)
+    return dict(
+        hidden_size=hidden, intermediate_size=ffn, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+        head_dim=head_dim, vocab_size=vocab_size, context_length=ctx, rope_theta=_rope(config, cfg_path),
+        rms_norm_eps=eps,
+    )
 
-    vocab = read_sp_vocab(sp_path)
+
+def _pad_vocab(vocab: SpVocab, vocab_size: int, sp_path: Path, cfg_path: Path) -> None:
+    """Extend the vocabulary to the embedding's rows; padded rows are never produced by the tokenizer."""
     n_pieces = len(vocab.pieces)
     if n_pieces > vocab_size:
         raise ModelError(f"{sp_path}: {n_pieces} pieces but {cfg_path} vocab_size={vocab_size}")
-    for i in range(n_pieces, vocab_size):  # padded embedding rows: never produced by the tokenizer
+    for i in range(n_pieces, vocab_size):
         vocab.pieces.append(f"<pad_{i}>")
         vocab.scores.append(-1e9)
         vocab.types.append(TOKEN_UNUSED)
 
-    tensors = _load_tensors(model_dir)
-    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in tensors
+
+def _expected_shapes(hp: dict[str, Any], tied: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Llama model of these hyperparameters holds, by HF name, with its shape."""
+    hidden, ffn, vocab_size = hp["hidden_size"], hp["intermediate_size"], hp["vocab_size"]
+    q_rows, kv_rows = hp["n_heads"] * hp["head_dim"], hp["n_kv_heads"] * hp["head_dim"]
     expected = {
         "model.embed_tokens.weight": (vocab_size, hidden),
         "model.norm.weight": (hidden,),
     }
     if not tied:
         expected["lm_head.weight"] = (vocab_size, hidden)
-    for i in range(n_layers):
+    for i in range(hp["n_layers"]):
         p = f"model.layers.{i}."
         expected.update(
             {
                 p + "input_layernorm.weight": (hidden,),
                 p + "post_attention_layernorm.weight": (hidden,),
-                p + "self_attn.q_proj.weight": (n_heads * head_dim, hidden),
-                p + "self_attn.k_proj.weight": (n_kv * head_dim, hidden),
-                p + "self_attn.v_proj.weight": (n_kv * head_dim, hidden),
-                p + "self_attn.o_proj.weight": (hidden, n_heads * head_dim),
+                p + "self_attn.q_proj.weight": (q_rows, hidden),
+                p + "self_attn.k_proj.weight": (kv_rows, hidden),
+                p + "self_attn.v_proj.weight": (kv_rows, hidden),
+                p + "self_attn.o_proj.weight": (hidden, q_rows),
                 p + "mlp.gate_proj.weight": (ffn, hidden),
                 p + "mlp.up_proj.weight": (ffn, hidden),
                 p + "mlp.down_proj.weight": (hidden, ffn),
             }
         )
+    return expected
+
+
+def _check_shapes(tensors: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], model_dir: Path) -> None:
     for key, shape in expected.items():
         if key not in tensors:
             raise ModelError(f"{model_dir}/model.safetensors: tensor {key!r} missing")
@@ -285,23 +298,23 @@ def load_llama_source(model_dir: str | Path) -> LlamaSource:
                 f"config.json implies {shape}"
             )
 
+
+def load_llama_source(model_dir: str | Path) -> LlamaSource:
+    """Validate `model_dir` as a Llama model dir with a SentencePiece tokenizer and load it."""
+    model_dir = Path(model_dir)
+    cfg_path, config = _llama_config(model_dir)
+    sp_path = model_dir / "tokenizer.model"
+    if not sp_path.is_file():
+        raise ModelError(f"{sp_path}: missing; the exporters need the SentencePiece model in the model dir")
+    hp = _hyperparameters(config, cfg_path)
+    vocab = read_sp_vocab(sp_path)
+    _pad_vocab(vocab, hp["vocab_size"], sp_path, cfg_path)
+    tensors = _load_tensors(model_dir)
+    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in tensors
+    _check_shapes(tensors, _expected_shapes(hp, tied), model_dir)
     tok_cfg_path = model_dir / "tokenizer_config.json"
     tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
     return LlamaSource(
-        model_dir=model_dir,
-        config=config,
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        head_dim=head_dim,
-        vocab_size=vocab_size,
-        context_length=ctx,
-        rope_theta=theta,
-        rms_norm_eps=eps,
-        tied=tied,
-        tensors=tensors,
-        vocab=vocab,
+        model_dir=model_dir, config=config, **hp, tied=tied, tensors=tensors, vocab=vocab,
         tokenizer_config=tok_cfg,
     )

@@ -11,7 +11,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
@@ -65,6 +65,15 @@ def _read_anima_json(model_dir: Path) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return data
+
+
+def _drain(detok: IncrementalDetokenizer, holder: StopHolder) -> tuple[str, bool]:
+    """The text still held back at the end of a reply, and whether it completes a stop string."""
+    tail = detok.flush()
+    out, hit = holder.feed(tail) if tail else ("", False)
+    if not hit:
+        out += holder.flush()
+    return out, hit
 
 
 class ChatEngine:
@@ -132,7 +141,7 @@ class ChatEngine:
 
     # ----------------------------------------------------------------- setup
     def _stop_token_ids(self, vocab: dict[str, int]) -> frozenset[int]:
-        from anima.chat.templates import stop_token_ids
+        from anima.tokenizer.chat_template import stop_token_ids
 
         ids: set[int] = set(stop_token_ids(self.tokenizer, self.template_name))
         for e in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
@@ -183,7 +192,7 @@ class ChatEngine:
         """Render the conversation with the model's template, dropping the oldest exchanges (never the
         system prompt) so that prompt + max_new_tokens fits the context window. At least half the window
         stays available to the prompt; generation is clamped to whatever room is left."""
-        from anima.chat.templates import get_template, render_prompt
+        from anima.tokenizer.chat_template import get_template, render_prompt
 
         if not messages:
             raise AnimaError("chat request has no messages")
@@ -216,86 +225,18 @@ class ChatEngine:
         return stream
 
     def _decode_loop(self, prompt_ids: list[int], params: SamplingParams, stream: TextStream) -> Iterator[str]:
+        """Prefill, then sample token by token under the model lock; a failure mid-way leaves no stale cache."""
         import torch
 
         with self._lock:
             self._refresh_backend()
             backend = self.backend
-            # Reuse the cached prefix shared with the previous request (keep >= 1 token to feed).
-            common = 0
-            limit = min(len(self._cached_ids), len(prompt_ids) - 1)
-            cached_ids = self._cached_ids
-            while common < limit and cached_ids[common] == prompt_ids[common]:
-                common += 1
-            backend.truncate(common)
-            common = backend.position
-            self._cached_ids = []  # invalid until the cache is consistent again
-            if self.tuner is not None and torch.get_num_threads() != self.tuner.best:
-                torch.set_num_threads(self.tuner.best)  # a contended machine hurts prefill alike
-            try:
-                logits = backend.forward(prompt_ids[common:])
-            finally:
-                if torch.get_num_threads() != self.threads:
-                    torch.set_num_threads(self.threads)
+            logits = self._prefill(backend, prompt_ids)
             fed = list(prompt_ids)
             self._cached_ids = fed
-
-            generator = None if params.greedy else make_generator(params.seed)
-            seen = None
-            if params.repetition_penalty != 1.0:
-                seen = torch.zeros(self.vocab_size, dtype=torch.bool)
-                seen[torch.tensor(prompt_ids, dtype=torch.long).clamp_(0, self.vocab_size - 1)] = True
-                for stop_id in self.stop_ids:  # the end-of-turn token is in every chat prompt: penalising it
-                    if 0 <= stop_id < self.vocab_size:  # would make replies run on
-                        seen[stop_id] = False
-            plain_greedy = params.greedy and seen is None
-            detok = IncrementalDetokenizer(self._decode, self._hold_ids)
-            holder = StopHolder(params.stop)
-            stop_ids = self.stop_ids
             max_new = min(params.max_new_tokens, self.context_length - len(prompt_ids))
-            finish, n, stop_hit = "length", 0, False
-            tuner = self.tuner
             try:
-                while n < max_new:
-                    if plain_greedy:
-                        tok = int(torch.argmax(logits))
-                    else:
-                        tok = sample_next(logits, params, generator, seen)
-                    n += 1
-                    stream.completion_tokens = n
-                    stream.token_ids.append(tok)
-                    if tok in stop_ids:
-                        finish = "stop"
-                        break
-                    delta = detok.push(tok)
-                    if delta:
-                        out, hit = holder.feed(delta)
-                        if out:
-                            yield out
-                        if hit:
-                            finish, stop_hit = "stop", True
-                            break
-                    if n >= max_new:
-                        break
-                    self._cached_ids = []
-                    if tuner is not None:
-                        with timed_threads(torch, tuner):
-                            logits = backend.forward([tok])
-                    else:
-                        logits = backend.forward([tok])
-                    fed.append(tok)
-                    self._cached_ids = fed
-                    if seen is not None and 0 <= tok < self.vocab_size:
-                        seen[tok] = True
-                if not stop_hit:
-                    tail = detok.flush()
-                    out, hit = holder.feed(tail) if tail else ("", False)
-                    if hit:
-                        finish = "stop"
-                    else:
-                        out += holder.flush()
-                    if out:
-                        yield out
+                finish = yield from self._sample_tokens(backend, logits, fed, params, stream, max_new)
             except BaseException:
                 if not self._cached_ids:
                     backend.truncate(0)
@@ -304,7 +245,91 @@ class ChatEngine:
                 if torch.get_num_threads() != self.threads:
                     torch.set_num_threads(self.threads)
             stream.finish_reason = finish
-            self.last_usage = (len(prompt_ids), n, finish)
+            self.last_usage = (len(prompt_ids), stream.completion_tokens, finish)
+
+    def _prefill(self, backend, prompt_ids: list[int]):
+        """Feed the prompt, reusing the cached prefix shared with the previous request (keep >= 1 token to
+        feed); returns the logits of the last prompt token."""
+        import torch
+
+        common = 0
+        limit = min(len(self._cached_ids), len(prompt_ids) - 1)
+        cached_ids = self._cached_ids
+        while common < limit and cached_ids[common] == prompt_ids[common]:
+            common += 1
+        backend.truncate(common)
+        common = backend.position
+        self._cached_ids = []  # invalid until the cache is consistent again
+        if self.tuner is not None and torch.get_num_threads() != self.tuner.best:
+            torch.set_num_threads(self.tuner.best)  # a contended machine hurts prefill alike
+        try:
+            return backend.forward(prompt_ids[common:])
+        finally:
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+
+    def _seen_mask(self, params: SamplingParams, prompt_ids: list[int]):
+        """Tokens the repetition penalty applies to (None when it is off): the prompt's, minus the stop ids."""
+        import torch
+
+        if params.repetition_penalty == 1.0:
+            return None
+        seen = torch.zeros(self.vocab_size, dtype=torch.bool)
+        seen[torch.tensor(prompt_ids, dtype=torch.long).clamp_(0, self.vocab_size - 1)] = True
+        for stop_id in self.stop_ids:  # the end-of-turn token is in every chat prompt: penalising it
+            if 0 <= stop_id < self.vocab_size:  # would make replies run on
+                seen[stop_id] = False
+        return seen
+
+    def _sample_tokens(self, backend, logits, fed: list[int], params: SamplingParams, stream: TextStream,
+                       max_new: int) -> Generator[str, None, str]:
+        """Yield text deltas until a stop token, a stop string or ``max_new`` tokens; returns the finish reason."""
+        import torch
+
+        generator = None if params.greedy else make_generator(params.seed)
+        seen = self._seen_mask(params, fed)
+        plain_greedy = params.greedy and seen is None
+        detok = IncrementalDetokenizer(self._decode, self._hold_ids)
+        holder = StopHolder(params.stop)
+        finish, n, tuner = "length", 0, self.tuner
+        while n < max_new:
+            tok = int(torch.argmax(logits)) if plain_greedy else sample_next(logits, params, generator, seen)
+            n += 1
+            stream.completion_tokens = n
+            stream.token_ids.append(tok)
+            if tok in self.stop_ids:
+                finish = "stop"
+                break
+            delta = detok.push(tok)
+            if delta:
+                out, hit = holder.feed(delta)
+                if out:
+                    yield out
+                if hit:
+                    return "stop"
+            if n >= max_new:
+                break
+            logits = self._feed_token(backend, tuner, tok, fed, seen)
+        out, hit = _drain(detok, holder)
+        if out:
+            yield out
+        return "stop" if hit else finish
+
+    def _feed_token(self, backend, tuner: ThreadTuner | None, tok: int, fed: list[int], seen):
+        """One decode step; the cache is marked invalid while the backend runs."""
+        import torch
+
+        self._cached_ids = []
+        if tuner is not None:
+            with timed_threads(torch, tuner):
+                logits = backend.forward([tok])
+        else:
+            logits = backend.forward([tok])
+        fed.append(tok)
+        self._cached_ids = fed
+        if seen is not None and 0 <= tok < self.vocab_size:
+            seen[tok] = True
+        return logits
 
     # ------------------------------------------------------------------ API
     def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[str]:

@@ -8,7 +8,7 @@ Order and semantics follow transformers' ``generate``: repetition penalty, tempe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anima.errors import ConfigError
 
@@ -46,6 +46,17 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def sampling_from_config(sampling: Any, seed: int | None = None) -> SamplingParams:
+    """The ``sampling`` config group (DictConfig or SamplingConfig) as the engine's SamplingParams, validated
+    so that a bad value fails naming its key. ``seed`` applies when the group sets none (a stage's own seed)."""
+    own_seed = getattr(sampling, "seed", None)
+    return SamplingParams(
+        temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k),
+        repetition_penalty=float(sampling.repetition_penalty), max_new_tokens=int(sampling.max_new_tokens),
+        seed=int(own_seed) if own_seed is not None else seed,
+    ).validate()
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

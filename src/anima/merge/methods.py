@@ -7,9 +7,15 @@ model plus a few tensors. Arithmetic is done in float64 by default so that linea
 their identities (uniform of identical models, weight 1, t=0/1), then cast back to the stored dtype;
 TIES, which keeps several temporaries of a tensor alive, computes in float32 to halve them.
 
+Each method also owns what the merge stage needs to know about it: whether it needs a base model, how
+many ingredients it takes, and ``from_config``, which reads its parameters from the `merge` config group
+and gives the weight each ingredient gets (for the registered version's tags). A *procedure* (greedy soup,
+in :mod:`anima.merge.soup`) is registered the same way but works on whole model dirs, not tensors.
+
 Adding a method::
 
-    @register("name", description="one line", paper="citation", params={"x": 0.5})
+    @register("name", description="one line", paper="citation", params={"x": 0.5},
+              from_config=lambda values, n, scores: ({"x": float(values["x"])}, [1.0 / n] * n))
     def name(src: TensorSource, x: float) -> torch.Tensor: ...
 """
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -37,17 +43,32 @@ class TensorSource(Protocol):
     def base(self) -> torch.Tensor: ...
 
 
+#: ``from_config(values, n, scores) -> (params, weights)``: the method's parameters read from the `merge`
+#: config group (``values``) for ``n`` ingredients with ranking ``scores``, and each ingredient's weight.
+FromConfig = Callable[[Mapping[str, Any], int, Sequence[float]], tuple[dict[str, Any], list[float]]]
+
+
+def uniform_config(values: Mapping[str, Any], n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    """No parameters; every ingredient weighs 1/n (the default ``from_config``)."""
+    return {}, [1.0 / n] * n
+
+
 @dataclass(frozen=True)
 class MergeMethod:
+    """A registered method: per-tensor ``fn(src, **params)``, or with ``procedure`` a whole-model
+    ``fn(dirs, out_dir, *, evaluate, **params) -> kept dirs``."""
+
     name: str
     description: str
     paper: str
-    fn: Callable[..., torch.Tensor]
+    fn: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     needs_base: bool = False
     n_models: int | None = None  # exact number of ingredients, None = any (>= 1)
     check: Callable[[int, dict[str, Any]], None] | None = None
     compute_dtype: torch.dtype = COMPUTE_DTYPE
+    from_config: FromConfig = uniform_config
+    procedure: bool = False
 
     def resolve_params(self, n: int, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults + given params, validated before any tensor is touched (fail fast, one line)."""
@@ -82,14 +103,21 @@ def register(
     n_models: int | None = None,
     check: Callable[[int, dict[str, Any]], None] | None = None,
     compute_dtype: torch.dtype = COMPUTE_DTYPE,
-) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Register ``fn(src, **params) -> Tensor`` under ``name``; ``params`` maps names to defaults."""
+    from_config: FromConfig = uniform_config,
+    procedure: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(src, **params) -> Tensor`` under ``name``; ``params`` maps names to defaults.
 
-    def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    With ``procedure=True``, ``fn(dirs, out_dir, *, evaluate, **params)`` builds the whole model and returns
+    the ingredient dirs it kept (see :class:`MergeMethod`).
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} registered twice")
         _REGISTRY[name] = MergeMethod(
-            name, description, paper, fn, dict(params or {}), needs_base, n_models, check, compute_dtype
+            name, description, paper, fn, dict(params or {}), needs_base, n_models, check, compute_dtype,
+            from_config, procedure,
         )
         return fn
 
@@ -134,6 +162,34 @@ def perplexity_weights(perplexities: Sequence[float]) -> list[float]:
     return [x / total for x in inv]
 
 
+def _given_weights(values: Mapping[str, Any]) -> list[Any] | None:
+    return list(values["weights"]) if values.get("weights") is not None else None
+
+
+def _weighted_config(values: Mapping[str, Any], n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    """Explicit weights, else 1/perplexity of each ingredient; tags show them normalized."""
+    w = _given_weights(values)
+    if w is None:
+        w = perplexity_weights(scores)
+    total = sum(w)
+    return {"weights": [float(x) for x in w]}, [float(x) / total for x in w]
+
+
+def _slerp_config(values: Mapping[str, Any], n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    t = float(values["t"])
+    return {"t": t}, [1.0 - t, t]
+
+
+def _task_config(values: Mapping[str, Any], n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    given = _given_weights(values)
+    return {"scaling": float(values["scaling"]), "weights": given}, [float(x) for x in (given or [1.0] * n)]
+
+
+def _ties_config(values: Mapping[str, Any], n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    params, weights = _task_config(values, n, scores)
+    return {**params, "density": float(values["density"])}, weights
+
+
 # ---------------------------------------------------------------- linear methods
 
 
@@ -155,6 +211,7 @@ def uniform(src: TensorSource) -> torch.Tensor:
     paper="Wortsman et al. 2022 (soups); Matena & Raffel 2022, arXiv:2111.09832",
     params={"weights": None},
     check=lambda n, p: _check_weights(n, p, required=True),
+    from_config=_weighted_config,
 )
 def weighted(src: TensorSource, weights: Sequence[float]) -> torch.Tensor:
     total = float(sum(weights))
@@ -207,6 +264,7 @@ def _check_t(n: int, p: dict[str, Any]) -> None:
     params={"t": 0.5},
     n_models=2,
     check=_check_t,
+    from_config=_slerp_config,
 )
 def slerp(src: TensorSource, t: float) -> torch.Tensor:
     return slerp_tensors(src.get(0), src.get(1), float(t))
@@ -229,6 +287,7 @@ def _check_task(n: int, p: dict[str, Any]) -> None:
     params={"scaling": 1.0, "weights": None},
     needs_base=True,
     check=_check_task,
+    from_config=_task_config,
 )
 def task_arithmetic(src: TensorSource, scaling: float, weights: Sequence[float] | None) -> torch.Tensor:
     base = src.base()
@@ -272,6 +331,7 @@ def _check_ties(n: int, p: dict[str, Any]) -> None:
     needs_base=True,
     check=_check_ties,
     compute_dtype=torch.float32,
+    from_config=_ties_config,
 )
 def ties(src: TensorSource, density: float, scaling: float, weights: Sequence[float] | None) -> torch.Tensor:
     """TIES, paper/mergekit convention ('sum' sign consensus, weighted disjoint mean, then * scaling).

@@ -1,4 +1,4 @@
-"""Greedy soup: a procedure over the uniform merge, not a per-tensor method."""
+"""Greedy soup: a procedure over the uniform merge, registered as the method ``greedy_soup``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from anima.errors import ModelError
 from anima.merge.compat import check_compatible
+from anima.merge.methods import register
 from anima.merge.streaming import atomic_dir, merge
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,13 @@ def greedy_soup(
         return kept, best_score
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@register(
+    "greedy_soup",
+    description="add candidates in rank order, keep one only if held-out perplexity improves",
+    paper=GREEDY_SOUP_PAPER,
+    procedure=True,
+)
+def _greedy_soup_method(dirs: list[Path], out_dir: Path, *, evaluate: Callable[[Path], float]) -> list[Path]:
+    return greedy_soup(dirs, evaluate, out_dir)[0]

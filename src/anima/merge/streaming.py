@@ -20,7 +20,7 @@ import torch
 
 from anima.errors import ConfigError, ModelError
 from anima.merge.compat import check_compatible
-from anima.merge.methods import COMPUTE_DTYPE, get_method
+from anima.merge.methods import COMPUTE_DTYPE, MergeMethod, get_method
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -110,6 +110,14 @@ class _Source:
         return self._base_cache
 
 
+def _tensor_method(method: str) -> MergeMethod:
+    """The registered per-tensor method; a procedure (greedy soup) runs through ``merge_models``."""
+    spec = get_method(method)
+    if spec.procedure:
+        raise ConfigError(f"merge method '{method}' works on whole models: run it with anima.merge.merge_models")
+    return spec
+
+
 def merge_state_dict(
     method: str,
     ingredient_dirs: Sequence[Path],
@@ -117,7 +125,7 @@ def merge_state_dict(
     **params: Any,
 ) -> dict[str, torch.Tensor]:
     """Merged tensors (stored dtype of the first ingredient), keys of the first ingredient."""
-    spec = get_method(method)
+    spec = _tensor_method(method)
     resolved = spec.resolve_params(len(ingredient_dirs), params)
     if spec.needs_base and base_dir is None:
         raise ModelError(f"merge method '{method}' needs a base model (merge.base)")
@@ -228,7 +236,7 @@ def merge(
     if not dirs:
         raise ModelError("merge needs at least one ingredient model dir")
     base = Path(base_dir) if base_dir is not None else None
-    spec = get_method(method)
+    spec = _tensor_method(method)
     spec.resolve_params(len(dirs), params)  # bad params fail before any reading
     if base is not None and not spec.needs_base:
         raise ConfigError(f"merge method '{method}' takes no base model, got base {base}")

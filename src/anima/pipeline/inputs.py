@@ -177,13 +177,15 @@ def _rehearsal(ref: str, cfg: DictConfig, prefix: str, out: dict[str, dict[str, 
 
 
 def _trial_config(cfg: DictConfig) -> DictConfig | None:
-    """The config every trial of a sweep step shares (its base overrides, no searched values)."""
-    from anima.cli import compose
+    """The config every trial of a sweep step shares (its base overrides, no searched values; not validated:
+    only a trial, with its values, has to be valid)."""
+    from anima.config.compose import compose
     from anima.sweep.objective import base_overrides
     from anima.tracking.run import flatten
 
     paths = flatten({"paths": OmegaConf.to_container(cfg.paths, resolve=True)})
     try:
-        return compose(str(cfg.sweep.stage), [f"{k}={v}" for k, v in paths.items()] + base_overrides(cfg.sweep))
+        return compose(str(cfg.sweep.stage), [f"{k}={v}" for k, v in paths.items()] + base_overrides(cfg.sweep),
+                       validate=False)
     except Exception:  # noqa: BLE001 - the sweep step reports a bad trial config itself
         return None

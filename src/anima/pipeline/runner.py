@@ -49,26 +49,14 @@ def step_run_name(cfg: DictConfig, step: Step) -> str:
 
 
 def compose_step(step: Step, overrides: list[str]) -> DictConfig:
-    from anima.cli import _schema_for, compose
-    from anima.config.validate import validate
+    """The step's config, composed and validated as `anima <stage> <overrides>` would be."""
+    from anima.config.compose import compose
 
     try:
         cfg = compose(step.config_name, overrides)
-        validate(cfg, _schema_for(step.config_name))
     except ConfigError as e:
         raise ConfigError(f"step {step.name} ({step.stage}): {e}") from None
     return cfg
-
-
-def _out_dir(cfg: DictConfig) -> Path:
-    from anima.tracking.run import hydra_output_dir
-
-    out = hydra_output_dir()
-    if out is None:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{time.time_ns() % 1_000_000:06d}"
-        out = Path(str(cfg.paths.experiments_dir)) / "pipeline" / stamp
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
@@ -79,10 +67,11 @@ def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
     from anima.paths import project_root
     from anima.tracking.gitinfo import git_state
     from anima.tracking.liveness import process_tags
+    from anima.tracking.context import current
     from anima.tracking.redact import redact
-    from anima.tracking.run import config_hash, flatten, hydra_overrides, resolved_config
+    from anima.tracking.run import config_hash, flatten, resolved_config
 
-    overrides = hydra_overrides()
+    overrides = list(current().overrides)
     sha, dirty = git_state(project_root())
     name = cfg.get("run_name") or f"pipeline-{cfg.pipeline.name}"
     client = MlflowClient()
@@ -123,6 +112,7 @@ class Runner:
 
         from anima.pipeline.interrupted import mark_dead
         from anima.tracking.liveness import RunLock
+        from anima.tracking.context import stage_output_dir
         from anima.tracking.store import setup_mlflow
 
         cfg, c = self.cfg, self.console
@@ -134,7 +124,7 @@ class Runner:
                 + (f"  — {desc[0]}" if desc else ""))
         if cfg.dry_run:
             return self._dry_run(exp_id)
-        out_dir = _out_dir(cfg)
+        out_dir = stage_output_dir(cfg)
         parent = _start_parent(cfg, exp_id, self.steps)
         lock = RunLock(parent, cfg.tracking)  # while held, no later command takes this pipeline for dead
         lock.acquire()
@@ -192,11 +182,11 @@ class Runner:
 
     def _step(self, i: int, step: Step, exp_id: str, parent: str, out_dir: Path,
               outputs: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StepOutcome:
-        from anima.cli import _load
-        from anima.pipeline.context import child_runs_of, step_runtime
+        from anima.config.catalog import STAGES
+        from anima.config.compose import one_line
+        from anima.pipeline.context import step_context
         from anima.pipeline.interrupted import PENDING_TAG, RESUMED_TAG, find_interrupted
         from anima.pipeline.outputs import child_run, extract
-        from anima.stages import STAGES
 
         c, n = self.console, len(self.steps)
         label = f"[{i}/{n}] {step.name}" + (f" ({step.stage})" if step.stage != step.name else "")
@@ -232,14 +222,11 @@ class Runner:
         t0 = time.monotonic()
         extra = {PENDING_TAG: key, **({RESUMED_TAG: "true"} if resumed else {})}
         try:
-            with child_runs_of(parent, step.name, pipeline, extra), \
-                    step_runtime(out_dir / f"{i:02d}-{step.name}", overrides):
-                result = _load(STAGES[step.stage].target)(stage_cfg)  # validated in compose_step
+            with step_context(parent, step.name, out_dir / f"{i:02d}-{step.name}", overrides, pipeline, extra):
+                result = STAGES[step.stage].implementation()(stage_cfg)  # validated in compose_step
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            from anima.cli import one_line
-
             done = i - 1
             msg = e if isinstance(e, AnimaError) else f"{type(e).__name__}: {one_line(e)}"
             from mlflow import MlflowClient

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from anima.generation.engine import BACKENDS, ChatEngine
-    from anima.serve.app import ServeLimits
+    from anima.serve.limits import ServeLimits
 
     p = argparse.ArgumentParser(prog="python -m anima.serve.server", description=main.__doc__)
     p.add_argument("model_dir")

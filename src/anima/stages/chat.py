@@ -2,7 +2,7 @@
 
 No MLflow run per session (a chat is interactive, not an experiment): what it produces is feedback.jsonl,
 each record stamped with the resolved registry version, which `anima retrain` turns into training data.
-The helpers here (resolve + load an engine, sampling settings from the config) are shared with serve.
+The helpers here (resolve + load an engine, describe it) are shared with serve.
 """
 
 from __future__ import annotations
@@ -11,17 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-
-
-def sampling_params(sampling: Any):
-    """The `sampling` config group as the engine's SamplingParams (validated, naming the key at fault)."""
-    from anima.generation.sampling import SamplingParams
-
-    return SamplingParams(
-        temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k),
-        repetition_penalty=float(sampling.repetition_penalty), max_new_tokens=int(sampling.max_new_tokens),
-        seed=None if sampling.seed is None else int(sampling.seed),
-    ).validate()
 
 
 def load_engine(cfg: DictConfig, backend: str = "auto", compile_in_background: bool = False):
@@ -46,12 +35,13 @@ def describe(resolved: Any) -> str:
 
 def run(cfg: DictConfig) -> int:
     from anima.chat.repl import ChatSession, run_repl
+    from anima.generation.sampling import sampling_from_config
 
     resolved, engine = load_engine(cfg, str(cfg.chat.backend), bool(cfg.chat.compile))
     feedback = cfg.chat.feedback
     session = ChatSession(
         engine,
-        sampling_params(cfg.sampling),
+        sampling_from_config(cfg.sampling),
         feedback_path=Path(str(feedback)) if feedback else None,
         model_uri=resolved.canonical_uri,
         max_retries=int(cfg.chat.max_retries),

@@ -205,7 +205,7 @@ def main(argv: Sequence[str]) -> int:
         i += 1
     if len(uris) != 1:
         raise ConfigError(f"give exactly one model URI (got {len(uris)}); {USAGE}")
-    from anima.cli import compose
+    from anima.config.compose import compose
     from anima.tracking.store import setup_mlflow
 
     cfg = compose("status", overrides)

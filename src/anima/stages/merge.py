@@ -13,14 +13,14 @@ import math
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
 from anima.errors import ConfigError, ModelError
 
-GREEDY_SOUP = "greedy_soup"
-NEEDS_BASE = ("task_arithmetic", "ties")
+if TYPE_CHECKING:  # anima.merge imports torch: only inside the stage, never at CLI start-up
+    from anima.merge import MergeMethod
 
 
 @dataclass
@@ -41,42 +41,88 @@ class MergeResult:
         return f"models:/{self.registered_name}/{self.version}" if self.version else None
 
 
-def method_names() -> list[str]:
+def check_method(method: str) -> MergeMethod:
+    """The registered method merge.method names; an unknown name fails with one line listing them all."""
     from anima.merge import registered
 
-    return [*registered(), GREEDY_SOUP]
+    methods = registered()
+    if method not in methods:
+        listing = "; ".join(f"{m.name}: {m.description}" for m in methods.values())
+        raise ConfigError(f"merge.method={method!r} is unknown; methods: {listing}")
+    return methods[method]
 
 
-def check_method(method: str) -> None:
+def check_base(m: Any, spec: MergeMethod) -> None:
+    """merge.base is given exactly when the method needs a base model."""
     from anima.merge import registered
 
-    if method == GREEDY_SOUP:
-        return
-    if method not in registered():
-        listing = "; ".join(f"{m.name}: {m.description}" for m in registered().values())
-        raise ConfigError(f"merge.method={method!r} is unknown; methods: {listing}; {GREEDY_SOUP}: add candidates in "
-                          f"rank order, keep one only if held-out perplexity improves")
+    if spec.needs_base and not m.get("base"):
+        raise ConfigError(f"merge.method={spec.name} needs merge.base=<model URI> (the model the candidates were "
+                          f"fine-tuned from)")
+    if m.get("base") and not spec.needs_base:
+        takes = ", ".join(name for name, other in registered().items() if other.needs_base)
+        raise ConfigError(f"merge.base={m.base}: merge.method={spec.name} takes no base model (only {takes})")
 
 
-def method_params(m: Any, method: str, n: int, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+def fit_ingredients(spec: MergeMethod, chosen: list[Any]) -> list[Any]:
+    """The first ``spec.n_models`` selected candidates for a method that takes an exact number (slerp: 2)."""
+    n = spec.n_models
+    if n is None:
+        return chosen
+    if len(chosen) < n:
+        raise ConfigError(f"merge.method={spec.name} needs {n} ingredients, {len(chosen)} selected "
+                          f"(merge.models=[{','.join(['uri'] * n)}] or raise merge.top_k / merge.max_perplexity)")
+    return chosen[:n]
+
+
+def method_params(m: Any, spec: MergeMethod, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
     """(params passed to the method, the weight each ingredient gets, for the version's tags)."""
-    given = list(m.weights) if m.get("weights") is not None else None
-    if given is not None and len(given) != n:
-        raise ConfigError(f"merge.weights has {len(given)} values for {n} ingredients")
-    if method == "uniform" or method == GREEDY_SOUP:
-        return {}, [1.0 / n] * n
-    if method == "weighted":
-        from anima.merge import perplexity_weights
+    given = m.get("weights")
+    if given is not None and len(given) != len(scores):
+        raise ConfigError(f"merge.weights has {len(given)} values for {len(scores)} ingredients")
+    return spec.from_config(m, len(scores), scores)
 
-        w = given if given is not None else perplexity_weights(scores)
-        total = sum(w)
-        return {"weights": [float(x) for x in w]}, [float(x) / total for x in w]
-    if method == "slerp":
-        return {"t": float(m.t)}, [1.0 - float(m.t), float(m.t)]
-    params: dict[str, Any] = {"scaling": float(m.scaling), "weights": given}
-    if method == "ties":
-        params["density"] = float(m.density)
-    return params, [float(x) for x in (given or [1.0] * n)]
+
+def _candidate(uri: str, tracking: Any, what: str) -> Any:
+    from anima.evaluation.candidates import candidate_from_uri
+
+    try:
+        return candidate_from_uri(uri, tracking)
+    except ModelError as e:
+        raise ModelError(f"{what}: {e}") from None
+
+
+def _candidates(cfg: DictConfig) -> tuple[list[Any], Any]:
+    """The candidates (merge.models, else the registry filters) and the base model (None without one)."""
+    from anima.evaluation.candidates import select_candidates
+
+    m, name = cfg.merge, str(cfg.registry.name)
+    if m.models:
+        cands = [_candidate(str(uri), cfg.tracking, "merge.models") for uri in m.models]
+    else:
+        cands = select_candidates(name, tags=dict(m.tags or {}), aliases=list(m.aliases or []),
+                                  study=m.get("study"), versions=list(m.versions or []),
+                                  include_merges=bool(m.include_merges))
+    base = _candidate(_alias_or_uri(str(m.base), name), cfg.tracking, "merge.base") if m.get("base") else None
+    return cands, base
+
+
+def _rank_set(rank_on: str, sets: dict[str, Any], console: Any) -> str:
+    if rank_on in sets:
+        return rank_on
+    fallback = "val" if "val" in sets else next(iter(sets))
+    console.print(f"[yellow]no {rank_on!r} eval set in this data; ranking on {fallback!r}[/]")
+    return fallback
+
+
+def _ingredient_dirs(chosen: list[Any], tracking: Any) -> list[Path]:
+    dirs = []
+    for c in chosen:
+        try:
+            dirs.append(c.local_path(tracking))
+        except ModelError as e:
+            raise ModelError(f"ingredient {c.uri}: {e}") from None
+    return dirs
 
 
 def _alias_or_uri(spec: str, name: str) -> str:
@@ -97,50 +143,23 @@ def run(cfg: DictConfig) -> MergeResult | None:
 def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> MergeResult | None:
     from rich.console import Console
 
-    from anima.evaluation.candidates import candidate_from_uri, score_candidates, select_candidates
+    from anima.evaluation.candidates import score_candidates
     from anima.evaluation.evalsets import load_eval_sets
     from anima.evaluation.ranking import rank_candidates, ranking_records, ranking_table, require_selection
     from anima.tracking.store import setup_mlflow
 
     console = Console()
     m = cfg.merge
-    method = str(m.method)
-    check_method(method)
-    if method in NEEDS_BASE and not m.get("base"):
-        raise ConfigError(f"merge.method={method} needs merge.base=<model URI> (the model the candidates were "
-                          f"fine-tuned from)")
-    if m.get("base") and method not in NEEDS_BASE:
-        raise ConfigError(f"merge.base={m.base}: merge.method={method} takes no base model "
-                          f"(only {', '.join(NEEDS_BASE)})")
+    spec = check_method(str(m.method))
+    check_base(m, spec)
     setup_mlflow(cfg.tracking)
-    name = str(cfg.registry.name)
 
     # 1. candidates
-    if m.models:
-        cands = []
-        for uri in m.models:
-            try:
-                cands.append(candidate_from_uri(str(uri), cfg.tracking))
-            except ModelError as e:
-                raise ModelError(f"merge.models: {e}") from None
-    else:
-        cands = select_candidates(name, tags=dict(m.tags or {}), aliases=list(m.aliases or []),
-                                  study=m.get("study"), versions=list(m.versions or []),
-                                  include_merges=bool(m.include_merges))
-    base = None
-    if m.get("base"):
-        try:
-            base = candidate_from_uri(_alias_or_uri(str(m.base), name), cfg.tracking)
-        except ModelError as e:
-            raise ModelError(f"merge.base: {e}") from None
+    cands, base = _candidates(cfg)
 
     # 2. rank (perplexities cached on the versions as ppl.<fingerprint> tags)
     sets = load_eval_sets(cfg)
-    rank_on = str(m.rank_on)
-    if rank_on not in sets:
-        fallback = "val" if "val" in sets else next(iter(sets))
-        console.print(f"[yellow]no {rank_on!r} eval set in this data; ranking on {fallback!r}[/]")
-        rank_on = fallback
+    rank_on = _rank_set(str(m.rank_on), sets, console)
     to_score = cands + ([base] if base is not None and base.uri not in {c.uri for c in cands} else [])
     score_candidates(to_score, sets, cfg.tracking, batch_size=int(cfg.eval.batch_size), cache=bool(cfg.eval.cache),
                      on_progress=lambda c: console.print(f"  scoring {c.uri} ...", style="dim"))
@@ -163,43 +182,55 @@ def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Merg
     if m.models:  # explicit ingredients keep the order they were given in (slerp: t=0 is the first)
         keep = {c.uri for c in chosen}
         chosen = [c for c in cands if c.uri in keep]
-    if method == "slerp":
-        if len(chosen) < 2:
-            raise ConfigError(f"merge.method=slerp needs 2 ingredients, {len(chosen)} selected "
-                              f"(merge.models=[uri,uri] or raise merge.top_k / merge.max_perplexity)")
-        chosen = chosen[:2]
-    ingredient_scores = [c.scores[rank_on] for c in chosen]
-    params, weights = method_params(m, method, len(chosen), ingredient_scores)
-    dirs = []
-    for c in chosen:
-        try:
-            dirs.append(c.local_path(cfg.tracking))
-        except ModelError as e:
-            raise ModelError(f"ingredient {c.uri}: {e}") from None
+    chosen = fit_ingredients(spec, chosen)
+    params, weights = method_params(m, spec, [c.scores[rank_on] for c in chosen])
+    dirs = _ingredient_dirs(chosen, cfg.tracking)
     base_dir = base.local_path(cfg.tracking) if base is not None else None
-    from anima.merge import check_compatible, get_method
+    from anima.merge import check_compatible
 
     check_compatible(dirs + ([base_dir] if base_dir else []))
-    if method != GREEDY_SOUP:
-        get_method(method).resolve_params(len(dirs), params)
-    return _merge_and_register(cfg, console, method, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
+    spec.resolve_params(len(dirs), params)
+    return _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
                                ranking_records(rows, set_names), rows, overrides)
 
 
-def _merge_and_register(cfg, console, method, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
+def _trial_scorer(dirs: list[Path], chosen: list[Any], sets: dict[str, Any], rank_on: str,
+                  batch_size: int) -> Callable[[Path], float]:
+    """Ranking perplexity of a model dir a procedure tries (greedy soup), logged as soup/trial_ppl; the
+    ingredients' own scores are known already."""
+    import mlflow
+
+    from anima.evaluation.perplexity import score_model_dir
+
+    known = {str(d): c.scores[rank_on] for d, c in zip(dirs, chosen)}
+    trials: list[float] = []
+
+    def evaluate(d: Path) -> float:
+        if str(d) in known:
+            return known[str(d)]
+        score = score_model_dir(d, {rank_on: sets[rank_on]}, batch_size)[rank_on]
+        trials.append(score)
+        mlflow.log_metric("soup/trial_ppl", score, step=len(trials))
+        return score
+
+    return evaluate
+
+
+def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
                         records, rows, overrides) -> MergeResult:
     import mlflow
 
     from anima.evaluation.perplexity import score_model_dir
     from anima.evaluation.ranking import ranking_csv
-    from anima.merge import greedy_soup, merge
-    from anima.stages.train import _output_dir
+    from anima.merge import merge_models
+    from anima.tracking.context import stage_output_dir
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.registry import log_model_dir, register_version
     from anima.tracking.run import config_hash, stage_run
 
     m = cfg.merge
-    out_dir = _output_dir(cfg) / "model"
+    method = spec.name
+    out_dir = stage_output_dir(cfg) / "model"
     name = str(m.get("register_name") or (chosen[0].name if m.models and chosen[0].name else cfg.registry.name))
     bs = int(cfg.eval.batch_size)
     with stage_run(cfg, overrides=overrides, extra_tags={"anima.merge.method": method}) as active:
@@ -208,25 +239,13 @@ def _merge_and_register(cfg, console, method, chosen, dirs, base, base_dir, para
             log_dataset_input(es.source.split("@")[0] + f":{es.name}", es.fingerprint, es.source, "eval")
         mlflow.log_text(ranking_csv(rows, list(sets)), "ranking.csv")
         mlflow.log_text(json.dumps(records, indent=2, default=str) + "\n", "ranking.json")
-        if method == GREEDY_SOUP:
-            known = {str(d): c.scores[rank_on] for d, c in zip(dirs, chosen)}
-            trials: list[float] = []
-
-            def evaluate(d: Path) -> float:
-                if str(d) in known:
-                    return known[str(d)]
-                score = score_model_dir(d, {rank_on: sets[rank_on]}, bs)[rank_on]
-                trials.append(score)
-                mlflow.log_metric("soup/trial_ppl", score, step=len(trials))
-                return score
-
-            kept_dirs, _ = greedy_soup(dirs, evaluate, out_dir)
-            kept_set = {str(d) for d in kept_dirs}
+        kept = merge_models(method, dirs, out_dir, base_dir=base_dir, check=False,
+                            evaluate=_trial_scorer(dirs, chosen, sets, rank_on, bs), **params)
+        if spec.procedure:  # it kept some of the ingredients (greedy soup)
+            kept_set = {str(d) for d in kept}
             chosen = [c for d, c in zip(dirs, chosen) if str(d) in kept_set]
-            weights = [1.0 / len(chosen)] * len(chosen)
-            console.print(f"greedy soup kept {len(chosen)}: {', '.join(c.uri for c in chosen)}")
-        else:
-            merge(method, dirs, out_dir, base_dir=base_dir, check=False, **params)
+            weights = spec.from_config(m, len(chosen), [c.scores[rank_on] for c in chosen])[1]
+            console.print(f"{method.replace('_', ' ')} kept {len(chosen)}: {', '.join(c.uri for c in chosen)}")
         peak = _peak_rss_mb()
         merged = score_model_dir(out_dir, sets, bs)
         best = min((c.scores for c in chosen), key=lambda sc: sc.get(rank_on, math.inf))  # best single ingredient

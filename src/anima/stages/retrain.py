@@ -130,18 +130,17 @@ def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> 
 
 
 def compose_sft(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> tuple[DictConfig, list[str]]:
-    from anima.cli import compose
-    from anima.config.stages import STAGE_SCHEMAS
+    from anima.config.compose import compose, schema_for
     from anima.config.validate import validate
 
     overrides = sft_overrides(cfg, resolved, feedback)
-    sft_cfg = compose("sft", overrides)
+    sft_cfg = compose("sft", overrides, validate=False)  # validated below, once its sources are the feedback
     # The feedback file replaces the sft default's sources (an override would merge into them, and a
     # structured config refuses `~data.sources`), so it is assigned after composition.
     from anima.config.data import SourceConfig
 
     sft_cfg.data.sources = {"feedback": SourceConfig(kind="feedback", path=str(feedback.path))}
-    validate(sft_cfg, STAGE_SCHEMAS["sft"])
+    validate(sft_cfg, schema_for("sft"))
     return sft_cfg, [*overrides, f"data.sources={{feedback: {{kind: feedback, path: '{feedback.path}'}}}}"]
 
 
@@ -151,7 +150,7 @@ def retrain(cfg: DictConfig):
 
     from anima.model.resolve import resolve_model
     from anima.stages.train import train
-    from anima.tracking.run import hydra_overrides
+    from anima.tracking.context import current
 
     path = Path(str(cfg.retrain.feedback)).expanduser()
     if not path.is_file():
@@ -172,7 +171,7 @@ def retrain(cfg: DictConfig):
     client = MlflowClient()
     tags = {"anima.retrain.feedback_fingerprint": fb.fingerprint, "anima.retrain.feedback_examples": str(fb.examples),
             "anima.retrain.feedback_path": str(path), "anima.retrain.from": resolved.canonical_uri,
-            "anima.retrain.command": " ".join(["anima retrain", *hydra_overrides()])}
+            "anima.retrain.command": " ".join(["anima retrain", *current().overrides])}
     for k, v in tags.items():
         client.set_tag(result.run_id, k, v)
     if result.version:

@@ -24,30 +24,23 @@ def api_key(cfg: DictConfig) -> str | None:
     return key
 
 
-def limits(cfg: DictConfig):
-    from anima.serve.app import ServeLimits
-
-    lim = cfg.serve.limits
-    return ServeLimits(max_body_bytes=int(lim.max_body_bytes), max_messages=int(lim.max_messages),
-                       max_tokens=int(lim.max_tokens), max_prompt_chars=int(lim.max_prompt_chars),
-                       max_stop=int(lim.max_stop))
-
-
 def model_name(cfg: DictConfig, resolved) -> str:
     return str(cfg.serve.model_name or resolved.name or resolved.path.name)
 
 
 def build_app(cfg: DictConfig):
     """(app, resolved model, served name): what `run` serves; tests start it with start_server_thread."""
+    from anima.generation.sampling import sampling_from_config
     from anima.serve.app import create_app
-    from anima.stages.chat import load_engine, sampling_params
+    from anima.serve.limits import ServeLimits
+    from anima.stages.chat import load_engine
 
     key = api_key(cfg)  # before loading the model: a missing key fails at once
-    defaults = sampling_params(cfg.sampling)
+    defaults = sampling_from_config(cfg.sampling)
     resolved, engine = load_engine(cfg, str(cfg.serve.backend), bool(cfg.serve.compile))
     name = model_name(cfg, resolved)
-    app = create_app(engine, api_key=key, limits=limits(cfg), defaults=defaults, model_name=name,
-                     workers=int(cfg.serve.workers))
+    app = create_app(engine, api_key=key, limits=ServeLimits.from_config(cfg.serve.limits), defaults=defaults,
+                     model_name=name, workers=int(cfg.serve.workers))
     return app, resolved, name
 
 

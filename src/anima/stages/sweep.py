@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from anima.errors import ConfigError
+from anima.tracking.context import stage_output_dir
 
 
 @dataclass
@@ -73,27 +74,14 @@ def pin_models(cfg: DictConfig, study: Any, base: list[str]) -> list[str]:
     return out
 
 
-def _out_dir(cfg: DictConfig) -> Path:
-    from anima.tracking.run import hydra_output_dir
-
-    out = hydra_output_dir()
-    if out is None:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{time.time_ns() % 1_000_000:06d}"
-        out = Path(str(cfg.paths.experiments_dir)) / "sweep" / stamp
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def run(cfg: DictConfig) -> SweepResult:
     import mlflow
     import optuna
-    from optuna.samplers import GridSampler
     from rich.console import Console
 
-    from anima.paths import conf_dir
-    from anima.sweep.objective import MetricMissing, SweepContext, base_overrides, make_objective
+    from anima.stages.train import train
+    from anima.sweep.objective import SweepContext, base_overrides, make_objective
     from anima.sweep.recover import end_dead_runs, fail_dead_trials
-    from anima.sweep.space import check_space, parse_space
     from anima.sweep.study import (default_study_name, grid_size, make_storage, open_study, requeue_interrupted,
                                    safe_url, used_budget)
     from anima.tracking.run import stage_run
@@ -106,23 +94,14 @@ def run(cfg: DictConfig) -> SweepResult:
     console = Console(highlight=False, soft_wrap=True)
     sw = cfg.sweep
     stage = str(sw.stage)
-    if not (conf_dir() / f"{stage}.yaml").is_file():
-        raise ConfigError(f"sweep.stage={stage}: no conf/{stage}.yaml in {conf_dir()} (stage not available)")
-    if sw.n_trials is None and sw.timeout is None:
-        raise ConfigError("sweep.n_trials=null needs sweep.timeout (seconds), or the sweep would never end")
-    space = parse_space(OmegaConf.to_container(sw.params, resolve=True))
-    propagated = propagated_overrides(cfg)
-    check_space(stage, [*propagated, *base_overrides(sw)], space)  # a wrong key fails before any trial
-    if sw.sampler == "grid":
-        for p in space:
-            p.grid()  # names the first non-discrete param
+    space, propagated = _checked_space(cfg)
     storage = make_storage(sw.storage, int(sw.heartbeat))
     name = str(sw.study_name or default_study_name(storage, str(sw.name)))
     study = open_study(sw, storage, name, space)
     budget = sw.n_trials
     if sw.sampler == "grid":
         budget = min(int(budget or 10**9), grid_size(space))
-    out_dir = _out_dir(cfg)
+    out_dir = stage_output_dir(cfg)
     tags = {"anima.sweep.study": name, "anima.sweep.storage": safe_url(sw.storage), "anima.sweep.space": str(sw.name),
             "anima.sweep.stage": stage}
     if not cfg.get("run_name"):
@@ -143,23 +122,8 @@ def run(cfg: DictConfig) -> SweepResult:
         ctx.pins = pin_models(cfg, study, base_overrides(sw))
         if ctx.pins:
             console.print(f"  pinned for this study: {' '.join(ctx.pins)}")
-        objective = make_objective(ctx)
-        start, interrupted = time.monotonic(), False
-        try:
-            while True:
-                stop.raise_if_requested()
-                fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
-                if sw.timeout and time.monotonic() - start >= float(sw.timeout):
-                    break
-                if budget and used_budget(study) >= int(budget):
-                    break
-                if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
-                    break
-                study.optimize(objective, n_trials=1, gc_after_trial=False)
-        except KeyboardInterrupt:
-            interrupted = True
-        except MetricMissing:
-            raise
+        start = time.monotonic()
+        interrupted = _run_trials(study, storage, make_objective(ctx, train), budget, sw.timeout, stop)
         result = _finish(ctx, study, parent.info.run_id, interrupted)
         end_dead_runs(study, parent.info.experiment_id)  # trials other workers lost meanwhile (heartbeat)
         mlflow.log_text("\n".join(ctx.trial_lines) + "\n", "trials.log")
@@ -169,6 +133,54 @@ def run(cfg: DictConfig) -> SweepResult:
             raise KeyboardInterrupt
     _print_summary(console, ctx, result, time.monotonic() - start)
     return result
+
+
+def _checked_space(cfg: DictConfig) -> tuple[list, list[str]]:
+    """The search space and the overrides trials inherit, every key checked before any trial runs."""
+    from anima.paths import conf_dir
+    from anima.sweep.objective import base_overrides
+    from anima.sweep.space import check_space, parse_space
+
+    sw = cfg.sweep
+    stage = str(sw.stage)
+    if not (conf_dir() / f"{stage}.yaml").is_file():
+        raise ConfigError(f"sweep.stage={stage}: no conf/{stage}.yaml in {conf_dir()} (stage not available)")
+    if sw.n_trials is None and sw.timeout is None:
+        raise ConfigError("sweep.n_trials=null needs sweep.timeout (seconds), or the sweep would never end")
+    space = parse_space(OmegaConf.to_container(sw.params, resolve=True))
+    propagated = propagated_overrides(cfg)
+    check_space(stage, [*propagated, *base_overrides(sw)], space)  # a wrong key fails before any trial
+    if sw.sampler == "grid":
+        for p in space:
+            p.grid()  # names the first non-discrete param
+    return space, propagated
+
+
+def _run_trials(study: Any, storage: Any, objective: Any, budget: int | None, timeout: float | None,
+                stop: Any) -> bool:
+    """One trial at a time until the budget, the timeout or the grid runs out; True when Ctrl-C stopped it."""
+    from optuna.samplers import GridSampler
+
+    from anima.sweep.objective import MetricMissing
+    from anima.sweep.recover import fail_dead_trials
+    from anima.sweep.study import used_budget
+
+    start = time.monotonic()
+    try:
+        while True:
+            stop.raise_if_requested()
+            fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
+            if timeout and time.monotonic() - start >= float(timeout):
+                return False
+            if budget and used_budget(study) >= int(budget):
+                return False
+            if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
+                return False
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
+    except KeyboardInterrupt:
+        return True
+    except MetricMissing:
+        raise
 
 
 def _finish(ctx: Any, study: Any, run_id: str, interrupted: bool) -> SweepResult:

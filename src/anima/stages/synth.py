@@ -58,7 +58,7 @@ def synth(cfg: DictConfig) -> SynthRun:
     import mlflow
 
     from anima.fingerprint import hash_files
-    from anima.stages.chat import sampling_params
+    from anima.generation.sampling import sampling_from_config
     from anima.synth import load_prompts, synthesize
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.redact import redact_text
@@ -70,7 +70,7 @@ def synth(cfg: DictConfig) -> SynthRun:
     prompts = load_prompts(prompts_path)  # a bad file fails here, before any run or request
     if int(cfg.synth.max_prompts):
         prompts = prompts[: int(cfg.synth.max_prompts)]
-    params = sampling_params(cfg.sampling)
+    params = sampling_from_config(cfg.sampling)
     teacher, tags = make_teacher(cfg)
     out = Path(str(cfg.synth.out)).expanduser()
     with stage_run(_loggable(cfg), extra_tags=tags) as active:

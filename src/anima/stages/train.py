@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
 from anima.errors import AnimaError
-
-
-@dataclass
-class TrainResult:
-    run_id: str
-    model_dir: Path
-    metrics: dict[str, float]
-    version: str | None = None
-    registered_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model_uri(self) -> str:
-        if self.version:
-            return f"models:/{self.registered_name}/{self.version}"
-        return f"runs:/{self.run_id}/model"
+from anima.tracking.context import stage_output_dir
+from anima.train.result import TrainResult
+from anima.train.settings import torch_settings
 
 
 def run(cfg: DictConfig) -> TrainResult:
@@ -40,42 +24,6 @@ def run(cfg: DictConfig) -> TrainResult:
     if result.version:
         c.print(f"  registered [bold]{result.model_uri}[/]  (chat: anima chat model={result.model_uri})")
     return result
-
-
-@contextlib.contextmanager
-def torch_settings(cfg: DictConfig) -> Iterator[None]:
-    """Threads and matmul precision for this run only: a library call must not leave them changed for the
-    caller (a sweep, a pipeline, tests that compare logits in exact fp32 afterwards)."""
-    import logging
-    import warnings
-
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning 2.6 vs torch 2.13 deprecation noise
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
-    saved = (torch.get_num_threads(), torch.get_float32_matmul_precision())
-    if cfg.device.threads:
-        torch.set_num_threads(int(cfg.device.threads))
-    torch.set_float32_matmul_precision(str(cfg.device.matmul_precision))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved[0])
-        torch.set_float32_matmul_precision(saved[1])
-
-
-def _output_dir(cfg: DictConfig) -> Path:
-    from anima.tracking.run import hydra_output_dir
-
-    out = hydra_output_dir()
-    if out is None:
-        out = Path(str(cfg.paths.experiments_dir)) / str(cfg.stage) / time.strftime("%Y-%m-%d_%H-%M-%S")
-        out = out.with_name(out.name + f"_{time.time_ns() % 1_000_000:06d}")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def build_loss_terms(cfg: DictConfig, model, bundle) -> list:
@@ -145,16 +93,14 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
 def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None, nested: bool) -> TrainResult:
     import lightning as L
     import mlflow
-    from torch.utils.data import DataLoader
 
     from anima.model.build import count_parameters
     from anima.train.logger import StageRunLogger
     from anima.train.module import CausalLMModule
-    from anima.train.precision import attention_implementation, compile_training, resolve_precision
+    from anima.train.precision import attention_implementation, compile_training
     from anima.train.prepare import prepare_data
     from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
     from anima.train.schedule import duration_seconds, step_limit
-    from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
 
     if str(cfg.stage) == "distill" and str(cfg.distill.mode) == "generate":
@@ -169,7 +115,6 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     bundle = prepare_data(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep
     from anima.train.init import initial_model
-    from anima.train.interrupt import StopOnInterrupt, graceful_interrupt
 
     model, parent_uri = initial_model(cfg, bundle.tokenizer)
     getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(cfg.device))
@@ -178,7 +123,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
 
         check_packing_support(model, f"model.path={cfg.model.path}")  # anima's own Llama builds: tested
     limit, compile_model = step_limit(cfg.trainer), compile_training(cfg)
-    out_dir = point.ckpt_dir.parent if point else _output_dir(cfg)
+    out_dir = point.ckpt_dir.parent if point else stage_output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
     if point and point.changed:
@@ -187,20 +132,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         run_id = active.info.run_id
         n_params = count_parameters(model)
         if point is None or "model.n_parameters" not in mlflow.get_run(run_id).data.params:  # once per run
-            n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
-            mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
-                               "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
-                               "device.precision_used": resolve_precision(cfg.device),
-                               "device.attention_used": attention_implementation(cfg.device),
-                               "optim.compile_used": compile_model,
-                               **{f"data.{k}": v for k, v in bundle.stats.items()}})
-            mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
-                             "anima.tokenizer": bundle.tokenizer_dir.name})
-            log_dataset_input(bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
-            for name, fp, path, context in bundle.aux.get("inputs", []):  # prompts, persona seeds
-                log_dataset_input(name, fp, path, context)
-            if bundle.lineage:
-                mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
+            _log_run_inputs(cfg, model, bundle, n_params, parent_uri, compile_model)
         terms = build_loss_terms(cfg, model, bundle)
         budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
         module = CausalLMModule(model, terms, cfg.optim, limit,
@@ -208,37 +140,80 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
                                 time_budget_s=budget_s, compile=compile_model)
         logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
                               run_id=run_id, log_model=False)
-        with graceful_interrupt() as stop:
-            trainer = _trainer(cfg, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
-            accum = int(cfg.trainer.grad_accum)
-            total = limit * accum if limit else 1 << 62
-            train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
-            val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
-            try:
-                trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
-                            val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-            except SystemExit:
-                # Lightning answers Ctrl-C with exit(1): report it as an interrupt so the run ends KILLED,
-                # resumable with resume=auto.
-                if not trainer.interrupted:
-                    raise
-            finally:
-                stop.reinstall()  # Lightning ignores SIGINT after an interrupt
-            if trainer.interrupted or stop.requested:
-                raise KeyboardInterrupt
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if not any(k.startswith("val/") for k in metrics) or module.last_val_step != trainer.global_step:
-            trainer.validate(module, val_loaders, verbose=False)  # final numbers on the final weights
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-        for k, v in metrics.items():
-            if not math.isfinite(v):
-                raise AnimaError(f"training diverged: {k}={v} (lower optim.lr or raise optim.warmup_steps)")
+        trainer, val_loaders = _fit(cfg, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit)
+        metrics = _final_metrics(trainer, module, val_loaders)
         if cfg.tracking.log_checkpoints:
             for name in ("best.ckpt", "last.ckpt"):
                 if (ckpt_dir / name).is_file():
                     mlflow.log_artifact(str(ckpt_dir / name), "checkpoints")
         result = _finish(cfg, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params, trainer)
     return result
+
+
+def _log_run_inputs(cfg: DictConfig, model, bundle, n_params: int, parent_uri: str | None,
+                    compile_model: bool) -> None:
+    """Once per run (not again on resume): model size, what the run resolved (precision, attention, compile),
+    data stats, and the datasets it read (training, prompts, persona seeds) with their lineage tags."""
+    import mlflow
+
+    from anima.train.precision import attention_implementation, resolve_precision
+    from anima.tracking.datasets import log_dataset_input
+
+    n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+    mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
+                       "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
+                       "device.precision_used": resolve_precision(cfg.device),
+                       "device.attention_used": attention_implementation(cfg.device),
+                       "optim.compile_used": compile_model,
+                       **{f"data.{k}": v for k, v in bundle.stats.items()}})
+    mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
+                     "anima.tokenizer": bundle.tokenizer_dir.name})
+    log_dataset_input(bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
+    for name, fp, path, context in bundle.aux.get("inputs", []):  # prompts, persona seeds
+        log_dataset_input(name, fp, path, context)
+    if bundle.lineage:
+        mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
+
+
+def _fit(cfg: DictConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None, logger, callbacks: Sequence,
+         limit: int | None) -> tuple[Any, list]:
+    """(trainer, val loaders) after `trainer.fit`; Ctrl-C (ours or Lightning's) ends as KeyboardInterrupt."""
+    from torch.utils.data import DataLoader
+
+    from anima.train.interrupt import StopOnInterrupt, graceful_interrupt
+
+    with graceful_interrupt() as stop:
+        trainer = _trainer(cfg, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
+        accum = int(cfg.trainer.grad_accum)
+        total = limit * accum if limit else 1 << 62
+        train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
+        val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
+        try:
+            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
+                        val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        except SystemExit:
+            # Lightning answers Ctrl-C with exit(1): report it as an interrupt so the run ends KILLED,
+            # resumable with resume=auto.
+            if not trainer.interrupted:
+                raise
+        finally:
+            stop.reinstall()  # Lightning ignores SIGINT after an interrupt
+        if trainer.interrupted or stop.requested:
+            raise KeyboardInterrupt
+    return trainer, val_loaders
+
+
+def _final_metrics(trainer, module, val_loaders: list) -> dict[str, float]:
+    """The run's scalar metrics on the final weights (validated once more when the last validation was at an
+    earlier step); a non-finite one means training diverged."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if not any(k.startswith("val/") for k in metrics) or module.last_val_step != trainer.global_step:
+        trainer.validate(module, val_loaders, verbose=False)  # final numbers on the final weights
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    for k, v in metrics.items():
+        if not math.isfinite(v):
+            raise AnimaError(f"training diverged: {k}={v} (lower optim.lr or raise optim.warmup_steps)")
+    return metrics
 
 
 def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics: dict[str, float],

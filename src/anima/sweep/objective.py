@@ -12,17 +12,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Protocol, Sequence
 
 import optuna
 
 from anima.errors import AnimaError, ConfigError
 from anima.sweep.space import Param, to_overrides
-from anima.sweep.recover import SWEEP_RUN
 from anima.sweep.study import INTERRUPTED, retry_of
+from anima.sweep.tags import SWEEP_RUN, TAG_RETRY_OF, TAG_STATE, TAG_STUDY, TAG_TRIAL
+from anima.train.result import TrainResult
 
-TAG_STUDY, TAG_TRIAL, TAG_STATE = "anima.sweep.study", "anima.sweep.trial", "anima.sweep.state"
-TAG_RETRY_OF = "anima.sweep.retry_of"
 INTERRUPTED_MSG = "interrupted (Ctrl-C)"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
@@ -75,23 +74,6 @@ def base_overrides(sweep: Any) -> list[str]:
     return [*map(str, sweep.overrides), *to_overrides(extra)]
 
 
-@contextlib.contextmanager
-def trial_output_dir(path: Path, overrides: Sequence[str]) -> Iterator[None]:
-    """Point Hydra's runtime.output_dir (which the training stage writes into) at the trial's own folder."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    inst = HydraConfig.instance()
-    saved = inst.cfg
-    path.mkdir(parents=True, exist_ok=True)
-    inst.cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(path)},
-                                           "overrides": {"task": list(overrides)}}})
-    try:
-        yield
-    finally:
-        inst.cfg = saved
-
-
 def _tag(run_id: str | None, tags: dict[str, Any], status: str | None = None) -> None:
     if not run_id:
         return
@@ -114,11 +96,17 @@ def _record_failed_run(ctx: SweepContext, trial: optuna.Trial, error: str) -> st
     return run.info.run_id
 
 
-def make_objective(ctx: SweepContext):
-    from anima.cli import compose, one_line
-    from anima.config.stages import STAGE_SCHEMAS
-    from anima.config.validate import validate
-    from anima.stages.train import train
+class TrainFn(Protocol):
+    """The training stage a sweep optimises (`anima.stages.train.train`), passed in by the sweep stage."""
+
+    def __call__(self, cfg: Any, callbacks: Sequence = (), overrides: Sequence[str] | None = None,
+                 nested: bool = False) -> TrainResult: ...
+
+
+def make_objective(ctx: SweepContext, train: TrainFn):
+    """The Optuna objective: one trial trains `ctx.sweep.stage` with `train` and returns its `sweep.metric`."""
+    from anima.config.compose import compose, one_line
+    from anima.tracking.context import run_context
     from anima.sweep.pruning import StepPruningCallback
 
     sweep = ctx.sweep
@@ -144,9 +132,8 @@ def make_objective(ctx: SweepContext):
         state, value, error = "FAIL", float("nan"), None
         try:
             cfg = compose(str(sweep.stage), overrides)
-            validate(cfg, STAGE_SCHEMAS[str(sweep.stage)])
             trial.set_user_attr("registered_name", str(sweep.register_name or cfg.registry.name))
-            with trial_output_dir(ctx.out_dir / f"trial-{trial.number:03d}", overrides):
+            with run_context(output_dir=ctx.out_dir / f"trial-{trial.number:03d}", overrides=overrides):
                 result = train(cfg, callbacks=[cb], overrides=overrides, nested=True)
             trial.set_user_attr("run_id", result.run_id)
             if metric not in result.metrics:

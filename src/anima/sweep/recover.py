@@ -17,7 +17,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-SWEEP_RUN = "sweep_run_id"  # trial user attr: the sweep (parent) run of the worker that runs the trial
+from anima.sweep.tags import SWEEP_RUN, TAG_STATE, TAG_STUDY, TAG_TRIAL
+
 DIED = "worker died"
 
 
@@ -72,7 +73,6 @@ def end_dead_runs(study: optuna.Study, experiment_id: str) -> list[str]:
     Returns the ids of the trial runs fixed."""
     from mlflow import MlflowClient
 
-    from anima.sweep.objective import TAG_STATE, TAG_STUDY, TAG_TRIAL
     from anima.tracking.liveness import mark_dead_runs
 
     mark_dead_runs([experiment_id])

@@ -168,11 +168,12 @@ def check_space(stage: str, base_overrides: Sequence[str], space: Sequence[Param
     bound is the wrong type or out of the schema's range (e.g. optim.lr low=0)."""
     from omegaconf import OmegaConf
 
-    from anima.cli import compose
-    from anima.config.stages import STAGE_SCHEMAS
+    from anima.config.compose import compose, schema_for
     from anima.config.validate import _walk
 
-    base = compose(stage, list(base_overrides))
+    # Neither the base nor a probe is a config that runs (cross-field rules apply to each trial's own): only
+    # the keys and their ranges are checked here.
+    base = compose(stage, list(base_overrides), validate=False)
     known = _flat_keys(base)
     for p in space:
         if is_group(p.key):
@@ -186,13 +187,13 @@ def check_space(stage: str, base_overrides: Sequence[str], space: Sequence[Param
             near = difflib.get_close_matches(p.key, known, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigError(f"sweep.params.{p.key}: no key {p.key} in the {stage} config{hint}")
-    schema = STAGE_SCHEMAS[stage]
+    schema = schema_for(stage)
     keyed = [p for p in space if not is_group(p.key)]
     depth = max((len(p.probes()) for p in keyed), default=0)
     for i in range(depth):  # every key at its i-th probe value, together: types + per-key ranges
         probe = {p.key: p.probes()[min(i, len(p.probes()) - 1)] for p in keyed}
         try:
-            cfg = compose(stage, [*base_overrides, *to_overrides(probe)])
+            cfg = compose(stage, [*base_overrides, *to_overrides(probe)], validate=False)
             _walk(schema, OmegaConf.to_container(cfg, resolve=True), "")
         except ConfigError as e:
             raise ConfigError(f"sweep.params: {e}") from None

@@ -14,8 +14,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from anima.errors import ConfigError
-from anima.sweep.recover import SWEEP_RUN
 from anima.sweep.space import Param
+from anima.sweep.tags import SWEEP_RUN
 from anima.tracking.redact import redact
 
 INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C: rerun when the study resumes

@@ -17,7 +17,7 @@ def tokenizer_fingerprint(corpus_fp: str, tok_cfg: Any, template: str) -> str:
 
 def ensure_tokenizer(corpus, tok_cfg: Any, template: str, cache_dir: str | Path) -> tuple[Path, bool]:
     """(tokenizer dir, trained_now). Cached under <cache>/tokenizers/<fingerprint>/; written atomically."""
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import build_hf_tokenizer, save_tokenizer
     from anima.tokenizer.train import train_sentencepiece
 

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from anima.errors import ConfigError, DataError
+from anima.errors import AnimaError, ConfigError, DataError
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -56,6 +56,36 @@ def _strip_temp_paths(model_file: Path) -> None:
     model_file.write_bytes(proto.SerializeToString())
 
 
+def _spool(corpus: Iterable[str | os.PathLike], corpus_file: Path) -> int:
+    """Write the corpus's non-blank lines to one file, in order; returns how many (none: DataError)."""
+    n_lines = 0
+    with corpus_file.open("w", encoding="utf-8") as f:
+        for line in _iter_lines(corpus):
+            f.write(line + "\n")
+            n_lines += 1
+    if n_lines == 0:
+        raise DataError("tokenizer corpus is empty: no non-blank line of text to train SentencePiece on")
+    return n_lines
+
+
+def _training_error(e: RuntimeError, vocab_size: int, n_lines: int) -> AnimaError:
+    """SentencePiece's RuntimeError as the one-line error a user can act on (vocab size vs the corpus)."""
+    msg = str(e)
+    m = _TOO_HIGH.search(msg)
+    if m:
+        return DataError(
+            f"tokenizer.vocab_size={vocab_size} is too large for this corpus ({n_lines} lines): "
+            f"use tokenizer.vocab_size <= {m.group(2)} or add text"
+        )
+    m = _TOO_SMALL.search(msg)
+    if m:
+        return ConfigError(
+            f"tokenizer.vocab_size={vocab_size} is smaller than the {m.group(2)} pieces this corpus "
+            f"needs (its characters + specials): raise it or lower tokenizer.character_coverage"
+        )
+    return DataError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else e!r}")
+
+
 def train_sentencepiece(
     corpus: Iterable[str | os.PathLike],
     vocab_size: int,
@@ -87,14 +117,7 @@ def train_sentencepiece(
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm-") as tmp:
         corpus_file = Path(tmp) / "corpus.txt"
-        n_lines = 0
-        with corpus_file.open("w", encoding="utf-8") as f:
-            for line in _iter_lines(corpus):
-                f.write(line + "\n")
-                n_lines += 1
-        if n_lines == 0:
-            raise DataError("tokenizer corpus is empty: no non-blank line of text to train SentencePiece on")
-
+        n_lines = _spool(corpus, corpus_file)
         spm.set_random_generator_seed(seed)
         prefix = Path(tmp) / "tokenizer"
         try:
@@ -119,20 +142,7 @@ def train_sentencepiece(
                 minloglevel=2,
             )
         except RuntimeError as e:
-            msg = str(e)
-            m = _TOO_HIGH.search(msg)
-            if m:
-                raise DataError(
-                    f"tokenizer.vocab_size={vocab_size} is too large for this corpus ({n_lines} lines): "
-                    f"use tokenizer.vocab_size <= {m.group(2)} or add text"
-                ) from None
-            m = _TOO_SMALL.search(msg)
-            if m:
-                raise ConfigError(
-                    f"tokenizer.vocab_size={vocab_size} is smaller than the {m.group(2)} pieces this corpus "
-                    f"needs (its characters + specials): raise it or lower tokenizer.character_coverage"
-                ) from None
-            raise DataError(f"SentencePiece training failed: {msg.splitlines()[-1] if msg else e!r}") from None
+            raise _training_error(e, vocab_size, n_lines) from None
 
         _strip_temp_paths(prefix.with_suffix(".model"))
         target = out_dir / MODEL_FILENAME

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from anima.fingerprint import hash_obj
 from anima.paths import SOURCE_ROOT
+from anima.tracking.context import current
 from anima.tracking.gitinfo import git_state
 from anima.tracking.names import run_name
 from anima.tracking.redact import redact, redact_overrides, redact_text
 from anima.tracking.store import setup_mlflow
-
-# Tags every run started inside `inherited_tags(...)` receives (the pipeline makes its steps' runs children).
-_inherited: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def inherited_tags(tags: dict[str, str]) -> Iterator[None]:
-    """Runs started by `stage_run` inside this block carry `tags` (an explicit nested parent still wins)."""
-    global _inherited
-    saved = _inherited
-    _inherited = {**saved, **tags}
-    try:
-        yield
-    finally:
-        _inherited = saved
-
 
 # Keys that say where/how a run is recorded, not what it computes: excluded from the config hash.
 NON_SEMANTIC_KEYS = ("paths", "tracking", "run_name", "resume", "resume_force")
@@ -55,25 +39,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def hydra_overrides() -> list[str]:
-    """The task overrides of the current Hydra job (empty outside @hydra.main)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except Exception:
-        return []
-
-
-def hydra_output_dir() -> Path | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:
-        return None
 
 
 def log_config(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -105,13 +70,14 @@ def stage_run(
 
     setup_mlflow(cfg.tracking)
     mark_dead_runs()  # a run killed -9 earlier is shown KILLED, not RUNNING forever
-    overrides = list(hydra_overrides() if overrides is None else overrides)
+    context = current()
+    overrides = list(context.overrides if overrides is None else overrides)
     sha, dirty = git_state(SOURCE_ROOT)  # the code that ran, wherever the project's data lives
     stage = str(cfg.stage)
     name = redact_text(str(cfg.get("run_name") or run_name(cfg, overrides)))  # explicit run_name wins
     parent = mlflow.active_run() if nested else None
     tags = {
-        **_inherited,
+        **context.tags,
         "anima.stage": stage,
         "anima.command": shlex.join(["anima", stage, *redact_overrides(overrides)]),
         "anima.config_hash": config_hash(cfg),
@@ -122,9 +88,8 @@ def stage_run(
     }
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
-    out_dir = hydra_output_dir()
-    if out_dir is not None:
-        tags["anima.output_dir"] = str(out_dir)
+    if context.output_dir is not None:
+        tags["anima.output_dir"] = str(context.output_dir)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested, tags=tags)
     lock = RunLock(run.info.run_id, cfg.tracking)  # held while this process runs it (liveness.py)
     try:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-_configured: tuple[str, str] | None = None
 _reachable: set[str] = set()
 
 # MLflow's HTTP client retries an unreachable server for minutes (7 retries, backoff factor 2, 120 s timeout).
@@ -47,7 +46,6 @@ def check_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 def setup_mlflow(tracking: Any) -> str:
     """Set the tracking URI (creating the sqlite dir; checking that a server answers) and return the
     experiment id."""
-    global _configured
     uri = str(tracking.uri)
     if uri.startswith(("http://", "https://")):
         for key, value in HTTP_DEFAULTS.items():
@@ -76,11 +74,4 @@ def setup_mlflow(tracking: Any) -> str:
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
-    _configured = (uri, exp_id)
     return exp_id
-
-
-def client():
-    from mlflow import MlflowClient
-
-    return MlflowClient()

@@ -167,7 +167,7 @@ def build_extra_terms(cfg: Any, model, bundle) -> list:
         if chat is None or chat.persona_train is None:
             raise ConfigError(f"loss.persona_guard.weight={guard.weight} needs chat data with a persona set "
                               f"(data.kind=chat and data.persona, or loss.persona_guard.data)")
-        from anima.train.chat_data import ChatBatches
+        from anima.train.chat_rows import ChatBatches
         from anima.train.teacher import frozen_copy
 
         batches = ChatBatches(chat.persona_train, int(cfg.trainer.batch_size), chat.pad_id, int(cfg.seed) + 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from anima.errors import DataError
-from anima.train.losses import IGNORE_INDEX
+from anima.train.labels import IGNORE_INDEX, NO_TARGETS
 
 
 def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
@@ -60,7 +60,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     flat = labels.reshape(-1)
     n = int((flat != IGNORE_INDEX).sum())
     if n == 0:
-        raise DataError("a training batch has no target tokens (assistant mask all zeros); "
-                        "check the chat template and max_seq_len truncation")
+        raise DataError(NO_TARGETS)
     total = _ChunkedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, flat, chunk)
     return total / n

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from anima.errors import DataError
-
-IGNORE_INDEX = -100
+from anima.train.labels import IGNORE_INDEX, NO_TARGETS
 
 
 class LossTerm(Protocol):
@@ -35,8 +34,7 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: s
     """
     flat_labels = labels.reshape(-1)
     if not bool((flat_labels != IGNORE_INDEX).any()):
-        raise DataError("a training batch has no target tokens (assistant mask all zeros); "
-                        "check the chat template and max_seq_len truncation")
+        raise DataError(NO_TARGETS)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), flat_labels,
                            ignore_index=IGNORE_INDEX, reduction=reduction)
 

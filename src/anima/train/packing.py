@@ -28,8 +28,8 @@ from typing import Callable, Sequence
 import torch
 
 from anima.errors import ConfigError, DataError
-from anima.train.chat_data import ChatBatches, ChatRows
-from anima.train.losses import IGNORE_INDEX
+from anima.train.chat_rows import ChatBatches, ChatRows
+from anima.train.labels import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from anima.data.chat_readers import read_jsonl_chats
 from anima.errors import ConfigError, DataError
 from anima.fingerprint import hash_files, hash_obj
 
@@ -36,24 +37,6 @@ class TeacherPairs:
     teacher: str  # canonical teacher URI
     failures: int = 0
     generated_now: bool = False
-
-
-def read_jsonl_chats(path: Path | str) -> list[dict]:
-    """Chat examples from a JSONL file (one ``{"messages": [...]}`` object per line); errors name the line."""
-    path = Path(path)
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(ex, dict) or not isinstance(ex.get("messages"), list):
-            raise DataError(f"{path}:{n}: expected an object with a 'messages' list")
-        ex.setdefault("id", f"{path.stem}-{n}")
-        out.append(ex)
-    return out
 
 
 def prompt_of(messages: Sequence[dict]) -> list[dict] | None:
@@ -100,12 +83,9 @@ def teacher_fingerprint(model_dir: Path) -> str:
 
 
 def _sampling(cfg: Any):
-    from anima.generation.sampling import SamplingParams
+    from anima.generation.sampling import sampling_from_config
 
-    s = cfg.sampling
-    return SamplingParams(temperature=float(s.temperature), top_p=float(s.top_p), top_k=int(s.top_k),
-                          repetition_penalty=float(s.repetition_penalty), max_new_tokens=int(s.max_new_tokens),
-                          seed=int(s.seed) if s.get("seed") is not None else int(cfg.seed)).validate()
+    return sampling_from_config(cfg.sampling, seed=int(cfg.seed))
 
 
 def ensure_teacher_pairs(cfg: Any, source) -> TeacherPairs:
@@ -166,10 +146,11 @@ def generate_stage(cfg: Any, overrides: Sequence[str] | None = None, nested: boo
     """`anima distill distill.mode=generate`: produce (or reuse) the teacher pairs, log them as a dataset."""
     import mlflow
 
-    from anima.stages.train import TrainResult, torch_settings
     from anima.tracking.datasets import log_dataset_input
     from anima.tracking.run import stage_run
-    from anima.train.chat_data import load_chat_source
+    from anima.train.chat_source import load_chat_source
+    from anima.train.result import TrainResult
+    from anima.train.settings import torch_settings
 
     source = load_chat_source(cfg) if not cfg.distill.get("prompts") else None
     with torch_settings(cfg), stage_run(cfg, overrides=overrides, nested=nested) as active:

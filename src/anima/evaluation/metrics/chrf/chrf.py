@@ -1,27 +1,8 @@
 """chrF: character n-gram F-score (Popović 2015), n = 1..6, beta = 2 (local module)."""
 
 import collections
-import datasets
-import evaluate
 
-_CITATION = """Popović, Maja. 2015. chrF: character n-gram F-score for automatic MT evaluation.
-Proceedings of the Tenth Workshop on Statistical Machine Translation, 392-395."""
-
-_DESCRIPTION = """Corpus-level chrF as computed by sacreBLEU 2.x CHRF(char_order=6, word_order=0, beta=2,
-whitespace=False, eps_smoothing=False): whitespace is removed before extracting character n-grams;
-for each order n the hypothesis, reference and matched n-gram counts (match = clipped min of counts)
-are summed over the corpus; chrP and chrR are the means of P_n and R_n over the orders where both
-hypothesis and reference have n-grams; chrF = (1 + beta^2) chrP chrR / (beta^2 chrP + chrR).
-Case-sensitive. Reported on sacreBLEU's 0-100 scale."""
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: list of generated replies (str).
-    references: list of reference replies (str), one per prediction.
-    char_order: max character n-gram order (default 6). beta: recall weight (default 2).
-Returns:
-    chrf: corpus chrF in [0, 100]; chrf_precision, chrf_recall: chrP and chrR in [0, 100].
-"""
+from anima.evaluation.metric_base import ReplyMetric
 
 
 def char_ngrams(text, n):
@@ -55,17 +36,24 @@ def chrf_from_statistics(stats, beta=2.0):
     return p, r, f
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Chrf(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+class Chrf(ReplyMetric):
+    DESCRIPTION = """Corpus-level chrF as computed by sacreBLEU 2.x CHRF(char_order=6, word_order=0, beta=2,
+whitespace=False, eps_smoothing=False): whitespace is removed before extracting character n-grams;
+for each order n the hypothesis, reference and matched n-gram counts (match = clipped min of counts)
+are summed over the corpus; chrP and chrR are the means of P_n and R_n over the orders where both
+hypothesis and reference have n-grams; chrF = (1 + beta^2) chrP chrR / (beta^2 chrP + chrR).
+Case-sensitive. Reported on sacreBLEU's 0-100 scale."""
+    INPUTS = """
+Args:
+    predictions: list of generated replies (str).
+    references: list of reference replies (str), one per prediction.
+    char_order: max character n-gram order (default 6). beta: recall weight (default 2).
+Returns:
+    chrf: corpus chrF in [0, 100]; chrf_precision, chrf_recall: chrP and chrR in [0, 100].
+"""
+    CITATION = """Popović, Maja. 2015. chrF: character n-gram F-score for automatic MT evaluation.
+Proceedings of the Tenth Workshop on Statistical Machine Translation, 392-395."""
+    REFERENCES = True
 
     def _compute(self, predictions, references, char_order=6, beta=2.0):
         p, r, f = chrf_from_statistics(chrf_statistics(predictions, references, char_order), beta)

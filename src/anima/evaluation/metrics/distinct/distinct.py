@@ -1,22 +1,6 @@
 """distinct-1/2: share of unique word n-grams among all n-grams of the replies (local module)."""
 
-import datasets
-import evaluate
-
-_CITATION = """Li, Galley, Brockett, Gao, Dolan. 2016. A Diversity-Promoting Objective Function for Neural
-Conversation Models. NAACL-HLT."""
-
-_DESCRIPTION = """distinct-n = number of unique n-grams / total number of n-grams, pooled over all predictions
-(corpus level; n-grams never cross reply boundaries). Tokens: lowercased whitespace-split words.
-0 when there is no n-gram at all. In [0, 1]; higher = more diverse."""
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: list of generated replies (str).
-    orders: n-gram orders to report (default (1, 2)).
-Returns:
-    distinct_<n> for each order.
-"""
+from anima.evaluation.metric_base import ReplyMetric
 
 
 def ngrams(tokens, n):
@@ -32,15 +16,19 @@ def distinct_n(predictions, n):
     return len(unique) / total if total else 0.0
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Distinct(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+class Distinct(ReplyMetric):
+    DESCRIPTION = """distinct-n = number of unique n-grams / total number of n-grams, pooled over all predictions
+(corpus level; n-grams never cross reply boundaries). Tokens: lowercased whitespace-split words.
+0 when there is no n-gram at all. In [0, 1]; higher = more diverse."""
+    INPUTS = """
+Args:
+    predictions: list of generated replies (str).
+    orders: n-gram orders to report (default (1, 2)).
+Returns:
+    distinct_<n> for each order.
+"""
+    CITATION = """Li, Galley, Brockett, Gao, Dolan. 2016. A Diversity-Promoting Objective Function for Neural
+Conversation Models. NAACL-HLT."""
 
     def _compute(self, predictions, orders=(1, 2)):
         return {f"distinct_{n}": distinct_n(predictions, n) for n in orders}

@@ -1,22 +1,8 @@
 """Persona-keyword rate: fraction of replies mentioning at least one persona keyword (local module)."""
 
 import re
-import datasets
-import evaluate
 
-_CITATION = ""
-
-_DESCRIPTION = """Fraction of replies that contain at least one of the given keywords, case-insensitive, as a
-whole word or phrase (not inside another word: 'bot' does not match 'robot'; inner whitespace of a
-phrase matches any whitespace). In [0, 1]; 0 for no replies or no keywords."""
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: list of generated replies (str).
-    keywords: list of persona keywords or phrases (str).
-Returns:
-    persona_keyword_rate: share of replies with a keyword.
-"""
+from anima.evaluation.metric_base import ReplyMetric
 
 
 def keyword_pattern(keywords):
@@ -26,15 +12,17 @@ def keyword_pattern(keywords):
     return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class PersonaKeywords(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+class PersonaKeywords(ReplyMetric):
+    DESCRIPTION = """Fraction of replies that contain at least one of the given keywords, case-insensitive, as a
+whole word or phrase (not inside another word: 'bot' does not match 'robot'; inner whitespace of a
+phrase matches any whitespace). In [0, 1]; 0 for no replies or no keywords."""
+    INPUTS = """
+Args:
+    predictions: list of generated replies (str).
+    keywords: list of persona keywords or phrases (str).
+Returns:
+    persona_keyword_rate: share of replies with a keyword.
+"""
 
     def _compute(self, predictions, keywords=()):
         pattern = keyword_pattern(list(keywords))

@@ -1,23 +1,6 @@
 """Repetition rate: fraction of a reply's word n-grams that repeat an earlier one in it (local module)."""
 
-import datasets
-import evaluate
-
-_CITATION = """Welleck, Kulikov, Roller, Dinan, Cho, Weston. 2020. Neural Text Generation with Unlikelihood
-Training. ICLR (seq-rep-n)."""
-
-_DESCRIPTION = """Per reply: rep_n = 1 - unique n-grams / total n-grams (seq-rep-n of Welleck et al. 2020),
-tokens being lowercased whitespace-split words. Reported as the mean over replies that have at least
-one n-gram (shorter replies cannot repeat and are left out); 0 when none has. In [0, 1]; lower =
-less degenerate looping."""
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: list of generated replies (str).
-    n: n-gram order (default 3).
-Returns:
-    repetition_<n>: mean repeated-n-gram fraction; repetition_<n>_replies: replies that were scored.
-"""
+from anima.evaluation.metric_base import ReplyMetric
 
 
 def repetition_rate(text, n):
@@ -28,15 +11,20 @@ def repetition_rate(text, n):
     return 1.0 - len(set(grams)) / len(grams)
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Repetition(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
+class Repetition(ReplyMetric):
+    DESCRIPTION = """Per reply: rep_n = 1 - unique n-grams / total n-grams (seq-rep-n of Welleck et al. 2020),
+tokens being lowercased whitespace-split words. Reported as the mean over replies that have at least
+one n-gram (shorter replies cannot repeat and are left out); 0 when none has. In [0, 1]; lower =
+less degenerate looping."""
+    INPUTS = """
+Args:
+    predictions: list of generated replies (str).
+    n: n-gram order (default 3).
+Returns:
+    repetition_<n>: mean repeated-n-gram fraction; repetition_<n>_replies: replies that were scored.
+"""
+    CITATION = """Welleck, Kulikov, Roller, Dinan, Cho, Weston. 2020. Neural Text Generation with Unlikelihood
+Training. ICLR (seq-rep-n)."""
 
     def _compute(self, predictions, n=3):
         rates = [r for r in (repetition_rate(t, n) for t in predictions) if r is not None]

@@ -1,29 +1,16 @@
 """Mean reply length in whitespace-separated words (local module)."""
 
-import datasets
-import evaluate
+from anima.evaluation.metric_base import ReplyMetric
 
-_CITATION = ""
 
-_DESCRIPTION = """Mean number of whitespace-separated words per reply (0 for no replies); also the median."""
-
-_KWARGS_DESCRIPTION = """
+class ReplyLength(ReplyMetric):
+    DESCRIPTION = """Mean number of whitespace-separated words per reply (0 for no replies); also the median."""
+    INPUTS = """
 Args:
     predictions: list of generated replies (str).
 Returns:
     reply_length: mean words per reply; reply_length_median: median words per reply.
 """
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ReplyLength(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-        )
 
     def _compute(self, predictions):
         lengths = sorted(len(t.split()) for t in predictions)

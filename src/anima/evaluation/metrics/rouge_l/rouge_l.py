@@ -1,22 +1,6 @@
 """ROUGE-L: longest-common-subsequence F-measure between a reply and its reference (local module)."""
 
-import datasets
-import evaluate
-
-_CITATION = """Lin, Chin-Yew. 2004. ROUGE: A Package for Automatic Evaluation of Summaries.
-Text Summarization Branches Out, ACL Workshop."""
-
-_DESCRIPTION = """ROUGE-L F-measure (beta = 1, as in rouge_score's rougeL): tokens are whitespace-split, lowercased
-words; P = LCS/len(prediction), R = LCS/len(reference), F = 2PR/(P+R) (0 when either side is empty or
-LCS is 0). Reported as the mean over pairs, in [0, 1]. No stemming, no punctuation stripping."""
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: list of generated replies (str).
-    references: list of reference replies (str), one per prediction.
-Returns:
-    rouge_l: mean F-measure; rouge_l_precision, rouge_l_recall: mean P and R.
-"""
+from anima.evaluation.metric_base import ReplyMetric
 
 
 def _tokens(text):
@@ -45,17 +29,20 @@ def rouge_l_pair(prediction, reference):
     return p, r, 2 * p * r / (p + r)
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class RougeL(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+class RougeL(ReplyMetric):
+    DESCRIPTION = """ROUGE-L F-measure (beta = 1, as in rouge_score's rougeL): tokens are whitespace-split, lowercased
+words; P = LCS/len(prediction), R = LCS/len(reference), F = 2PR/(P+R) (0 when either side is empty or
+LCS is 0). Reported as the mean over pairs, in [0, 1]. No stemming, no punctuation stripping."""
+    INPUTS = """
+Args:
+    predictions: list of generated replies (str).
+    references: list of reference replies (str), one per prediction.
+Returns:
+    rouge_l: mean F-measure; rouge_l_precision, rouge_l_recall: mean P and R.
+"""
+    CITATION = """Lin, Chin-Yew. 2004. ROUGE: A Package for Automatic Evaluation of Summaries.
+Text Summarization Branches Out, ACL Workshop."""
+    REFERENCES = True
 
     def _compute(self, predictions, references):
         scores = [rouge_l_pair(p, r) for p, r in zip(predictions, references)]

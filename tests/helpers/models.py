@@ -7,7 +7,6 @@ so that building it takes a couple of seconds on a shared 2-core machine.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 _FALLBACK_TEXT = """\
@@ -41,7 +40,7 @@ def build_nano_model_dir(out_dir: Path, *, vocab_size: int = 400, seed: int = 0)
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from anima.chat.templates import get_template
+    from anima.tokenizer.chat_template import get_template
     from anima.tokenizer.hf import build_hf_tokenizer, save_tokenizer
     from anima.tokenizer.train import train_sentencepiece
 
@@ -87,10 +86,6 @@ def cached_nano_model_dir(tmp_path_factory) -> Path:
     if "nano" not in _CACHED:
         _CACHED["nano"] = build_nano_model_dir(tmp_path_factory.mktemp("nano") / "model")
     return _CACHED["nano"]
-
-
-if __name__ == "__main__":  # python tests/helpers_models.py OUT_DIR  (used by the serve bench)
-    print(build_nano_model_dir(Path(sys.argv[1])))
 
 
 def random_llama(**kw):
