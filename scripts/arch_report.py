@@ -19,6 +19,18 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: Packages that must never be imported by a library package (the application layer).
 APP = ("anima.cli", "anima.stages", "anima.pipeline", "anima.__main__")
+#: Top-level packages, lowest layer first; a package imports its own layer or lower ones (docs/ARCHITECTURE.md).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "paths", "procs", "fingerprint", "atomic"),  # foundation: no anima imports
+    ("config", "tracking"),  # schemas and composition; the MLflow contract
+    ("model", "tokenizer", "merge", "export"),  # weights, vocabularies, tensor-level tools
+    ("data", "generation"),  # datasets; decoding
+    ("synth", "chat", "serve"),  # things that talk to a model
+    ("train",),  # the Lightning training library
+    ("evaluation", "sweep"),  # score models; optimise a training function
+    ("stages", "pipeline"),  # application: one stage, many stages
+    ("cli", "__main__"),  # argv
+)
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 CAST = re.compile(r"\b(?:int|float|str|bool)\(\s*cfg\b")
 
@@ -103,6 +115,19 @@ def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     return sorted((m, d) for m, deps in graph.items() if not is_app(m) and m != "anima" for d in deps if is_app(d))
 
 
+def layer_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Package edges that point to a higher layer than their own (or to a package missing from LAYERS)."""
+    rank = {f"anima.{p}": i for i, layer in enumerate(LAYERS) for p in layer}
+    out = []
+    for pkg, deps in package_graph(graph).items():
+        if pkg == "anima":
+            continue
+        for dep in deps:
+            if dep != "anima" and rank.get(dep, len(LAYERS)) > rank.get(pkg, -1):
+                out.append((pkg, dep))
+    return sorted(out)
+
+
 def long_functions() -> list[tuple[str, int]]:
     out = []
     for path in SRC.rglob("*.py"):
@@ -126,6 +151,7 @@ def report() -> dict:
         "cycles": cycles(graph),
         "package_cycles": cycles(package_graph(graph)),
         "upward_imports": upward_imports(graph),
+        "layer_violations": layer_violations(graph),
         "config_casts": casts,
     }
 
@@ -150,6 +176,9 @@ def main() -> None:
         print("  " + " <-> ".join(c))
     print(f"upward imports (library -> cli/stages/pipeline): {len(r['upward_imports'])}")
     for m, d in r["upward_imports"]:
+        print(f"  {m} -> {d}")
+    print(f"imports against the layer order (LAYERS): {len(r['layer_violations'])}")
+    for m, d in r["layer_violations"]:
         print(f"  {m} -> {d}")
 
 

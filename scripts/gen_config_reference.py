@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def main(argv: list[str]) -> int:
+    from anima.atomic import atomic_write_text
     from anima.config.reference import render
 
     out = ROOT / "docs" / "CONFIG.md"
@@ -26,9 +26,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write_text(out, text)
     print(f"wrote {out} ({len(text.splitlines())} lines)")
     return 0
 

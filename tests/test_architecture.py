@@ -29,6 +29,7 @@ def test_no_import_cycles(report):
 
 def test_libraries_never_import_the_application_layer(report):
     assert report["upward_imports"] == []
+    assert report["layer_violations"] == []  # and every package stays in its layer (LAYERS)
 
 
 def test_files_and_functions_stay_small(report):
@@ -44,6 +45,8 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert module.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = {"anima.train.x": {"anima.stages.train"}, "anima.stages.train": {"anima.train.x"}}
     assert module.upward_imports(graph) == [("anima.train.x", "anima.stages.train")]
+    assert module.layer_violations({"anima.config.x": {"anima.train.y"}, "anima.train.y": {"anima.config.x"}}) \
+        == [("anima.config", "anima.train")]
     (tmp_path / "m.py").write_text("def f():\n    from anima.cli import main\n    import anima.stages.train\n")
     import ast
 

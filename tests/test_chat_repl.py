@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from anima.chat.feedback import read_feedback
+from anima.data.feedback import read_feedback
 from anima.chat.repl import ChatSession, run_repl
 from anima.generation.sampling import SamplingParams
 from tests.helpers.models import cached_nano_model_dir

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from anima.config.stages import STAGE_SCHEMAS
+from anima.config.stage_schemas import STAGE_SCHEMAS
 from anima.errors import ConfigError
 from anima.paths import conf_dir
 from tests.helpers import compose_cfg

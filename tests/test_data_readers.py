@@ -144,7 +144,7 @@ def test_persona_pairs_real(raw_dir: Path) -> None:
 
 
 def test_feedback_reader(tmp_path: Path) -> None:
-    from anima.chat.feedback import append_feedback, make_record
+    from anima.data.feedback import append_feedback, make_record
 
     f = tmp_path / "feedback.jsonl"
     append_feedback(f, make_record([{"role": "user", "content": "hi"}], "hello", "up"))

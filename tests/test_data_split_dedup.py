@@ -113,7 +113,7 @@ def test_model_score_and_rehearsal_from_registered_model(project: Path, raw_dir:
     dataset its training run recorded."""
     import mlflow
 
-    from anima.tracking.registry import register_version
+    from anima.tracking.registry import register_model
     from anima.tracking.store import setup_mlflow
     from tests.helpers import compose_cfg
     from tests.helpers.models import cached_nano_model_dir
@@ -131,7 +131,7 @@ def test_model_score_and_rehearsal_from_registered_model(project: Path, raw_dir:
     with mlflow.start_run() as run:
         mlflow.set_tag("anima.data_fingerprint", ds.fingerprint)
         mlflow.log_artifacts(str(model_dir), "model")
-    register_version("hamlet-nano", run.info.run_id, f"{run.info.artifact_uri}/model", {}, None)
+    register_model("hamlet-nano", run.info.run_id, f"{run.info.artifact_uri}/model", {})
     mix = compose_cfg("data", ["data=chat_mix", "data.rehearsal.source=models:/hamlet-nano/1",
                                "data.rehearsal.ratio=0.2", "data.rehearsal.top_ratio=0.5"], raw_dir)
     out = ensure_dataset(mix.data, mix.paths, mix.tracking)

@@ -46,16 +46,17 @@ def rows(student_dir):
 
 
 def _cfg(tmp_path: Path, **over):
-    from anima.config.stages import TrainConfig
+    from anima.config.stage_schemas import TrainConfig
+    from anima.config.typed import typed
 
     base = OmegaConf.structured(TrainConfig)
     paths = {"root": str(tmp_path), "data_dir": str(tmp_path / "data"), "raw_dir": str(tmp_path / "raw"),
              "processed_dir": str(tmp_path / "data/processed"), "cache_dir": str(tmp_path / "data/cache"),
              "experiments_dir": str(tmp_path / "exp")}
     tracking = {"uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "artifact_root": str(tmp_path / "mlruns/artifacts")}
-    return OmegaConf.merge(base, {"stage": "distill", "paths": paths, "tracking": tracking,
-                                  "data": {"kind": "chat", "name": "chats"}, "model": {"name": "nano"},
-                                  "trainer": {"num_samples": 1}}, over)
+    return typed(OmegaConf.merge(base, {"stage": "distill", "paths": paths, "tracking": tracking,
+                                        "data": {"kind": "chat", "name": "chats"}, "model": {"name": "nano"},
+                                        "trainer": {"num_samples": 1}}, over), TrainConfig)
 
 
 def _source():
@@ -85,7 +86,7 @@ def test_vocab_mismatch_is_a_one_line_error(student_dir, other_dir):
 def test_kd_teacher_frozen_zero_against_itself_and_gradients_reach_the_student(student_dir, rows):
     from anima.model.build import load_model_dir
     from anima.train.chat_rows import ChatBatches
-    from anima.train.extra_terms import DistillationLoss
+    from anima.train.distill_terms import DistillationLoss
     from anima.train.teacher import load_frozen
 
     torch.manual_seed(0)
@@ -111,7 +112,7 @@ def test_kd_teacher_frozen_zero_against_itself_and_gradients_reach_the_student(s
 def test_kd_top_k_cache(student_dir, rows):
     from anima.model.build import load_model_dir
     from anima.train.chat_rows import ChatBatches
-    from anima.train.extra_terms import DistillationLoss
+    from anima.train.distill_terms import DistillationLoss
     from anima.train.teacher import load_frozen
 
     torch.manual_seed(1)
@@ -147,7 +148,7 @@ def test_kd_top_k_cache(student_dir, rows):
 def test_persona_guard_schedule_and_kl_anchor(student_dir, rows):
     from anima.model.build import load_model_dir
     from anima.train.chat_rows import ChatBatches
-    from anima.train.extra_terms import PersonaGuardLoss
+    from anima.train.distill_terms import PersonaGuardLoss
     from anima.train.teacher import frozen_copy
 
     data, tok = rows
@@ -203,7 +204,9 @@ def test_sequence_level_fallback_generates_caches_and_trains_on_teacher_replies(
         assert ex["messages"][-1]["role"] == "assistant" and ex["messages"][-2]["role"] == "user"
     again = ensure_teacher_pairs(cfg, _source())
     assert not again.generated_now and again.fingerprint == pairs.fingerprint
-    other = ensure_teacher_pairs(OmegaConf.merge(cfg, {"sampling": {"max_new_tokens": 7}}), _source())
+    other = ensure_teacher_pairs(_cfg(tmp_path, teacher=str(other_dir), init_from=str(student_dir),
+                                      distill={"mode": "sequence", "max_prompts": 3},
+                                      sampling={"max_new_tokens": 7, "temperature": 0.0}), _source())
     assert other.fingerprint != pairs.fingerprint  # sampling is part of the fingerprint
 
     bundle = prepare_chat_data(cfg, 2, 64, source=_source())  # no vocabulary check in sequence mode
@@ -215,7 +218,7 @@ def test_sequence_level_fallback_generates_caches_and_trains_on_teacher_replies(
 
 def test_persona_guard_seed_set_from_a_jsonl_file(tmp_path, student_dir):
     from anima.train.chat_data import prepare_chat_data
-    from anima.train.extra_terms import PersonaGuardLoss, build_extra_terms
+    from anima.train.distill_terms import PersonaGuardLoss, build_extra_terms
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps({"messages": m}) for m in CHATS[:2]) + "\n")

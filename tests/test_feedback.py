@@ -7,7 +7,7 @@ import multiprocessing as mp
 
 import pytest
 
-from anima.chat.feedback import (
+from anima.data.feedback import (
     CorrectionIndex,
     append_feedback,
     feedback_to_chat_examples,

@@ -115,7 +115,7 @@ def test_sft_with_lora_saves_and_registers_the_merged_model(hf_dir, raw_dir, pro
 
 
 def test_lora_on_an_anima_preset_is_refused(project):
-    from anima.train.init import initial_model
+    from anima.train.initial_model import initial_model
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg("sft", ["model=nano", "model.lora.r=4"])

@@ -48,7 +48,7 @@ def _segments(position_ids: torch.Tensor) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_a_packed_conversation_has_the_logits_it_has_alone(rows, tok, attn):
-    from anima.train.extra_terms import _forward
+    from anima.train.distill_terms import _forward
     from anima.train.packing import pack_conversations, packed_batch
 
     packing = pack_conversations([len(x) for x in rows.input_ids], 256, seed=3)

@@ -42,7 +42,7 @@ def champ(tmp_path_factory, raw_dir):
 
 
 def _write_feedback(path, pairs, corrupt: int = 0) -> None:
-    from anima.chat.feedback import append_feedback, make_record
+    from anima.data.feedback import append_feedback, make_record
 
     for i, (q, a) in enumerate(pairs):
         if i % 2:

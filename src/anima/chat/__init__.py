@@ -1,1 +1,2 @@
-"""The terminal chat (`anima chat`) and its feedback file; chat templates live in `anima.tokenizer.chat_template`."""
+"""The terminal chat (`anima chat`). Its feedback file is `anima.data.feedback`; chat templates are
+`anima.tokenizer.chat_template`."""

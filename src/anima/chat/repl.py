@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, fields, replace
@@ -24,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from anima.chat.feedback import CorrectionIndex, append_feedback, make_record
+from anima.atomic import PRIVATE, atomic_write_text
+from anima.data.feedback import CorrectionIndex, append_feedback, make_record
 from anima.errors import AnimaError
 from anima.generation.sampling import SamplingParams
 
@@ -141,16 +141,8 @@ class ChatSession:
             path = self.transcript_dir / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.transcript(), f, ensure_ascii=False, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.transcript(), ensure_ascii=False, indent=2) + "\n",
+                                 mode=PRIVATE)  # a conversation: owner-only
 
 
 def _parse_value(key: str, raw: str, current: Any) -> Any:

@@ -41,18 +41,18 @@ class Stage:
         return load_target(self.schema) if self.schema else None
 
 
-_TRAIN = "anima.config.stages:TrainConfig"
+_TRAIN = "anima.config.stage_schemas:TrainConfig"
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("data", "anima.stages.data:run", "build a versioned dataset (also: data fetch | data export)",
-              "anima.config.stages:DataStageConfig"),
+              "anima.config.stage_schemas:DataStageConfig"),
         Stage("data fetch", "anima.stages.data:fetch_main", "download the demo corpora into data/raw"),
         Stage("data export", "anima.stages.data:export", "export a built dataset: sharegpt, alpaca, chatml, qa",
               "anima.config.data_export:DataExportConfig"),
         Stage("tokenizer", "anima.stages.tokenizer:run", "train a SentencePiece tokenizer with a chat template",
-              "anima.config.stages:TokenizerStageConfig"),
+              "anima.config.stage_schemas:TokenizerStageConfig"),
         Stage("pretrain", "anima.stages.train:run", "pretrain a Llama model on plain text", _TRAIN),
         Stage("sft", "anima.stages.train:run", "fine-tune on conversations (assistant-only loss)", _TRAIN),
         Stage("distill", "anima.stages.train:run", "distill a teacher into a student, keeping the persona", _TRAIN),
@@ -77,7 +77,7 @@ STAGES: dict[str, Stage] = {
         Stage("pipeline", "anima.stages.pipeline:run", "run a whole study; skips stages already done",
               "anima.config.pipeline:PipelineStageConfig"),
         Stage("status", "anima.stages.status:run", "datasets, recent runs and registered models",
-              "anima.config.stages:StatusConfig"),
+              "anima.config.stage_schemas:StatusConfig"),
         Stage("lineage", "anima.stages.lineage:main", "print a model's lineage tree"),
         Stage("ui", "anima.stages.ui:main", "MLflow UI on 127.0.0.1 over this project's store"),
     ]

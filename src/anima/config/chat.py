@@ -11,7 +11,7 @@ from typing import Optional
 
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 BACKENDS = ["auto", "compiled", "fast", "hf"]
 BACKEND_HELP = ("Decode backend: auto (the compiled step when built for this architecture, else the eager fast "
@@ -40,7 +40,7 @@ class ChatOptions:
 
 
 @dataclass
-class TalkToModelConfig(StageConfig):
+class ModelSamplingStageConfig(StageConfig):
     """What chat and serve share: the model to load (the champion by default) and how it samples."""
 
     model: str = setting("models:/${registry.name}@champion",
@@ -50,7 +50,7 @@ class TalkToModelConfig(StageConfig):
 
 
 @dataclass
-class ChatStageConfig(TalkToModelConfig):
+class ChatStageConfig(ModelSamplingStageConfig):
     chat: ChatOptions = field(default_factory=ChatOptions)
 
 

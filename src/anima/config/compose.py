@@ -19,7 +19,7 @@ def schema_for(config_name: str) -> type | None:
     stage = stage_for_config(config_name)
     schema = stage.schema_class() if stage else None
     if schema is not None:
-        from anima.config.stages import STAGE_SCHEMAS, register_schema
+        from anima.config.stage_schemas import STAGE_SCHEMAS, register_schema
 
         if STAGE_SCHEMAS.get(config_name) is not schema:
             register_schema(config_name, schema)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from anima.config.data import DataConfig
 from anima.config.fields import setting
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 
 @dataclass

@@ -10,7 +10,7 @@ from anima.config.chat import BACKENDS, RegistryRef
 from anima.config.data import DataConfig
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 EVAL_SETS = ["val", "persona", "test", "train"]
 

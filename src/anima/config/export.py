@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from anima.config.chat import RegistryRef
 from anima.config.fields import setting
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 
 @dataclass

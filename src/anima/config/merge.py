@@ -10,7 +10,7 @@ from anima.config.chat import RegistryRef
 from anima.config.data import DataConfig
 from anima.config.eval import EvalOptions
 from anima.config.fields import setting
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 
 @dataclass

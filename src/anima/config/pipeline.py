@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from anima.config.fields import setting
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 # Stages a pipeline step may run (interactive or read-only ones are left out).
 STEP_STAGES = ("data", "tokenizer", "pretrain", "sft", "distill", "sweep", "merge", "eval", "promote", "synth",

@@ -5,21 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from anima.config.chat import BACKEND_HELP, BACKENDS, COMPILE_HELP, TalkToModelConfig
+from anima.config.chat import BACKEND_HELP, BACKENDS, COMPILE_HELP, ModelSamplingStageConfig
 from anima.config.fields import setting
-from anima.config.stages import register_schema
-from anima.serve.limits import ServeLimits
-
-_LIMITS = ServeLimits()  # the server states its limits once; the schema documents them
+from anima.config.stage_schemas import register_schema
 
 
 @dataclass
 class ServeLimitsConfig:
-    max_body_bytes: int = setting(_LIMITS.max_body_bytes, "Largest request body in bytes (413 above it).", ge=1024)
-    max_messages: int = setting(_LIMITS.max_messages, "Most messages in one chat request (400 above it).", ge=1)
-    max_tokens: int = setting(_LIMITS.max_tokens, "Largest max_tokens a request may ask for (400 above it).", ge=1)
-    max_prompt_chars: int = setting(_LIMITS.max_prompt_chars, "Most characters over all messages of one request.", ge=1)
-    max_stop: int = setting(_LIMITS.max_stop, "Most stop sequences per request.", ge=0)
+    """The server's per-request limits, stated once: `anima.serve.limits.ServeLimits` takes its defaults here."""
+
+    max_body_bytes: int = setting(1_000_000, "Largest request body in bytes (413 above it).", ge=1024)
+    max_messages: int = setting(64, "Most messages in one chat request (400 above it).", ge=1)
+    max_tokens: int = setting(512, "Largest max_tokens a request may ask for (400 above it).", ge=1)
+    max_prompt_chars: int = setting(32_000, "Most characters over all messages of one request.", ge=1)
+    max_stop: int = setting(4, "Most stop sequences per request.", ge=0)
 
 
 @dataclass
@@ -37,7 +36,7 @@ class ServeOptions:
 
 
 @dataclass
-class ServeStageConfig(TalkToModelConfig):
+class ServeStageConfig(ModelSamplingStageConfig):
     serve: ServeOptions = field(default_factory=ServeOptions)
 
 

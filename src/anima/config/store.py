@@ -17,7 +17,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
-from anima.config.stages import STAGE_SCHEMAS
+from anima.config.stage_schemas import STAGE_SCHEMAS
 from anima.paths import conf_dir, project_root, user_conf_dir
 
 USER_PROVIDER = "anima-user"

@@ -13,7 +13,7 @@ from typing import Optional
 from anima.config.chat import BACKENDS
 from anima.config.fields import setting
 from anima.config.groups import SamplingConfig
-from anima.config.stages import StageConfig, register_schema
+from anima.config.stage_schemas import StageConfig, register_schema
 
 
 @dataclass

@@ -88,10 +88,9 @@ class AttrDict(dict):
 
 
 def plain(cfg: Any) -> AttrDict:
-    from omegaconf import DictConfig, OmegaConf
+    from anima.config.typed import plain_dict
 
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return _wrap(data)
+    return _wrap(plain_dict(cfg))
 
 
 def _wrap(v: Any) -> Any:

@@ -184,7 +184,7 @@ def read_persona_pairs(folder: str, key: str, character: str | None) -> RecordSt
 
 def read_feedback_file(path: str, key: str) -> RecordStream:
     """Approved replies and corrections of the chat feedback file; corrupt lines are Bad."""
-    from anima.chat.feedback import feedback_to_chat_examples, read_feedback
+    from anima.data.feedback import feedback_to_chat_examples, read_feedback
 
     p = Path(path)
     if not p.is_file():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from anima.config.typed import plain_dict
 from anima.data.manifest import (
     fingerprint,
     get_latest,
@@ -72,14 +73,6 @@ class BuiltDataset:
 def _open(path: Path) -> BuiltDataset:
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     return BuiltDataset(str(manifest.get("name", path.parent.name)), path.name, path, manifest)
-
-
-def _container(cfg: Any) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 def load_dataset_ref(ref: str, paths_cfg: Any) -> BuiltDataset:
@@ -203,7 +196,7 @@ def plan_build(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None):
         extras["filter_model"] = scorer_uri
         extras["filter_weights"] = hash_files(sorted(resolve_model(str(data_cfg.filter.model), tracking_cfg)
                                                      .path.glob("*.safetensors")))
-    fp = fingerprint(_container(data_cfg), hashes, extras)
+    fp = fingerprint(plain_dict(data_cfg), hashes, extras)
     return BuildPlan(fp, hashes, rehearsal, rehearsal.ref if rehearsal else None, scorer_uri, tracking_cfg)
 
 
@@ -225,7 +218,7 @@ def ensure_dataset(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None) -> B
         return ds
     tmp = staging_dir(final)
     try:
-        build_dataset(data_cfg, plan, tmp, _container(data_cfg))
+        build_dataset(data_cfg, plan, tmp, plain_dict(data_cfg))
         publish(tmp, final)
     finally:
         if tmp.exists():

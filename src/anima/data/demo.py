@@ -27,6 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from anima.atomic import SHARED, atomic_write_text
 from anima.errors import DataError
 
 
@@ -228,8 +229,4 @@ def _write_sources(raw_dir: Path) -> None:
     path = raw_dir / "SOURCES.md"
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=raw_dir, prefix=".SOURCES-", suffix=".md")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, mode=SHARED)

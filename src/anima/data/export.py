@@ -14,12 +14,11 @@ Every format reads back with the matching anima reader (sharegpt, alpaca, jsonl_
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from anima.atomic import SHARED, atomic_path
 from anima.errors import DataError
 
 FORMATS = ("sharegpt", "alpaca", "chatml", "qa")
@@ -75,24 +74,17 @@ def write_export(examples: Iterable[dict], fmt: str, path: Path) -> int:
     if fmt not in FORMATS:
         raise DataError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for ex in examples:
-                if "messages" not in ex:
-                    raise DataError(f"export format={fmt}: the dataset holds text, not conversations")
-                if fmt in ("alpaca", "qa") and not _alternates(ex):
-                    continue  # these formats can only say user/assistant alternations
-                if fmt == "qa":
-                    fh.write(to_qa(ex))
-                else:
-                    rec = {"sharegpt": to_sharegpt, "alpaca": to_alpaca, "chatml": to_chatml}[fmt](ex)
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, mode=SHARED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for ex in examples:
+            if "messages" not in ex:
+                raise DataError(f"export format={fmt}: the dataset holds text, not conversations")
+            if fmt in ("alpaca", "qa") and not _alternates(ex):
+                continue  # these formats can only say user/assistant alternations
+            if fmt == "qa":
+                fh.write(to_qa(ex))
+            else:
+                rec = {"sharegpt": to_sharegpt, "alpaca": to_alpaca, "chatml": to_chatml}[fmt](ex)
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
     return n

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from anima.atomic import SHARED, atomic_write_text
 from anima.fingerprint import hash_files, hash_obj
 
 PIPELINE_VERSION = 1  # bump when a change to the code changes what a config builds
@@ -89,21 +90,7 @@ def iter_jsonl(paths: list[Path]) -> Iterator[dict]:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, sort_keys=False)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n", mode=SHARED)
 
 
 def staging_dir(final: Path) -> Path:
@@ -127,7 +114,8 @@ def publish(tmp: Path, final: Path) -> None:
 
 
 def set_latest(name_dir: Path, fp: str) -> None:
-    write_text_atomic(name_dir / "latest", fp + "\n")
+    name_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(name_dir / "latest", fp + "\n", mode=SHARED)
 
 
 def get_latest(name_dir: Path) -> str | None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima.atomic import PRIVATE, atomic_write_text
 from anima.errors import DataError
 from anima.fingerprint import hash_obj, hash_paths
 
@@ -117,13 +116,10 @@ def _cache_key(data_cfg: Any) -> str | None:
 def _write_json(path: Path, data: dict) -> None:
     """Written to a temp file and renamed: a concurrent reader sees the whole entry or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False), mode=PRIVATE)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)  # a read-only cache only costs the parse next time
+        pass  # a read-only cache only costs the parse next time
 
 
 def _load(data_cfg: Any, raw_dir: str | Path) -> TextCorpus:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from anima.errors import AnimaError, ModelError
 from anima.evaluation.evalsets import EvalSet
+from anima.tracking.registry import model_uri, tag_version
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _aliases_by_version(name: str) -> dict[str, list[str]]:
 
 
 def candidate_from_version(mv, aliases: Mapping[str, list[str]] | None = None) -> Candidate:
-    return Candidate(uri=f"models:/{mv.name}/{mv.version}", name=mv.name, version=str(mv.version),
+    return Candidate(uri=model_uri(mv.name, mv.version), name=mv.name, version=str(mv.version),
                      run_id=mv.run_id, tags=dict(mv.tags or {}),
                      aliases=sorted((aliases or {}).get(str(mv.version), [])))
 
@@ -151,8 +152,6 @@ def score_candidates(cands: Sequence[Candidate], sets: Mapping[str, EvalSet], tr
 
 
 def _tag(cand: Candidate, key: str, value: float) -> None:
-    from mlflow import MlflowClient
-
     text = "inf" if math.isinf(value) else f"{value:.6g}"
-    MlflowClient().set_model_version_tag(cand.name, cand.version, key, text)
+    tag_version(cand.name, cand.version, {key: text})
     cand.tags[key] = text

@@ -9,14 +9,14 @@ also how readers detect tying.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from anima.atomic import atomic_path
 from anima.errors import ConfigError
-from anima.export.source import LlamaSource, load_llama_source, permute_qk
+from anima.export.llama_source import LlamaSource, load_llama_source, permute_qk
 
 #: Accepted values of `export.dtype` for GGUF.
 GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "q8_0")
@@ -125,15 +125,6 @@ def _add_metadata(writer, src: LlamaSource, dtype: str) -> None:
         writer.add_chat_template(src.chat_template)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_gguf(
     model_dir: str | Path,
     out_path: str | Path,
@@ -154,21 +145,18 @@ def export_gguf(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, "llama")
-    try:
-        _add_metadata(writer, src, dtype)
-        for name, data in _gguf_tensors(src):
-            array, raw_dtype = _encode(data, dtype)
-            writer.add_tensor(name, array, raw_dtype=raw_dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out_path) as tmp:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        try:
+            _add_metadata(writer, src, dtype)
+            for name, data in _gguf_tensors(src):
+                array, raw_dtype = _encode(data, dtype)
+                writer.add_tensor(name, array, raw_dtype=raw_dtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
 
     if copy_tokenizer:
         src_dir = src.model_dir.resolve()
@@ -176,5 +164,6 @@ def export_gguf(
         if src_dir != dst_dir:
             for name in TOKENIZER_FILES:
                 if (src_dir / name).is_file():
-                    _copy_atomic(src_dir / name, dst_dir / name)
+                    with atomic_path(dst_dir / name) as tmp:
+                        shutil.copyfile(src_dir / name, tmp)
     return out_path

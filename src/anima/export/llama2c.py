@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from anima.atomic import atomic_path
 from anima.errors import ModelError
-from anima.export.source import LlamaSource, load_llama_source, permute_qk
+from anima.export.llama_source import LlamaSource, load_llama_source, permute_qk
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,9 @@ def tokenizer_entries(src: LlamaSource) -> list[tuple[bytes, float]]:
 
 
 def _write_atomic(path: Path, chunks) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def export_llama2c(

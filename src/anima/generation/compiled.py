@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from anima.atomic import atomic_path, temp_sibling
 from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
 from anima.procs import pid_alive
@@ -145,12 +146,8 @@ def build_package(spec: StepSpec, out: Path) -> Path:
     dynamic = (None, None, {3: length}, {2: length}, None, None, None, None, None, [None] * len(args[-1]))
     with torch.inference_mode():
         exported = torch.export.export(DecodeStep(spec), args, dynamic_shapes=dynamic)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.pt2")
-    try:
+    with atomic_path(out, tmp=temp_sibling(out, ".tmp.pt2")) as tmp:  # the compiler wants a .pt2 name
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

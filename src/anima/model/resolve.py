@@ -10,6 +10,7 @@ from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
 from anima.errors import ModelError
+from anima.tracking.registry import model_uri
 
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]+)/(?P<path>.+)$")
@@ -27,7 +28,7 @@ class ResolvedModel:
     def canonical_uri(self) -> str:
         """A URI that keeps pointing at the same weights (aliases move; versions don't)."""
         if self.name and self.version:
-            return f"models:/{self.name}/{self.version}"
+            return model_uri(self.name, self.version)
         if self.run_id:
             return f"runs:/{self.run_id}/model"
         return str(self.path)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from anima.pipeline.context import PARENT_TAG, STEP_TAG
+from anima.tracking.registry import REGISTERED_TAG
 
 RESULT_FIELDS = ("run_id", "model_uri", "model_dir", "registered_name", "version", "fingerprint", "dataset",
                  "study_name", "alias")
-TAG_OUTPUTS = {"anima.registered": "model_uri", "anima.dataset": "dataset", "anima.data_fingerprint": "fingerprint"}
+TAG_OUTPUTS = {REGISTERED_TAG: "model_uri", "anima.dataset": "dataset", "anima.data_fingerprint": "fingerprint"}
 
 
 def child_run(parent_run_id: str, step: str, experiment_id: str, result: Any) -> Any | None:

@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from anima.tracking.registry import model_uri
+
 MODEL_VERSION = re.compile(r"^models:/([^/@]+)/(\d+)$")
 SHOWN_PREFIXES = ("val/", "persona/", "eval/", "test/")
 
@@ -44,7 +46,7 @@ def champion_summary(cfg: DictConfig, steps: list, outcomes: list) -> dict[str, 
         mv = client.get_model_version(m.group(1), m.group(2))
         alias_uri = None
     else:
-        alias_uri = f"models:/{name}@{alias}"
+        alias_uri = model_uri(name, alias=alias)
     metrics: dict[str, float] = {}
     for k in ("val_ppl", "persona_ppl", "val_bpc"):
         v = (mv.tags or {}).get(k)
@@ -59,7 +61,7 @@ def champion_summary(cfg: DictConfig, steps: list, outcomes: list) -> dict[str, 
             metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith(SHOWN_PREFIXES)})
         except Exception:
             pass
-    return {"uri": f"models:/{mv.name}/{mv.version}", "alias_uri": alias_uri, "name": mv.name,
+    return {"uri": model_uri(mv.name, mv.version), "alias_uri": alias_uri, "name": mv.name,
             "version": str(mv.version), "stage": (mv.tags or {}).get("stage"), "metrics": metrics,
             "run_id": mv.run_id}
 

@@ -1,23 +1,25 @@
-"""Per-request limits of the HTTP server: stated once here; the `serve.limits` schema takes its defaults from it.
-
-Kept free of FastAPI so the config schema (imported at CLI start-up) can read the defaults cheaply.
-"""
+"""Per-request limits of the HTTP server, as the server uses them; the numbers are stated once, in the
+`serve.limits` config schema (`anima.config.serve.ServeLimitsConfig`). Kept free of FastAPI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
 
+from anima.config.serve import ServeLimitsConfig
+
+_DEFAULTS = ServeLimitsConfig()
+
 
 @dataclass(frozen=True)
 class ServeLimits:
     """Per-request limits; anything above them is answered 4xx before any decoding starts."""
 
-    max_body_bytes: int = 1_000_000
-    max_messages: int = 64
-    max_tokens: int = 512  # upper bound for max_tokens / max_completion_tokens / num_predict
-    max_prompt_chars: int = 32_000  # total characters over all messages (or the completion prompt)
-    max_stop: int = 4
+    max_body_bytes: int = _DEFAULTS.max_body_bytes
+    max_messages: int = _DEFAULTS.max_messages
+    max_tokens: int = _DEFAULTS.max_tokens  # upper bound for max_tokens / max_completion_tokens / num_predict
+    max_prompt_chars: int = _DEFAULTS.max_prompt_chars  # over all messages (or the completion prompt)
+    max_stop: int = _DEFAULTS.max_stop
 
     @classmethod
     def from_config(cls, limits: Any) -> "ServeLimits":

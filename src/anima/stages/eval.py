@@ -13,6 +13,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from anima.errors import ModelError
+from anima.tracking.registry import model_uri, tag_version
 
 
 def _compare_uri(spec: str, name: str | None) -> str:
@@ -21,7 +22,7 @@ def _compare_uri(spec: str, name: str | None) -> str:
         return spec
     if not name:
         raise ModelError(f"compare={spec}: the evaluated model is not a registry version; give a full model URI")
-    return f"models:/{name}@{spec}"
+    return model_uri(name, alias=spec)
 
 
 def run(cfg: DictConfig):
@@ -86,17 +87,12 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _tag_versions(cands, reports, sets, suite: str) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
     data = ",".join(f"{s}:{es.fingerprint}" for s, es in sets.items())
     for cand, rep in zip(cands, reports):
         if not (cand.name and cand.version):
             continue
-        for k, v in rep.metrics.items():
-            client.set_model_version_tag(cand.name, cand.version, f"eval.{k}", f"{v:.6g}")
-        client.set_model_version_tag(cand.name, cand.version, "eval.data", data)
-        client.set_model_version_tag(cand.name, cand.version, "eval.suite", suite)
+        tags = {f"eval.{k}": f"{v:.6g}" for k, v in rep.metrics.items()}
+        tag_version(cand.name, cand.version, {**tags, "eval.data": data, "eval.suite": suite})
 
 
 def _print(console, reports, uri: str, other: str | None) -> None:

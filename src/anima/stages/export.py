@@ -93,14 +93,15 @@ def _log_on_source_run(resolved: Any, files: list[Path], fmt: str, metrics: dict
         return None
     from mlflow import MlflowClient
 
+    from anima.tracking.registry import tag_version
+
     client = MlflowClient()
     for f in files:
         client.log_artifact(resolved.run_id, str(f), f"exports/{fmt}")
     for k, v in metrics.items():
         client.log_metric(resolved.run_id, k, v)
     if resolved.name and resolved.version:
-        for k, v in tags.items():
-            client.set_model_version_tag(resolved.name, resolved.version, k, v)
+        tag_version(resolved.name, resolved.version, tags)
     return resolved.run_id
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anima.errors import AnimaError, ConfigError
+from anima.tracking.registry import model_uri
 
 USAGE = "usage: anima lineage <model URI> [--depth N] [tracking overrides: tracking.uri=... | paths.root=...]"
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
@@ -83,7 +84,7 @@ class LineageBuilder:
                 raise AnimaError(f"{uri}: no such registered version or alias") from None
             tree.add(f"{prefix}{uri} [red](not in the registry)[/]")
             return
-        canonical = f"models:/{name}/{mv.version}"
+        canonical = model_uri(name, mv.version)
         held = self.client.get_registered_model(name).aliases.items()
         aliases = sorted(a for a, v in held if str(v) == str(mv.version))
         tags = dict(mv.tags or {})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from omegaconf import DictConfig
 
 from anima.errors import ConfigError, ModelError
+from anima.tracking.registry import model_uri
 
 if TYPE_CHECKING:  # anima.merge imports torch: only inside the stage, never at CLI start-up
     from anima.merge import MergeMethod
@@ -38,7 +39,7 @@ class MergeResult:
 
     @property
     def model_uri(self) -> str | None:
-        return f"models:/{self.registered_name}/{self.version}" if self.version else None
+        return model_uri(self.registered_name, self.version) if self.version else None
 
 
 def check_method(method: str) -> MergeMethod:
@@ -129,7 +130,7 @@ def _alias_or_uri(spec: str, name: str) -> str:
     spec = str(spec)
     if spec.startswith(("models:/", "runs:/")) or "/" in spec or Path(spec).exists():
         return spec
-    return f"models:/{name}@{spec}"
+    return model_uri(name, alias=spec)
 
 
 def _peak_rss_mb() -> float:
@@ -225,7 +226,7 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
     from anima.merge import merge_models
     from anima.tracking.context import stage_output_dir
     from anima.tracking.datasets import log_dataset_input
-    from anima.tracking.registry import log_model_dir, register_version
+    from anima.tracking.registry import log_model_dir, register_model
     from anima.tracking.run import config_hash, stage_run
 
     m = cfg.merge
@@ -257,7 +258,6 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         mlflow.log_params({"merge.ingredients_resolved": ",".join(c.uri for c in chosen)[:500]})
         source = log_model_dir(out_dir)
-        git = mlflow.get_run(run_id).data.tags.get("mlflow.source.git.commit")
         uris = [c.uri for c in chosen]
         tags: dict[str, Any] = {
             "stage": "merge", "method": method, "ingredients": ",".join(uris), "parent": ",".join(uris),
@@ -267,14 +267,13 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
             "merge_params": json.dumps({k: v for k, v in params.items() if v is not None}, default=str),
             "base": base.uri if base is not None else None, "rank_on": rank_on,
             "eval_data": sets[rank_on].source, "val_ppl": merged.get("val"), "persona_ppl": merged.get("persona"),
-            "config_hash": config_hash(cfg), "git_commit": git,
+            "config_hash": config_hash(cfg),
             "chat_template": chosen[0].tags.get("chat_template"),
             **{es.tag: f"{merged[s]:.6g}" for s, es in sets.items() if s in merged},
         }
-        mv = register_version(name, run_id, source, tags, alias=m.get("alias"),
-                              description=f"{method} merge of {', '.join(uris)}")
-        mlflow.set_tag("anima.registered", f"models:/{name}/{mv.version}")
-    result = MergeResult(run_id, out_dir, method, uris, weights, merged, dict(best), records, str(mv.version), name)
+        mv = register_model(name, run_id, source, tags, alias=m.get("alias"),
+                            description=f"{method} merge of {', '.join(uris)}")
+    result = MergeResult(run_id, out_dir, method, uris, weights, merged, dict(best), records, mv.version, mv.name)
     _print_summary(console, result, rank_on)
     return result
 

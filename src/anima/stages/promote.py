@@ -11,6 +11,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from anima.errors import AnimaError, ModelError
+from anima.tracking.registry import model_uri, tag_version
 
 PROMOTED = ("manual", "forced", "no champion", "wins")
 
@@ -47,8 +48,9 @@ def metric_value(cfg: DictConfig, name: str, version: str, metric: str) -> float
     tags = MlflowClient().get_model_version(name, version).tags or {}
     value = tags.get(f"eval.{metric}")
     if value is None:
-        raise AnimaError(f"promote.metric={metric}: models:/{name}/{version} has no eval.{metric} tag; run "
-                         f"`anima eval model=models:/{name}/{version}` first, or use val_ppl / persona_ppl")
+        uri = model_uri(name, version)
+        raise AnimaError(f"promote.metric={metric}: {uri} has no eval.{metric} tag; run "
+                         f"`anima eval model={uri}` first, or use val_ppl / persona_ppl")
     return float(value)
 
 
@@ -121,18 +123,18 @@ def promote_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> De
             if previous and d.champion and d.champion != d.candidate:
                 client.set_registered_model_alias(name, str(previous), d.champion)
             client.set_registered_model_alias(name, alias, d.candidate)
-            client.set_model_version_tag(name, d.candidate, f"promoted.{alias}", d.run_id)
+            tag_version(name, d.candidate, {f"promoted.{alias}": d.run_id})
     _print(Console(), d, name, alias, previous)
     return d
 
 
 def _print(console, d: Decision, name: str, alias: str, previous: str | None) -> None:
-    vals = ""
+    vals, uri = "", model_uri(name, d.candidate)
     if d.candidate_value is not None:
         vals = f" ({d.metric}: v{d.candidate} {d.candidate_value:.4g} vs v{d.champion} {d.champion_value:.4g})"
     if d.promoted:
         moved = f"; v{d.champion} is now @{previous}" if previous and d.champion and d.champion != d.candidate else ""
-        console.print(f"[bold green]✓ promoted[/] models:/{name}/{d.candidate} to @{alias} ({d.decision}){vals}{moved}")
+        console.print(f"[bold green]✓ promoted[/] {uri} to @{alias} ({d.decision}){vals}{moved}")
     else:
-        console.print(f"[yellow]not promoted[/]: models:/{name}/{d.candidate} ({d.decision}){vals}; "
+        console.print(f"[yellow]not promoted[/]: {uri} ({d.decision}){vals}; "
                       f"@{alias} stays on v{d.champion} (force=true to override)")

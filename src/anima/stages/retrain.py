@@ -33,7 +33,7 @@ class FeedbackSummary:
 
 def summarize_feedback(path: Path) -> FeedbackSummary:
     """Count usable records (corrupt lines skipped and counted); fingerprint what will be trained on."""
-    from anima.chat.feedback import feedback_to_chat_examples, read_feedback
+    from anima.data.feedback import feedback_to_chat_examples, read_feedback
     from anima.fingerprint import hash_obj
 
     records, corrupt = read_feedback(path)
@@ -151,6 +151,7 @@ def retrain(cfg: DictConfig):
     from anima.model.resolve import resolve_model
     from anima.stages.train import train
     from anima.tracking.context import current
+    from anima.tracking.registry import tag_version
 
     path = Path(str(cfg.retrain.feedback)).expanduser()
     if not path.is_file():
@@ -175,8 +176,8 @@ def retrain(cfg: DictConfig):
     for k, v in tags.items():
         client.set_tag(result.run_id, k, v)
     if result.version:
-        client.set_model_version_tag(result.registered_name, result.version, FEEDBACK_TAG, fb.fingerprint)
-        client.set_model_version_tag(result.registered_name, result.version, "retrained_from", resolved.canonical_uri)
+        tag_version(result.registered_name, result.version,
+                    {FEEDBACK_TAG: fb.fingerprint, "retrained_from": resolved.canonical_uri})
     return result
 
 

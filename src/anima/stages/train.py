@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
+from anima.config.stage_schemas import TrainConfig
+from anima.config.typed import typed
 from anima.errors import AnimaError
 from anima.tracking.context import stage_output_dir
 from anima.train.result import TrainResult
@@ -26,19 +28,20 @@ def run(cfg: DictConfig) -> TrainResult:
     return result
 
 
-def build_loss_terms(cfg: DictConfig, model, bundle) -> list:
+def build_loss_terms(spec: TrainConfig, model, bundle) -> list:
     """The objective: lm first, then the optional terms (kd, persona_guard) when their weight is > 0."""
     from anima.train.losses import LanguageModelingLoss
 
-    terms: list = [LanguageModelingLoss(float(cfg.loss.lm.weight))]
-    if float(cfg.loss.kd.weight) > 0 or float(cfg.loss.persona_guard.weight) > 0:
-        from anima.train.extra_terms import build_extra_terms
+    loss = spec.loss
+    terms: list = [LanguageModelingLoss(loss.lm.weight)]
+    if loss.kd.weight > 0 or loss.persona_guard.weight > 0:
+        from anima.train.distill_terms import build_extra_terms
 
-        terms.extend(build_extra_terms(cfg, model, bundle))
+        terms.extend(build_extra_terms(spec, model, bundle))
     return terms
 
 
-def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundle) -> Any:
+def _trainer(spec: TrainConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundle) -> Any:
     from datetime import timedelta
 
     import lightning as L
@@ -49,48 +52,52 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, logger, callbacks: Sequence, bundl
     from anima.train.precision import trainer_precision
     from anima.train.schedule import step_limit
 
-    t = cfg.trainer
-    precision, plugins = trainer_precision(cfg.device)
+    t, device, log_every = spec.trainer, spec.device, spec.tracking.log_every_n_steps
+    precision, plugins = trainer_precision(device)
     cbs = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False,
-                        **({"train_time_interval": timedelta(seconds=float(t.ckpt_every_s))} if t.get("ckpt_every_s")
-                           else {"every_n_train_steps": int(t.ckpt_every)})),
-        Throughput(int(cfg.tracking.log_every_n_steps)),
+                        **({"train_time_interval": timedelta(seconds=t.ckpt_every_s)} if t.ckpt_every_s
+                           else {"every_n_train_steps": t.ckpt_every})),
+        Throughput(log_every),
         StartupTime(),
         *callbacks,
     ]
     if t.num_samples and bundle.sample_prompts:
-        cbs.append(SampleGenerations(bundle.tokenizer, bundle.sample_prompts, int(t.sample_tokens), cfg.sampling,
-                                     int(cfg.seed)))
+        cbs.append(SampleGenerations(bundle.tokenizer, bundle.sample_prompts, t.sample_tokens, spec.sampling,
+                                     spec.seed))
     if t.progress == "rich":
         cbs.append(step_progress_bar())
     elif t.progress == "tqdm":
         cbs.append(TQDMProgressBar())
     return L.Trainer(
-        accelerator=str(cfg.device.accelerator), devices=cfg.device.devices, num_nodes=int(cfg.device.num_nodes),
-        strategy=str(cfg.device.strategy), precision=precision,
+        accelerator=device.accelerator, devices=device.devices, num_nodes=device.num_nodes,
+        strategy=device.strategy, precision=precision,
         max_steps=step_limit(t) or -1, max_time=t.max_time or None,
-        accumulate_grad_batches=int(t.grad_accum), gradient_clip_val=float(t.grad_clip) or None,
-        val_check_interval=(timedelta(seconds=float(t.val_every_s)) if t.get("val_every_s")
-                            else int(t.val_every) * int(t.grad_accum)), check_val_every_n_epoch=None,
-        limit_val_batches=int(t.val_batches) or 1.0, num_sanity_val_steps=0,
-        log_every_n_steps=int(cfg.tracking.log_every_n_steps), logger=logger, callbacks=cbs,
+        accumulate_grad_batches=t.grad_accum, gradient_clip_val=t.grad_clip or None,
+        val_check_interval=(timedelta(seconds=t.val_every_s) if t.val_every_s else t.val_every * t.grad_accum),
+        check_val_every_n_epoch=None, limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
+        log_every_n_steps=log_every, logger=logger, callbacks=cbs,
         enable_progress_bar=t.progress != "none", enable_model_summary=False,
-        deterministic=bool(t.deterministic), plugins=[AtomicCheckpointIO(), *plugins],
+        deterministic=t.deterministic, plugins=[AtomicCheckpointIO(), *plugins],
         default_root_dir=str(ckpt_dir.parent),
     )
 
 
 def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | None = None,
           nested: bool = False) -> TrainResult:
-    """Run one training stage end to end. `callbacks` lets tests and sweeps hook into the Lightning loop."""
-    with torch_settings(cfg):
-        return _train(cfg, callbacks, overrides, nested)
+    """Run one training stage end to end. `callbacks` lets tests and sweeps hook into the Lightning loop.
+
+    `cfg` is converted once to its typed view (`TrainConfig`), which the libraries receive; `cfg` itself stays
+    for what needs the composed DictConfig: the run's logged config, the resume lookup and hash, config_hash."""
+    spec = typed(cfg, TrainConfig)
+    with torch_settings(spec.device):
+        return _train(cfg, spec, callbacks, overrides, nested)
 
 
-def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None, nested: bool) -> TrainResult:
+def _train(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Sequence[str] | None,
+           nested: bool) -> TrainResult:
     import lightning as L
     import mlflow
 
@@ -103,26 +110,26 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
     from anima.train.schedule import duration_seconds, step_limit
     from anima.tracking.run import stage_run
 
-    if str(cfg.stage) == "distill" and str(cfg.distill.mode) == "generate":
+    if spec.stage == "distill" and spec.distill.mode == "generate":
         from anima.train.seqdistill import generate_stage
 
-        return generate_stage(cfg, overrides=overrides, nested=nested)
+        return generate_stage(cfg, spec, overrides=overrides, nested=nested)
     run_id, ckpt_path, point = None, None, None
-    if str(cfg.get("resume", "none")) != "none":
+    if spec.resume != "none":
         point = find_resume(cfg)  # before any work: a config that differs from the run's fails here
         run_id, ckpt_path = point.run_id, point.ckpt
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    bundle = prepare_data(cfg)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # init independent of data prep
-    from anima.train.init import initial_model
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    bundle = prepare_data(spec)
+    L.seed_everything(spec.seed, workers=True, verbose=False)  # init independent of data prep
+    from anima.train.initial_model import initial_model
 
-    model, parent_uri = initial_model(cfg, bundle.tokenizer)
-    getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(cfg.device))
-    if cfg.trainer.get("packing") and str(cfg.data.kind) == "chat" and str(cfg.model.arch) == "hf":
+    model, parent_uri = initial_model(spec, bundle.tokenizer)
+    getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(spec.device))
+    if spec.trainer.packing and spec.data.kind == "chat" and spec.model.arch == "hf":
         from anima.train.packing import check_packing_support
 
-        check_packing_support(model, f"model.path={cfg.model.path}")  # anima's own Llama builds: tested
-    limit, compile_model = step_limit(cfg.trainer), compile_training(cfg)
+        check_packing_support(model, f"model.path={spec.model.path}")  # anima's own Llama builds: tested
+    limit, compile_model = step_limit(spec.trainer), compile_training(spec)
     out_dir = point.ckpt_dir.parent if point else stage_output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
@@ -132,25 +139,25 @@ def _train(cfg: DictConfig, callbacks: Sequence, overrides: Sequence[str] | None
         run_id = active.info.run_id
         n_params = count_parameters(model)
         if point is None or "model.n_parameters" not in mlflow.get_run(run_id).data.params:  # once per run
-            _log_run_inputs(cfg, model, bundle, n_params, parent_uri, compile_model)
-        terms = build_loss_terms(cfg, model, bundle)
-        budget_s = duration_seconds(str(cfg.trainer.max_time)) if cfg.trainer.max_time else None
-        module = CausalLMModule(model, terms, cfg.optim, limit,
+            _log_run_inputs(spec, model, bundle, n_params, parent_uri, compile_model)
+        terms = build_loss_terms(spec, model, bundle)
+        budget_s = duration_seconds(spec.trainer.max_time) if spec.trainer.max_time else None
+        module = CausalLMModule(model, terms, spec.optim, limit,
                                 val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
                                 time_budget_s=budget_s, compile=compile_model)
-        logger = StageRunLogger(experiment_name=str(cfg.tracking.experiment), tracking_uri=str(cfg.tracking.uri),
+        logger = StageRunLogger(experiment_name=spec.tracking.experiment, tracking_uri=spec.tracking.uri,
                               run_id=run_id, log_model=False)
-        trainer, val_loaders = _fit(cfg, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit)
+        trainer, val_loaders = _fit(spec, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit)
         metrics = _final_metrics(trainer, module, val_loaders)
-        if cfg.tracking.log_checkpoints:
+        if spec.tracking.log_checkpoints:
             for name in ("best.ckpt", "last.ckpt"):
                 if (ckpt_dir / name).is_file():
                     mlflow.log_artifact(str(ckpt_dir / name), "checkpoints")
-        result = _finish(cfg, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params, trainer)
+        result = _finish(cfg, spec, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params, trainer)
     return result
 
 
-def _log_run_inputs(cfg: DictConfig, model, bundle, n_params: int, parent_uri: str | None,
+def _log_run_inputs(spec: TrainConfig, model, bundle, n_params: int, parent_uri: str | None,
                     compile_model: bool) -> None:
     """Once per run (not again on resume): model size, what the run resolved (precision, attention, compile),
     data stats, and the datasets it read (training, prompts, persona seeds) with their lineage tags."""
@@ -161,9 +168,9 @@ def _log_run_inputs(cfg: DictConfig, model, bundle, n_params: int, parent_uri: s
 
     n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
     mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
-                       "trainer.schedule_horizon": "time" if cfg.trainer.max_time else "steps",
-                       "device.precision_used": resolve_precision(cfg.device),
-                       "device.attention_used": attention_implementation(cfg.device),
+                       "trainer.schedule_horizon": "time" if spec.trainer.max_time else "steps",
+                       "device.precision_used": resolve_precision(spec.device),
+                       "device.attention_used": attention_implementation(spec.device),
                        "optim.compile_used": compile_model,
                        **{f"data.{k}": v for k, v in bundle.stats.items()}})
     mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
@@ -175,7 +182,7 @@ def _log_run_inputs(cfg: DictConfig, model, bundle, n_params: int, parent_uri: s
         mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
 
 
-def _fit(cfg: DictConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None, logger, callbacks: Sequence,
+def _fit(spec: TrainConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None, logger, callbacks: Sequence,
          limit: int | None) -> tuple[Any, list]:
     """(trainer, val loaders) after `trainer.fit`; Ctrl-C (ours or Lightning's) ends as KeyboardInterrupt."""
     from torch.utils.data import DataLoader
@@ -183,13 +190,13 @@ def _fit(cfg: DictConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None
     from anima.train.interrupt import StopOnInterrupt, graceful_interrupt
 
     with graceful_interrupt() as stop:
-        trainer = _trainer(cfg, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
-        accum = int(cfg.trainer.grad_accum)
+        trainer = _trainer(spec, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
+        accum = spec.trainer.grad_accum
         total = limit * accum if limit else 1 << 62
         train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
-        val_loaders = [DataLoader(ds, batch_size=int(cfg.trainer.batch_size)) for ds in bundle.val_sets.values()]
+        val_loaders = [DataLoader(ds, batch_size=spec.trainer.batch_size) for ds in bundle.val_sets.values()]
         try:
-            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=int(cfg.trainer.num_workers)),
+            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=spec.trainer.num_workers),
                         val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
         except SystemExit:
             # Lightning answers Ctrl-C with exit(1): report it as an interrupt so the run ends KILLED,
@@ -216,37 +223,35 @@ def _final_metrics(trainer, module, val_loaders: list) -> dict[str, float]:
     return metrics
 
 
-def _finish(cfg: DictConfig, model, bundle, out_dir: Path, run_id: str, metrics: dict[str, float],
-            parent_uri: str | None, n_params: int, trainer=None) -> TrainResult:
-    """Save the final model dir, log it with sample generations, register a version with its lineage tags."""
+def _finish(cfg: DictConfig, spec: TrainConfig, model, bundle, out_dir: Path, run_id: str,
+            metrics: dict[str, float], parent_uri: str | None, n_params: int, trainer=None) -> TrainResult:
+    """Save the final model dir, log it with sample generations, register a version with its lineage tags
+    (its config_hash is of the composed `cfg`)."""
     import mlflow
 
     from anima.model.save import save_model_dir
     from anima.train.callbacks import generate_samples, samples_of
-    from anima.tracking.registry import log_model_dir, register_version
+    from anima.tracking.registry import log_model_dir, metric_tags, register_model
     from anima.tracking.run import config_hash
 
     model = getattr(model, "merged_for_save", lambda: model)()
-    meta = {"chat_template": str(cfg.chat.template), "stage": str(cfg.stage), "run_id": run_id,
+    meta = {"chat_template": spec.chat.template, "stage": spec.stage, "run_id": run_id,
             "data_fingerprint": bundle.fingerprint, "parent": parent_uri}
     model_dir = save_model_dir(model, bundle.tokenizer_dir, out_dir / "model", meta)
-    if bundle.sample_prompts and cfg.trainer.num_samples:
+    if bundle.sample_prompts and spec.trainer.num_samples:
         samples = (samples_of(trainer, model) if trainer is not None else None) or generate_samples(
-            model, bundle.tokenizer, bundle.sample_prompts, int(cfg.trainer.sample_tokens), cfg.sampling,
-            int(cfg.seed))  # the final validation's samples when they are of this model at this step
+            model, bundle.tokenizer, bundle.sample_prompts, spec.trainer.sample_tokens, spec.sampling,
+            spec.seed)  # the final validation's samples when they are of this model at this step
         mlflow.log_text("\n\n---\n\n".join(samples), "samples/final.md")
     source = log_model_dir(model_dir)
     result = TrainResult(run_id, model_dir, metrics)
-    if cfg.registry.register:
+    if spec.registry.register:
         tags = {
-            "stage": cfg.stage, "val_ppl": metrics.get("val/ppl"), "val_bpc": metrics.get("val/bpc"),
-            "persona_ppl": metrics.get("persona/ppl"), "data_fingerprint": bundle.fingerprint,
-            "config_hash": config_hash(cfg), "git_commit": mlflow.get_run(run_id).data.tags.get(
-                "mlflow.source.git.commit"), "parent": parent_uri, "teacher": cfg.get("teacher"),
-            "n_parameters": n_params, "chat_template": cfg.chat.template,
+            "stage": spec.stage, **metric_tags(metrics), "data_fingerprint": bundle.fingerprint,
+            "config_hash": config_hash(cfg), "parent": parent_uri, "teacher": spec.teacher,
+            "n_parameters": n_params, "chat_template": spec.chat.template,
             **bundle.lineage,  # datasets used, canonical teacher URI, persona seed set
         }
-        mv = register_version(str(cfg.registry.name), run_id, source, tags, alias=cfg.registry.alias)
-        result.version, result.registered_name = str(mv.version), str(cfg.registry.name)
-        mlflow.set_tag("anima.registered", result.model_uri)
+        mv = register_model(spec.registry.name, run_id, source, tags, alias=spec.registry.alias)
+        result.version, result.registered_name = mv.version, mv.name
     return result

@@ -3,8 +3,6 @@ experiment preset (one command reproduces it), and the top-k trial models regist
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +10,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from anima.atomic import PRIVATE, atomic_write_text
 from anima.sweep.objective import SweepContext
 
 
@@ -127,11 +126,7 @@ def write_preset(ctx: SweepContext, best: FrozenTrial) -> Path:
     folder = preset_dir(ctx.sweep)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ctx.study_name}-best.yaml"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(preset_text(ctx, best, str(ctx.sweep.stage)))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, preset_text(ctx, best, str(ctx.sweep.stage)), mode=PRIVATE)
 
 
 def _registered(name: str, study: str) -> dict[int, str]:
@@ -152,7 +147,7 @@ def register_top_k(ctx: SweepContext, trials: Sequence[FrozenTrial]) -> list[str
     """Register the k best trials' logged models (from their run artifacts) with lineage + sweep tags."""
     from mlflow import MlflowClient
 
-    from anima.tracking.registry import register_version
+    from anima.tracking.registry import metric_tags, model_uri, register_model
 
     client = MlflowClient()
     uris: list[str] = []
@@ -162,19 +157,17 @@ def register_top_k(ctx: SweepContext, trials: Sequence[FrozenTrial]) -> list[str
             continue
         done = _registered(name, ctx.study_name)
         if t.number in done:
-            uris.append(f"models:/{name}/{done[t.number]}")
+            uris.append(model_uri(name, done[t.number]))
             continue
         run = client.get_run(run_id)
         m, tags = run.data.metrics, run.data.tags
-        mv = register_version(name, run_id, f"{run.info.artifact_uri}/model", {
-            "stage": tags.get("anima.stage"), "val_ppl": m.get("val/ppl"), "val_bpc": m.get("val/bpc"),
-            "persona_ppl": m.get("persona/ppl"), "data_fingerprint": tags.get("anima.data_fingerprint"),
-            "config_hash": tags.get("anima.config_hash"), "git_commit": tags.get("mlflow.source.git.commit"),
-            "parent": tags.get("anima.parent") or None, "sweep_study": ctx.study_name, "sweep_trial": t.number,
-            "sweep_rank": rank, "sweep_metric": ctx.sweep.metric, "sweep_value": t.value,
+        mv = register_model(name, run_id, f"{run.info.artifact_uri}/model", {
+            "stage": tags.get("anima.stage"), **metric_tags(m), "data_fingerprint": tags.get("anima.data_fingerprint"),
+            "config_hash": tags.get("anima.config_hash"), "parent": tags.get("anima.parent") or None,
+            "sweep_study": ctx.study_name, "sweep_trial": t.number, "sweep_rank": rank,
+            "sweep_metric": ctx.sweep.metric, "sweep_value": t.value,
         }, description=f"sweep {ctx.study_name} trial {t.number}: {ctx.sweep.metric}={t.value:.6g}")
-        client.set_tag(run_id, "anima.registered", f"models:/{name}/{mv.version}")
-        uris.append(f"models:/{name}/{mv.version}")
+        uris.append(mv.uri)
     return uris
 
 

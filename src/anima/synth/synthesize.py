@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima.atomic import PRIVATE, atomic_path
 from anima.errors import AnimaError, DataError
 from anima.generation.sampling import SamplingParams
 from anima.synth.teachers import Messages, TeacherClient
@@ -70,36 +70,30 @@ def synthesize(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = SynthResult(count=0, failures=0, out_path=out_path)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for i, msgs in enumerate(convs):
-                try:
-                    reply = teacher.reply(msgs, params)
-                except AnimaError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - one prompt failed; count it and go on
+    with atomic_path(out_path, mode=PRIVATE) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for i, msgs in enumerate(convs):
+            try:
+                reply = teacher.reply(msgs, params)
+            except AnimaError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one prompt failed; count it and go on
+                result.failures += 1
+                if len(result.errors) < max_errors_kept:
+                    result.errors.append(f"prompt {i}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            else:
+                if reply and reply.strip():
+                    ex = {"messages": [*msgs, {"role": "assistant", "content": reply}],
+                          "source": "synth", "teacher": teacher.name}
+                    f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+                    result.count += 1
+                else:
                     result.failures += 1
                     if len(result.errors) < max_errors_kept:
-                        result.errors.append(f"prompt {i}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-                else:
-                    if reply and reply.strip():
-                        ex = {"messages": [*msgs, {"role": "assistant", "content": reply}],
-                              "source": "synth", "teacher": teacher.name}
-                        f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-                        result.count += 1
-                    else:
-                        result.failures += 1
-                        if len(result.errors) < max_errors_kept:
-                            result.errors.append(f"prompt {i}: empty reply")
-                if on_progress is not None:
-                    on_progress(i + 1, len(convs))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                        result.errors.append(f"prompt {i}: empty reply")
+            if on_progress is not None:
+                on_progress(i + 1, len(convs))
+        f.flush()
+        os.fsync(f.fileno())
     return result
 
 

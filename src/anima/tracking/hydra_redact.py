@@ -11,13 +11,13 @@ rewrites it redacted, atomically.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from anima.atomic import atomic_write_text
 from anima.tracking.redact import redact, redact_overrides
 
 SUBDIR = ".hydra"
@@ -25,9 +25,7 @@ SUBDIR = ".hydra"
 
 def _write(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(data)), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def _container(cfg: Any) -> Any:

@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from anima.atomic import atomic_path
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temp file, fsynced and renamed over the old one (then the dir is fsynced):
@@ -24,19 +26,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        # a fixed temp name: tests/test_kill_resume.py waits for it; sync_dir: the rename survives a power cut
+        with atomic_path(path, tmp=path.with_name(f".{path.name}.tmp"), sync_dir=True) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             if delay := float(os.environ.get(self.DELAY_ENV) or 0):
                 time.sleep(delay)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
 
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from anima.config.groups import PersonaGuardConfig
+from anima.config.stage_schemas import TrainConfig
 from anima.errors import ConfigError, DataError
 from anima.tokenizer.chat_template import get_template, render_prompt
 from anima.train.bundle import DataBundle
@@ -30,22 +32,23 @@ class ChatData:
     template: str
 
 
-def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSource | None = None) -> DataBundle:
+def prepare_chat_data(spec: TrainConfig, batch_size: int, block_size: int, source: ChatSource | None = None
+                      ) -> DataBundle:
     """sft/distill data: tokenizer (the parent's, with the run's template), rendered splits, batches.
 
     Val sets: ``val`` (the conversation val split) and ``persona`` (the held-out persona seed set, when the
     dataset has one): their perplexities are logged at every evaluation as val/ppl and persona/ppl.
     """
-    template = get_template(str(cfg.chat.template)).name  # an unknown preset fails here, naming the known ones
-    source = source or load_chat_source(cfg)
+    template = get_template(spec.chat.template).name  # an unknown preset fails here, naming the known ones
+    source = source or load_chat_source(spec.data, spec.paths, spec.tracking)
     if not source.splits.get("train"):
         raise DataError(f"dataset {source.name} ({source.path}) has an empty train split")
-    tok_dir, tokenizer, chosen_by = chat_tokenizer(cfg, source.splits["train"], source.fingerprint, template)
+    tok_dir, tokenizer, chosen_by = chat_tokenizer(spec, source.splits["train"], source.fingerprint, template)
     lineage: dict[str, str] = {"datasets": f"{source.name}@{source.fingerprint}", "tokenizer_from": chosen_by}
-    mode = str(cfg.distill.mode) if str(cfg.stage) == "distill" else "none"
+    mode = spec.distill.mode if spec.stage == "distill" else "none"
     if mode == "logits":
-        lineage["teacher"] = _check_logit_teacher(cfg, tokenizer)
-    train_examples, fingerprint, name, path = _training_examples(cfg, source, mode, lineage)
+        lineage["teacher"] = _check_logit_teacher(spec, tokenizer)
+    train_examples, fingerprint, name, path = _training_examples(spec, source, mode, lineage)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_rows = encode_examples(train_examples, tokenizer, template, block_size, f"dataset {name} train")
@@ -58,15 +61,16 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
                         f"(raise data.split.val)")
     val_sets: dict[str, Any] = {"val": ChatEvalSet(val_rows, pad_id, "val")}
     cpt = {"val": chars_per_target_token(val_rows, tokenizer)}
-    persona_train_examples, persona_val_examples = persona_sets(cfg, source)
+    persona_train_examples, persona_val_examples = persona_sets(spec.loss.persona_guard, spec.paths, source)
     persona_val = encode_examples(persona_val_examples, tokenizer, template, block_size, "persona val")
     if len(persona_val):
         val_sets["persona"] = ChatEvalSet(persona_val, pad_id, "persona")
         cpt["persona"] = chars_per_target_token(persona_val, tokenizer)
-    persona_train = _persona_train(cfg, source, persona_train_examples, tokenizer, template, block_size, lineage)
+    persona_train = _persona_train(spec.loss.persona_guard, source, persona_train_examples, tokenizer, template,
+                                   block_size, lineage)
 
-    make_train, batch_stats = train_batches(train_rows, batch_size, pad_id, int(cfg.seed), block_size,
-                                            bool(cfg.trainer.get("packing", False)))
+    make_train, batch_stats = train_batches(train_rows, batch_size, pad_id, spec.seed, block_size,
+                                            spec.trainer.packing)
     stats = {"train_examples": len(train_rows), "val_examples": len(val_rows),
              "persona_val_examples": len(persona_val), "train_target_tokens": train_rows.target_tokens,
              "val_target_tokens": val_rows.target_tokens, "truncated": train_rows.truncated + val_rows.truncated,
@@ -76,7 +80,7 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
     bundle = DataBundle(
         tokenizer_dir=tok_dir, tokenizer=tokenizer, make_train=make_train, val_sets=val_sets,
         fingerprint=fingerprint, dataset_name=name, dataset_path=path, chars_per_token=cpt,
-        sample_prompts=_sample_prompts(source, tokenizer, template, block_size, int(cfg.trainer.num_samples)),
+        sample_prompts=_sample_prompts(source, tokenizer, template, block_size, spec.trainer.num_samples),
         stats=stats,
     )
     bundle.aux["chat"] = ChatData(train_rows, persona_train, pad_id, template)
@@ -85,21 +89,21 @@ def prepare_chat_data(cfg: Any, batch_size: int, block_size: int, source: ChatSo
     return bundle
 
 
-def _check_logit_teacher(cfg: Any, tokenizer) -> str:
+def _check_logit_teacher(spec: TrainConfig, tokenizer) -> str:
     """distill.mode=logits: the teacher must share the student's vocabulary; checked at start-up, before any
     work. Returns the teacher's canonical URI."""
     from anima.model.resolve import resolve_model
     from anima.train.teacher import check_shared_vocab
 
-    if not cfg.get("teacher"):
+    if not spec.teacher:
         raise ConfigError("distill needs teacher=<model URI> (models:/name@alias, runs:/id/model or a dir)")
-    teacher = resolve_model(str(cfg.teacher), cfg.tracking)
-    vocab_size = None if str(cfg.model.arch) == "hf" or cfg.get("init_from") else int(cfg.model.vocab_size)
-    check_shared_vocab(teacher.path, str(cfg.teacher), tokenizer, vocab_size)
+    teacher = resolve_model(spec.teacher, spec.tracking)
+    vocab_size = None if spec.model.arch == "hf" or spec.init_from else spec.model.vocab_size
+    check_shared_vocab(teacher.path, spec.teacher, tokenizer, vocab_size)
     return teacher.canonical_uri
 
 
-def _training_examples(cfg: Any, source: ChatSource, mode: str, lineage: dict[str, str]
+def _training_examples(spec: TrainConfig, source: ChatSource, mode: str, lineage: dict[str, str]
                        ) -> tuple[list[dict], str, str, str]:
     """(examples, fingerprint, name, path) the run trains on: the train split, or with distill.mode=sequence
     the teacher's replies to its prompts (then the dataset is an input as "prompts" and lineage names both)."""
@@ -107,24 +111,23 @@ def _training_examples(cfg: Any, source: ChatSource, mode: str, lineage: dict[st
         return source.splits["train"], source.fingerprint, source.name, source.path
     from anima.train.seqdistill import ensure_teacher_pairs
 
-    pairs = ensure_teacher_pairs(cfg, source)
+    pairs = ensure_teacher_pairs(spec, source)
     source.inputs.append((source.name, source.fingerprint, source.path, "prompts"))
     lineage["teacher"] = pairs.teacher
     lineage["datasets"] = f"{pairs.name}@{pairs.fingerprint},{lineage['datasets']}"
     return pairs.examples, pairs.fingerprint, pairs.name, str(pairs.path)
 
 
-def _persona_train(cfg: Any, source: ChatSource, examples: Sequence[dict], tokenizer, template: str,
-                   block_size: int, lineage: dict[str, str]) -> ChatRows | None:
+def _persona_train(guard: PersonaGuardConfig, source: ChatSource, examples: Sequence[dict], tokenizer,
+                   template: str, block_size: int, lineage: dict[str, str]) -> ChatRows | None:
     """The persona guard's seed rows when loss.persona_guard.weight > 0 (an empty set is an error)."""
-    if not float(cfg.loss.persona_guard.weight) > 0:
+    if not guard.weight > 0:
         return None
     rows = encode_examples(examples, tokenizer, template, block_size, "persona seed set")
     if len(rows) == 0:
-        raise DataError(f"loss.persona_guard.weight={cfg.loss.persona_guard.weight} but dataset {source.name} "
+        raise DataError(f"loss.persona_guard.weight={guard.weight} but dataset {source.name} "
                         f"has no persona_train conversations (set data.persona or loss.persona_guard.data)")
-    spec = cfg.loss.persona_guard.get("data")
-    lineage["persona_data"] = str(spec) if spec else f"{source.name}@{source.fingerprint}:persona_train"
+    lineage["persona_data"] = guard.data or f"{source.name}@{source.fingerprint}:persona_train"
     return rows
 
 

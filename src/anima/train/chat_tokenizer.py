@@ -13,21 +13,22 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from anima.config.stage_schemas import TrainConfig
 from anima.errors import ConfigError
 from anima.fingerprint import hash_bytes
 
 
-def chat_tokenizer(cfg: Any, train_examples: Sequence[dict], fingerprint: str, template: str
+def chat_tokenizer(spec: TrainConfig, train_examples: Sequence[dict], fingerprint: str, template: str
                    ) -> tuple[Path, Any, str]:
     """(templated tokenizer dir, tokenizer, the key that chose its source) for a chat run."""
     from anima.tokenizer.ensure import ensure_tokenizer
     from anima.tokenizer.hf import load_tokenizer
 
-    src_dir, chosen_by = tokenizer_source(cfg)
+    src_dir, chosen_by = tokenizer_source(spec)
     if src_dir is None:
         corpus = _chat_corpus(train_examples, fingerprint)
-        src_dir, _ = ensure_tokenizer(corpus, cfg.tokenizer, template, cfg.paths.cache_dir)
-    tok_dir = templated_tokenizer_dir(src_dir, template, cfg.paths.cache_dir)
+        src_dir, _ = ensure_tokenizer(corpus, spec.tokenizer, template, spec.paths.cache_dir)
+    tok_dir = templated_tokenizer_dir(src_dir, template, spec.paths.cache_dir)
     tokenizer = load_tokenizer(tok_dir)
     check_template_tokens(tokenizer, template)
     return tok_dir, tokenizer, chosen_by
@@ -96,7 +97,7 @@ def templated_tokenizer_dir(src_dir: Path, template: str, cache_dir: str | Path)
     return final
 
 
-def tokenizer_source(cfg: Any) -> tuple[Path | None, str]:
+def tokenizer_source(spec: TrainConfig) -> tuple[Path | None, str]:
     """Where the run's tokenizer comes from: (dir, the key that chose it); (None, ...) = train one.
 
     A fine-tuned model keeps its parent's tokenizer (never retrained): tokenizer.path, else init_from, else
@@ -104,16 +105,16 @@ def tokenizer_source(cfg: Any) -> tuple[Path | None, str]:
     """
     from anima.model.resolve import resolve_model
 
-    if cfg.tokenizer.get("path"):
-        return Path(str(cfg.tokenizer.path)), "tokenizer.path"
-    if cfg.get("init_from"):
-        return resolve_model(str(cfg.init_from), cfg.tracking).path, "init_from"
-    if str(cfg.model.arch) == "hf":
-        if not cfg.model.get("path"):
+    if spec.tokenizer.path:
+        return Path(spec.tokenizer.path), "tokenizer.path"
+    if spec.init_from:
+        return resolve_model(spec.init_from, spec.tracking).path, "init_from"
+    if spec.model.arch == "hf":
+        if not spec.model.path:
             raise ConfigError("model=hf needs model.path=<local Hugging Face model dir>")
-        return Path(str(cfg.model.path)), "model.path"
-    if str(cfg.stage) == "distill" and str(cfg.distill.mode) == "logits" and cfg.get("teacher"):
-        return resolve_model(str(cfg.teacher), cfg.tracking).path, "teacher"
+        return Path(spec.model.path), "model.path"
+    if spec.stage == "distill" and spec.distill.mode == "logits" and spec.teacher:
+        return resolve_model(spec.teacher, spec.tracking).path, "teacher"
     return None, "trained on the chat data"
 
 

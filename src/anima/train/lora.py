@@ -8,28 +8,30 @@ model is the merged LlamaForCausalLM (or whatever the base class is): a standard
 from __future__ import annotations
 
 import copy
-from typing import Any
 
+from anima.config.groups import LoraConfig
 from anima.errors import ConfigError
 
 
-def lora_enabled(model_cfg: Any) -> bool:
-    return int(model_cfg.get("lora", {}).get("r", 0) or 0) > 0
+def lora_enabled(lora: LoraConfig) -> bool:
+    """`model.lora.r` > 0: train adapters instead of all weights."""
+    return lora.r > 0
 
 
-def apply_lora(model, lora_cfg: Any):
+def apply_lora(model, lora: LoraConfig):
     """Wrap `model` in a peft LoRA model; the result has `merged_for_save()` -> a merged deep copy."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    targets = list(lora_cfg.target_modules)
+    targets = list(lora.target_modules)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     unknown = [t for t in targets if t not in present]
     if not targets or unknown:
         known = sorted(n for n in present if n and not n.isdigit())
         raise ConfigError(f"model.lora.target_modules={targets}: {', '.join(unknown) or 'empty'} not in the model "
                           f"(modules: {', '.join(known[:20])})")
-    config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha), lora_dropout=float(lora_cfg.dropout),
-                        target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            task_type="CAUSAL_LM", bias="none")
     peft_model = get_peft_model(model, config)
 
     def merged_for_save():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
+from anima.config.groups import OptimConfig
 from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
 from anima.train.schedule import lr_factor
 
@@ -32,7 +33,7 @@ class CausalLMModule(L.LightningModule):
     """Wraps a Hugging Face causal LM. Validation reports loss, perplexity and (for text) bits per character
     for each named validation set: `val/*` for the first, `<name>/*` for the others (e.g. `persona/ppl`)."""
 
-    def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: Any, max_steps: int | None,
+    def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: OptimConfig, max_steps: int | None,
                  val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None,
                  time_budget_s: float | None = None, compile: bool = False):
         super().__init__()
@@ -127,7 +128,7 @@ class CausalLMModule(L.LightningModule):
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = {"auto": None, "true": True, "false": False}[str(cfg.fused).lower()]
+        fused = {"auto": None, "true": True, "false": False}[cfg.fused.lower()]  # `true` from argv arrives as "True"
         if fused is None:
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)

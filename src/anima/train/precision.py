@@ -9,7 +9,8 @@ fp32). Any other CPU keeps `32-true`. A CUDA GPU gets `bf16-mixed` where it supp
 
 from __future__ import annotations
 
-from typing import Any
+from anima.config.groups import DeviceConfig
+from anima.config.stage_schemas import TrainConfig
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -20,14 +21,13 @@ def cpu_has_bf16_matrix_units() -> bool:
     return any(bool(probe and probe()) for probe in probes)
 
 
-def resolve_precision(device_cfg: Any) -> str:
+def resolve_precision(device: DeviceConfig) -> str:
     """The Lightning precision to train in: `device.precision` unless it is `auto`."""
-    precision = str(device_cfg.precision)
-    if precision != "auto":
-        return precision
+    if device.precision != "auto":
+        return device.precision
     import torch
 
-    accelerator = str(device_cfg.accelerator)
+    accelerator = device.accelerator
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator in ("cpu", "auto") and cpu_has_bf16_matrix_units():
@@ -35,11 +35,11 @@ def resolve_precision(device_cfg: Any) -> str:
     return "32-true"
 
 
-def trainer_precision(device_cfg: Any) -> tuple[str | None, list]:
+def trainer_precision(device: DeviceConfig) -> tuple[str | None, list]:
     """(`precision=`, precision plugins) for `L.Trainer`. bf16-mixed goes through `Bf16Mixed` so a fused
     AdamW can be clipped: Lightning's mixed-precision plugin forbids that for every fused optimizer because fp16's
     GradScaler would clip scaled gradients, but bf16 has no scaler, so clipping is exact."""
-    precision = resolve_precision(device_cfg)
+    precision = resolve_precision(device)
     if precision != "bf16-mixed":
         return precision, []
     from lightning.pytorch.plugins.precision import MixedPrecision
@@ -49,47 +49,44 @@ def trainer_precision(device_cfg: Any) -> tuple[str | None, list]:
         def clip_gradients(self, optimizer, clip_val=0.0, gradient_clip_algorithm=None):
             Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
 
-    return None, [Bf16Mixed("bf16-mixed", "cpu" if _on_cpu(device_cfg) else "cuda")]
+    return None, [Bf16Mixed("bf16-mixed", "cpu" if _on_cpu(device) else "cuda")]
 
 
-def attention_implementation(device_cfg: Any) -> str:
+def attention_implementation(device: DeviceConfig) -> str:
     """`device.attention`; auto: `eager` (plain matmuls + softmax) under bf16 autocast on a CPU, where it beat
     SDPA's CPU flash kernel by ~5% per step here (its bf16 backward is slow); `sdpa` everywhere else (faster in
     fp32). Training only: a saved model's config does not record it."""
-    choice = str(device_cfg.get("attention", "auto"))
-    if choice != "auto":
-        return choice
-    return "eager" if _on_cpu(device_cfg) and resolve_precision(device_cfg) == "bf16-mixed" else "sdpa"
+    if device.attention != "auto":
+        return device.attention
+    return "eager" if _on_cpu(device) and resolve_precision(device) == "bf16-mixed" else "sdpa"
 
 
 COMPILE_MIN_STEPS = 100
 COMPILE_MIN_SECONDS = 60
 
 
-def compile_training(cfg: Any) -> bool:
+def compile_training(spec: TrainConfig) -> bool:
     """`optim.compile`; auto: torch.compile the training forward where it pays — bf16 autocast on a CPU
     (inductor fuses the elementwise work between the bf16 matmuls: ~1.2x per step on `tiny` here, for ~4 s of
     compile with a warm cache, ~25 s cold) on text batches, whose fixed shape compiles once (chat batches vary
     in length and would recompile), in runs long enough to earn the compile back (`COMPILE_MIN_STEPS` steps or a
     `trainer.max_time` of at least `COMPILE_MIN_SECONDS`)."""
-    choice = str(cfg.optim.get("compile", "auto")).lower()
+    choice = spec.optim.compile.lower()  # `optim.compile=true` on the command line arrives as "True"
     if choice != "auto":
         return choice == "true"
     from anima.train.schedule import duration_seconds, step_limit
 
-    on_cpu = _on_cpu(cfg.device)
-    max_time, steps = cfg.trainer.get("max_time"), step_limit(cfg.trainer)
+    max_time, steps = spec.trainer.max_time, step_limit(spec.trainer)
     long_run = (steps is None or steps >= COMPILE_MIN_STEPS) and (
-        not max_time or duration_seconds(str(max_time)) >= COMPILE_MIN_SECONDS)
-    return (on_cpu and long_run and resolve_precision(cfg.device) == "bf16-mixed"
-            and str(cfg.data.get("kind", "text")) == "text")
+        not max_time or duration_seconds(max_time) >= COMPILE_MIN_SECONDS)
+    return (_on_cpu(spec.device) and long_run and resolve_precision(spec.device) == "bf16-mixed"
+            and spec.data.kind == "text")
 
 
-def _on_cpu(device_cfg: Any) -> bool:
+def _on_cpu(device: DeviceConfig) -> bool:
     """Training runs on the CPU: `accelerator=cpu`, or `auto` on a machine without CUDA."""
-    accelerator = str(device_cfg.accelerator)
-    if accelerator != "auto":
-        return accelerator == "cpu"
+    if device.accelerator != "auto":
+        return device.accelerator == "cpu"
     import torch
 
     return not torch.cuda.is_available()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima.tracking.registry import model_uri
+
 
 @dataclass
 class TrainResult:
@@ -21,5 +23,5 @@ class TrainResult:
     @property
     def model_uri(self) -> str:
         if self.version:
-            return f"models:/{self.registered_name}/{self.version}"
+            return model_uri(self.registered_name, self.version)
         return f"runs:/{self.run_id}/model"

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 
+from anima.config.groups import TrainerConfig
+
 
 DEFAULT_MAX_STEPS = 200
 
 
-def step_limit(trainer_cfg) -> int | None:
+def step_limit(trainer: TrainerConfig) -> int | None:
     """`trainer.max_steps`, or when it is null: no step limit for a time-budgeted run (`trainer.max_time`
     alone decides, so a faster machine trains more), `DEFAULT_MAX_STEPS` otherwise."""
-    if trainer_cfg.get("max_steps") is not None:
-        return int(trainer_cfg.max_steps)
-    return None if trainer_cfg.get("max_time") else DEFAULT_MAX_STEPS
+    if trainer.max_steps is not None:
+        return trainer.max_steps
+    return None if trainer.max_time else DEFAULT_MAX_STEPS
 
 
 def duration_seconds(value: str) -> float:

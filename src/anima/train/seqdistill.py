@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from anima.config.stage_schemas import TrainConfig
 from anima.data.chat_readers import read_jsonl_chats
 from anima.errors import ConfigError, DataError
 from anima.fingerprint import hash_files, hash_obj
@@ -45,18 +46,18 @@ def prompt_of(messages: Sequence[dict]) -> list[dict] | None:
     return None if last is None else [dict(role=m["role"], content=m["content"]) for m in messages[:last + 1]]
 
 
-def collect_prompts(cfg: Any, source) -> tuple[list[list[dict]], str]:
+def collect_prompts(spec: TrainConfig, source) -> tuple[list[list[dict]], str]:
     """(prompts as message lists, where they came from): distill.prompts (a .txt/.jsonl/.json file) or the
     user turns of the data's train split. Deduplicated, in a seeded order, at most distill.max_prompts."""
     import random
 
-    spec = cfg.distill.get("prompts")
-    if spec:
+    given = spec.distill.prompts
+    if given:
         from anima.synth.synthesize import load_prompts
 
-        raw = load_prompts(str(spec))
+        raw = load_prompts(given)
         prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else prompt_of(p) for p in raw]
-        origin = str(spec)
+        origin = given
     else:
         if source is None:
             raise ConfigError("distill.mode needs prompts: set distill.prompts=<file> or a chat data= config")
@@ -70,8 +71,8 @@ def collect_prompts(cfg: Any, source) -> tuple[list[list[dict]], str]:
             unique.append(p)
     if not unique:
         raise DataError(f"distill prompts from {origin}: no conversation has a user turn")
-    random.Random(int(cfg.seed)).shuffle(unique)
-    return unique[: int(cfg.distill.max_prompts)], origin
+    random.Random(spec.seed).shuffle(unique)
+    return unique[: spec.distill.max_prompts], origin
 
 
 def teacher_fingerprint(model_dir: Path) -> str:
@@ -82,27 +83,22 @@ def teacher_fingerprint(model_dir: Path) -> str:
     return hash_files(files)
 
 
-def _sampling(cfg: Any):
-    from anima.generation.sampling import sampling_from_config
-
-    return sampling_from_config(cfg.sampling, seed=int(cfg.seed))
-
-
-def ensure_teacher_pairs(cfg: Any, source) -> TeacherPairs:
+def ensure_teacher_pairs(spec: TrainConfig, source) -> TeacherPairs:
     """The teacher's replies to the prompts, generated once per (teacher, prompts, sampling) and cached."""
+    from anima.generation.sampling import sampling_from_config
     from anima.model.resolve import resolve_model
 
-    if not cfg.get("teacher"):
-        raise ConfigError(f"distill.mode={cfg.distill.mode} needs teacher=<model URI or local HF model dir>")
-    teacher = resolve_model(str(cfg.teacher), cfg.tracking)
-    prompts, origin = collect_prompts(cfg, source)
-    params = _sampling(cfg)
+    if not spec.teacher:
+        raise ConfigError(f"distill.mode={spec.distill.mode} needs teacher=<model URI or local HF model dir>")
+    teacher = resolve_model(spec.teacher, spec.tracking)
+    prompts, origin = collect_prompts(spec, source)
+    params = sampling_from_config(spec.sampling, seed=spec.seed)
     settings = {k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "repetition_penalty",
                                                   "max_new_tokens", "seed")}
     fp = hash_obj({"v": FORMAT_VERSION, "teacher": teacher_fingerprint(teacher.path), "prompts": prompts,
                    "sampling": settings})
     name = f"distill-{source.name if source is not None else Path(origin).stem}"
-    final = Path(str(cfg.paths.processed_dir)) / name / fp
+    final = Path(spec.paths.processed_dir) / name / fp
     if (final / "manifest.json").is_file():
         manifest = json.loads((final / "manifest.json").read_text())
         return TeacherPairs(name, fp, final, read_jsonl_chats(final / "train.jsonl"), manifest["teacher"],
@@ -114,15 +110,15 @@ def ensure_teacher_pairs(cfg: Any, source) -> TeacherPairs:
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        threads = int(cfg.device.threads) if cfg.device.get("threads") else None
-        result = synthesize(prompts, HFTeacher(teacher.path, threads=threads), params, work / "raw.jsonl")
+        result = synthesize(prompts, HFTeacher(teacher.path, threads=spec.device.threads or None), params,
+                            work / "raw.jsonl")
         examples = []
         for i, ex in enumerate(read_jsonl_chats(work / "raw.jsonl")):
             examples.append({"id": f"{fp[:8]}-{i:06d}", "messages": ex["messages"], "source": "distill",
                              "domain": "teacher", "persona": False, "score": None,
                              "teacher": teacher.canonical_uri})
         if not examples:
-            raise DataError(f"teacher={cfg.teacher} answered none of {len(prompts)} prompts "
+            raise DataError(f"teacher={spec.teacher} answered none of {len(prompts)} prompts "
                             f"({'; '.join(result.errors[:2])})")
         with open(work / "train.jsonl", "w", encoding="utf-8") as f:
             for ex in examples:
@@ -142,8 +138,9 @@ def ensure_teacher_pairs(cfg: Any, source) -> TeacherPairs:
     return TeacherPairs(name, fp, final, examples, teacher.canonical_uri, result.failures, generated_now=True)
 
 
-def generate_stage(cfg: Any, overrides: Sequence[str] | None = None, nested: bool = False):
-    """`anima distill distill.mode=generate`: produce (or reuse) the teacher pairs, log them as a dataset."""
+def generate_stage(cfg: Any, spec: TrainConfig, overrides: Sequence[str] | None = None, nested: bool = False):
+    """`anima distill distill.mode=generate`: produce (or reuse) the teacher pairs, log them as a dataset.
+    `spec` is the typed view of `cfg`; the run logs `cfg` itself (its config and overrides)."""
     import mlflow
 
     from anima.tracking.datasets import log_dataset_input
@@ -152,9 +149,9 @@ def generate_stage(cfg: Any, overrides: Sequence[str] | None = None, nested: boo
     from anima.train.result import TrainResult
     from anima.train.settings import torch_settings
 
-    source = load_chat_source(cfg) if not cfg.distill.get("prompts") else None
-    with torch_settings(cfg), stage_run(cfg, overrides=overrides, nested=nested) as active:
-        pairs = ensure_teacher_pairs(cfg, source)
+    source = None if spec.distill.prompts else load_chat_source(spec.data, spec.paths, spec.tracking)
+    with torch_settings(spec.device), stage_run(cfg, overrides=overrides, nested=nested) as active:
+        pairs = ensure_teacher_pairs(spec, source)
         if source is not None:
             log_dataset_input(source.name, source.fingerprint, source.path, "prompts")
         log_dataset_input(pairs.name, pairs.fingerprint, str(pairs.path), "generated")

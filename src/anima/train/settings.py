@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Iterator
+
+from anima.config.groups import DeviceConfig
 
 
 @contextlib.contextmanager
-def torch_settings(cfg: Any) -> Iterator[None]:
+def torch_settings(device: DeviceConfig) -> Iterator[None]:
     """Threads and matmul precision for this run only: a library call must not leave them changed for the
     caller (a sweep, a pipeline, tests that compare logits in exact fp32 afterwards)."""
     import logging
@@ -21,9 +23,9 @@ def torch_settings(cfg: Any) -> Iterator[None]:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
     saved = (torch.get_num_threads(), torch.get_float32_matmul_precision())
-    if cfg.device.threads:
-        torch.set_num_threads(int(cfg.device.threads))
-    torch.set_float32_matmul_precision(str(cfg.device.matmul_precision))
+    if device.threads:
+        torch.set_num_threads(device.threads)
+    torch.set_float32_matmul_precision(device.matmul_precision)
     try:
         yield
     finally:

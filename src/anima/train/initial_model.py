@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from anima.config.groups import ModelConfig
+from anima.config.stage_schemas import TrainConfig
 from anima.errors import ModelError
 
 
-def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str, model_dir: Path | None = None) -> None:
+def check_compatible(model_cfg: ModelConfig, tokenizer, loaded_config, source: str,
+                     model_dir: Path | None = None) -> None:
     """init_from must match the `model` config's architecture and the run's tokenizer, field by field.
 
     Only the weights' shape and vocabulary are checked: batch size, lr, steps, schedule and every other
@@ -16,7 +19,7 @@ def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str, mode
     """
     from anima.model.build import architecture_diff, llama_config
 
-    if str(model_cfg.arch) == "llama":
+    if model_cfg.arch == "llama":
         diff = architecture_diff(llama_config(model_cfg, tokenizer), loaded_config)
         if diff:
             raise ModelError(f"init_from={source} differs from model={model_cfg.name}: {'; '.join(diff)} "
@@ -33,28 +36,29 @@ def check_compatible(model_cfg: Any, tokenizer, loaded_config, source: str, mode
                              f"(drop tokenizer.path to use the model's own tokenizer)")
 
 
-def initial_model(cfg: Any, tokenizer) -> tuple[Any, str | None]:
+def initial_model(spec: TrainConfig, tokenizer) -> tuple[Any, str | None]:
     """(model, parent canonical URI or None). model=hf with model.lora.r > 0 gets LoRA adapters."""
     from anima.model.build import build_model, load_model_dir
     from anima.train.lora import apply_lora, lora_enabled
 
-    if lora_enabled(cfg.model) and str(cfg.model.arch) != "hf":
-        raise ModelError(f"model.lora.r={cfg.model.lora.r} needs model=hf (LoRA is for Hugging Face students); "
-                         f"model={cfg.model.name} trains all weights")
-    if not cfg.get("init_from"):
-        if str(cfg.model.arch) == "hf":
-            path = Path(str(cfg.model.path))
+    model_cfg = spec.model
+    if lora_enabled(model_cfg.lora) and model_cfg.arch != "hf":
+        raise ModelError(f"model.lora.r={model_cfg.lora.r} needs model=hf (LoRA is for Hugging Face students); "
+                         f"model={model_cfg.name} trains all weights")
+    if not spec.init_from:
+        if model_cfg.arch == "hf":
+            path = Path(str(model_cfg.path))
             model = load_model_dir(path).train()
-            check_compatible(cfg.model, tokenizer, model.config, str(path), path)
-            if lora_enabled(cfg.model):
-                model = apply_lora(model, cfg.model.lora)
+            check_compatible(model_cfg, tokenizer, model.config, str(path), path)
+            if lora_enabled(model_cfg.lora):
+                model = apply_lora(model, model_cfg.lora)
             return model, str(path.resolve())
-        return build_model(cfg.model, tokenizer), None
+        return build_model(model_cfg, tokenizer), None
     from anima.model.resolve import resolve_model
 
-    resolved = resolve_model(str(cfg.init_from), cfg.tracking)
+    resolved = resolve_model(spec.init_from, spec.tracking)
     model = load_model_dir(resolved.path).train()  # from_pretrained returns eval mode (dropout off)
-    check_compatible(cfg.model, tokenizer, model.config, str(cfg.init_from), resolved.path)
-    if lora_enabled(cfg.model):
-        model = apply_lora(model, cfg.model.lora)
+    check_compatible(model_cfg, tokenizer, model.config, spec.init_from, resolved.path)
+    if lora_enabled(model_cfg.lora):
+        model = apply_lora(model, model_cfg.lora)
     return model, resolved.canonical_uri

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 
+from anima.config.stage_schemas import TrainConfig
 from anima.errors import ConfigError, DataError, ModelError
 from anima.train.divergences import KINDS, distill_loss
 from anima.train.losses import IGNORE_INDEX, token_cross_entropy
@@ -142,27 +143,27 @@ def _log(module: Any, name: str, value: torch.Tensor) -> None:
     module.logger.log_metrics({name: float(value.detach())}, step=int(module.global_step))
 
 
-def build_extra_terms(cfg: Any, model, bundle) -> list:
-    """kd and persona_guard terms for the weights > 0 in `cfg.loss` (the teacher's vocabulary is checked here,
+def build_extra_terms(spec: TrainConfig, model, bundle) -> list:
+    """kd and persona_guard terms for the weights > 0 in `spec.loss` (the teacher's vocabulary is checked here,
     before training starts, as well as when the data is prepared)."""
     terms: list = []
-    kd, guard = cfg.loss.kd, cfg.loss.persona_guard
-    if float(kd.weight) > 0:
-        if str(cfg.stage) == "distill" and str(cfg.distill.mode) != "logits":
-            raise ConfigError(f"loss.kd.weight={kd.weight} needs distill.mode=logits (mode {cfg.distill.mode} "
+    kd, guard = spec.loss.kd, spec.loss.persona_guard
+    if kd.weight > 0:
+        if spec.stage == "distill" and spec.distill.mode != "logits":
+            raise ConfigError(f"loss.kd.weight={kd.weight} needs distill.mode=logits (mode {spec.distill.mode} "
                               f"trains on teacher replies with lm only; set loss.kd.weight=0)")
-        if not cfg.get("teacher"):
+        if not spec.teacher:
             raise ConfigError(f"loss.kd.weight={kd.weight} needs teacher=<model URI>")
-        if int(kd.cache_top_k) and str(cfg.data.kind) != "chat":
+        if kd.cache_top_k and spec.data.kind != "chat":
             raise ConfigError("loss.kd.cache_top_k needs chat data (data.kind=chat): text batches have no example ids")
         from anima.model.resolve import resolve_model
         from anima.train.teacher import check_shared_vocab, load_frozen
 
-        resolved = resolve_model(str(cfg.teacher), cfg.tracking)
-        check_shared_vocab(resolved.path, str(cfg.teacher), bundle.tokenizer, int(model.config.vocab_size))
-        terms.append(DistillationLoss(load_frozen(resolved.path), float(kd.weight), str(kd.kind),
-                                      float(kd.temperature), float(kd.jsd_beta), int(kd.cache_top_k)))
-    if float(guard.weight) > 0:
+        resolved = resolve_model(spec.teacher, spec.tracking)
+        check_shared_vocab(resolved.path, spec.teacher, bundle.tokenizer, int(model.config.vocab_size))
+        terms.append(DistillationLoss(load_frozen(resolved.path), kd.weight, kd.kind, kd.temperature, kd.jsd_beta,
+                                      kd.cache_top_k))
+    if guard.weight > 0:
         chat = bundle.aux.get("chat")
         if chat is None or chat.persona_train is None:
             raise ConfigError(f"loss.persona_guard.weight={guard.weight} needs chat data with a persona set "
@@ -170,8 +171,7 @@ def build_extra_terms(cfg: Any, model, bundle) -> list:
         from anima.train.chat_rows import ChatBatches
         from anima.train.teacher import frozen_copy
 
-        batches = ChatBatches(chat.persona_train, int(cfg.trainer.batch_size), chat.pad_id, int(cfg.seed) + 1)
-        reference = frozen_copy(model) if float(guard.kl_weight) > 0 else None
-        terms.append(PersonaGuardLoss(batches, float(guard.weight), int(guard.every), float(guard.kl_weight),
-                                      reference))
+        batches = ChatBatches(chat.persona_train, spec.trainer.batch_size, chat.pad_id, spec.seed + 1)
+        reference = frozen_copy(model) if guard.kl_weight > 0 else None
+        terms.append(PersonaGuardLoss(batches, guard.weight, guard.every, guard.kl_weight, reference))
     return terms
