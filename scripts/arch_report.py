@@ -162,25 +162,18 @@ def main() -> None:
         print(json.dumps(r, indent=1))
         return
     print(f"{r['files']} files, {r['lines']} lines; config casts like int(cfg...): {r['config_casts']}")
-    print(f"files over {MAX_FILE_LINES} lines: {len(r['long_files'])}")
-    for f, n in r["long_files"]:
-        print(f"  {n:5d}  {f}")
-    print(f"functions over {MAX_FUNCTION_LINES} lines: {len(r['long_functions'])}")
-    for f, n in r["long_functions"]:
-        print(f"  {n:5d}  {f}")
-    print(f"import cycles: {len(r['cycles'])}")
-    for c in r["cycles"]:
-        print("  " + " <-> ".join(c))
-    print(f"package cycles: {len(r['package_cycles'])}")
-    for c in r["package_cycles"]:
-        print("  " + " <-> ".join(c))
-    print(f"upward imports (library -> cli/stages/pipeline): {len(r['upward_imports'])}")
-    for m, d in r["upward_imports"]:
-        print(f"  {m} -> {d}")
-    print(f"imports against the layer order (LAYERS): {len(r['layer_violations'])}")
-    for m, d in r["layer_violations"]:
-        print(f"  {m} -> {d}")
-
+    sections = [
+        (f"files over {MAX_FILE_LINES} lines", "long_files", lambda x: f"{x[1]:5d}  {x[0]}"),
+        (f"functions over {MAX_FUNCTION_LINES} lines", "long_functions", lambda x: f"{x[1]:5d}  {x[0]}"),
+        ("import cycles", "cycles", " <-> ".join),
+        ("package cycles", "package_cycles", " <-> ".join),
+        ("upward imports (library -> cli/stages/pipeline)", "upward_imports", " -> ".join),
+        ("imports against the layer order (LAYERS)", "layer_violations", " -> ".join),
+    ]
+    for title, key, show in sections:
+        print(f"{title}: {len(r[key])}")
+        for item in r[key]:
+            print("  " + show(item))
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anima.errors import AnimaError, ConfigError
+from anima.model.resolve import MODELS_URI
 from anima.tracking.registry import model_uri
 
 USAGE = "usage: anima lineage <model URI> [--depth N] [tracking overrides: tracking.uri=... | paths.root=...]"
-MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
 RUNS_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]+)/(?P<path>.+)$")
 
 
