@@ -12,7 +12,7 @@ from anima.paths import conf_dir
 from tests.helpers import compose_cfg
 
 PRIMARY = sorted(p.stem for p in conf_dir().glob("*.yaml"))
-GROUPS = {"model": ["nano", "tiny", "small", "base"], "device": ["cpu", "gpu", "mps", "auto", "ddp"],
+GROUPS = {"model": ["nano", "tiny", "small", "base"], "device": ["cpu", "gpu", "mps", "auto", "ddp", "fsdp"],
           "tracking": ["local", "server"]}
 
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +17,7 @@ import pytest
 
 from anima.tracking.redact import RedactingFilter, is_secret_key, redact, redact_overrides, redact_text
 from tests.helpers import NANO_FAST, compose_cfg, postgres_url
+from tests.helpers.servers import free_port, start_mlflow_server, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 ANIMA = [sys.executable, "-m", "anima"]
@@ -131,42 +129,9 @@ def _grep(root: Path, needle: str) -> tuple[list[str], int]:
     return hits, n
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
     """A real MLflow tracking server whose store lives under the project's mlruns/ (so the grep covers it)."""
-    (root / "mlruns").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(root / "mlflow-server.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                             f"sqlite:///{root}/mlruns/server.db", "--artifacts-destination",
-                             str(root / "mlruns" / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {(root / 'mlflow-server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("mlflow server did not answer /health within 120 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return start_mlflow_server(root, port)
 
 
 @pytest.mark.slow
@@ -180,7 +145,7 @@ def test_no_secret_under_the_project_pretrain_synth_multirun(project, raw_dir, m
     from anima.stages.serve import build_app
 
     secret = f"{S}-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     server = _start_mlflow_server(project, port)
     uri = f"http://anima:{secret}@127.0.0.1:{port}"
     try:
@@ -209,7 +174,7 @@ def test_no_secret_under_the_project_pretrain_synth_multirun(project, raw_dir, m
         mlflow.set_tracking_uri(uri)
         runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("anima").experiment_id])
     finally:
-        _stop(server)
+        stop_server(server)
 
     by_stage = {}
     for r in runs:

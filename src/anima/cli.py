@@ -51,6 +51,7 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
     from anima.paths import conf_dir
 
     name = stage.config_name
+    argv = [*argv, *_rank_overrides()]
     flags = [a for a in argv if a.startswith("-")]
     if all(f in MULTIRUN_FLAGS for f in flags):
         check_jobs(name, [a for a in argv if not a.startswith("-")], multirun=bool(flags))
@@ -70,6 +71,9 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
         from anima.tracking.context import run_context
 
         job = HydraConfig.get()
+        # What Lightning's DDP launcher re-executes for the other ranks (it appends the job's hydra.run.dir):
+        # this program, the stage and this job's own overrides (one job of a --multirun, not the sweep).
+        sys.argv = [program, *stage.name.split(), *job.overrides.task, *(v.text for v in values)]
         try:
             apply_values(cfg, values)
             with run_context(output_dir=job.runtime.output_dir, overrides=list(job.overrides.task)):
@@ -78,9 +82,22 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
             print(f"anima: error: {e}", file=sys.stderr)
             sys.exit(2)
 
+    program = sys.argv[0]
     sys.argv = [f"anima {stage.name}", *argv]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=name)(task)()
     return 0
+
+
+def _rank_overrides() -> list[str]:
+    """A data-parallel rank > 0 (started by Lightning's launcher or torchrun) runs the same command as rank 0 but
+    leaves the job's record to it: no .hydra/ files of its own, its log under its own name."""
+    from anima.train.distributed import env_rank, torchrun_launched
+
+    rank = env_rank()
+    if rank == 0:
+        return []
+    extra = ["hydra.callbacks.redact.subdir=null"]
+    return extra + ([f"hydra.job.name=rank_{rank}"] if torchrun_launched() else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,7 +92,15 @@ def run_stage(stage: Stage, cfg: Any) -> Any:
     schema = schema_for(stage.config_name)
     if schema is not None:
         validate(cfg, schema)
-    return stage.implementation()(cfg)
+    try:
+        return stage.implementation()(cfg)
+    except Exception as e:  # the tracking server went away mid-run: one line naming it, not a traceback
+        from anima.tracking.store import tracking_failure
+
+        failure = tracking_failure(e, str(cfg.tracking.uri)) if "tracking" in cfg else None
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def one_line(exc: BaseException) -> str:

@@ -63,18 +63,20 @@ def _local_path(artifact_uri: str) -> Path | None:
 
 
 def _materialize(artifact_uri: str, cache_key: str, tracking: Any | None) -> Path:
+    """A local dir holding the model at `artifact_uri`: the path itself for a file:// source on this machine
+    (the local store), else a per-version download through the tracking server (anima.model.download)."""
     local = _local_path(artifact_uri)
     if local is not None:
+        if not local.exists():
+            raise ModelError(f"{artifact_uri} is not on this machine: the model was stored as a local path of the "
+                             "machine that trained it; run that stage with tracking=server against a server that "
+                             "serves artifacts (anima server), or copy the files there")
         if not (local / "config.json").is_file():
             raise ModelError(f"{artifact_uri} holds no model (config.json missing)")
         return local
-    import mlflow
+    from anima.model.download import cache_root, download_model
 
-    dest = Path(str(tracking.artifact_root) if tracking else ".").parent / "cache" / cache_key
-    if (dest / "config.json").is_file():
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dest)))
+    return download_model(artifact_uri, cache_root() / cache_key)
 
 
 def resolve_model(uri: str, tracking: Any | None = None) -> ResolvedModel:

@@ -118,7 +118,8 @@ def run(cfg: DictConfig) -> SweepResult:
                       f"{before}/{budget if budget else '∞'} trials done"
                       + (f", {requeued} requeued" if requeued else "")
                       + (f", trial {', '.join(map(str, died))} of a dead worker failed and requeued" if died else ""))
-        ctx = SweepContext(cfg, name, space, propagated, out_dir, console, run_id=parent.info.run_id)
+        ctx = SweepContext(cfg, name, space, propagated, out_dir, console, run_id=parent.info.run_id,
+                           study_run_id=study_run(study, storage, parent.info.run_id))
         ctx.pins = pin_models(cfg, study, base_overrides(sw))
         if ctx.pins:
             console.print(f"  pinned for this study: {' '.join(ctx.pins)}")
@@ -133,6 +134,24 @@ def run(cfg: DictConfig) -> SweepResult:
             raise KeyboardInterrupt
     _print_summary(console, ctx, result, time.monotonic() - start)
     return result
+
+
+def study_run(study: Any, storage: Any, own_run_id: str) -> str:
+    """The study's one parent run, which every worker's trials are children of: the run of the study's first
+    worker (recorded in the study's storage), if the tracking store has it; else this worker's own run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from anima.sweep.study import claim_study_run
+
+    run_id = claim_study_run(study, storage, own_run_id)
+    if run_id != own_run_id:
+        try:
+            MlflowClient().get_run(run_id)
+        except Exception:  # the study's first worker logged to another tracking store
+            return own_run_id
+    mlflow.set_tag("anima.sweep.study_run", run_id)
+    return run_id
 
 
 def _checked_space(cfg: DictConfig) -> tuple[list, list[str]]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
 from anima.config.stage_schemas import TrainConfig
 from anima.config.typed import typed
-from anima.errors import AnimaError
+from anima.errors import AnimaError, ConfigError
 from anima.tracking.context import stage_output_dir
 from anima.train.result import TrainResult
 from anima.train.settings import torch_settings
@@ -18,6 +18,8 @@ from anima.train.settings import torch_settings
 
 def run(cfg: DictConfig) -> TrainResult:
     result = train(cfg)
+    if result.extra.get("rank"):  # a data-parallel rank > 0: rank 0 reports
+        return result
     from rich.console import Console
 
     c = Console()
@@ -74,6 +76,7 @@ def _trainer(spec: TrainConfig, ckpt_dir: Path, logger, callbacks: Sequence, bun
     return L.Trainer(
         accelerator=device.accelerator, devices=device.devices, num_nodes=device.num_nodes,
         strategy=device.strategy, precision=precision,
+        use_distributed_sampler=False,  # val sets are sharded exactly (train/val_shard.py), training data too
         max_steps=step_limit(t) or -1, max_time=t.max_time or None,
         accumulate_grad_batches=t.grad_accum, gradient_clip_val=t.grad_clip or None,
         val_check_interval=(timedelta(seconds=t.val_every_s) if t.val_every_s else t.val_every * t.grad_accum),
@@ -91,45 +94,89 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
 
     `cfg` is converted once to its typed view (`TrainConfig`), which the libraries receive; `cfg` itself stays
     for what needs the composed DictConfig: the run's logged config, the resume lookup and hash, config_hash."""
+    from anima.train.hardware import check_hardware
+
     spec = typed(cfg, TrainConfig)
+    check_hardware(spec)  # a GPU or bitsandbytes this machine lacks: one line, before any work
     with torch_settings(spec.device):
         return _train(cfg, spec, callbacks, overrides, nested)
 
 
 def _train(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Sequence[str] | None,
            nested: bool) -> TrainResult:
-    import lightning as L
-    import mlflow
-
-    from anima.model.build import count_parameters
-    from anima.train.logger import StageRunLogger
-    from anima.train.module import CausalLMModule
-    from anima.train.precision import attention_implementation, compile_training
-    from anima.train.prepare import prepare_data
-    from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
-    from anima.train.schedule import duration_seconds, step_limit
-    from anima.tracking.run import stage_run
+    """Rank 0 (or the only process) decides, records and registers; other data-parallel ranks follow it."""
+    from anima.train.distributed import env_rank
 
     if spec.stage == "distill" and spec.distill.mode == "generate":
         from anima.train.seqdistill import generate_stage
 
         return generate_stage(cfg, spec, overrides=overrides, nested=nested)
-    run_id, ckpt_path, point = None, None, None
-    if spec.resume != "none":
-        point = find_resume(cfg)  # before any work: a config that differs from the run's fails here
-        run_id, ckpt_path = point.run_id, point.ckpt
+    rank = env_rank(spec.device.num_nodes)
+    if rank > 0:
+        return _follow(spec, callbacks, rank)
+    return _lead(cfg, spec, callbacks, overrides, nested)
+
+
+def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, int | None]:
+    """(bundle, model, parent URI, compile?, step limit): the same on every rank for a seed."""
+    import lightning as L
+
+    from anima.train.initial_model import initial_model
+    from anima.train.precision import attention_implementation, compile_training
+    from anima.train.prepare import prepare_data
+    from anima.train.schedule import step_limit
+
     L.seed_everything(spec.seed, workers=True, verbose=False)
     bundle = prepare_data(spec)
     L.seed_everything(spec.seed, workers=True, verbose=False)  # init independent of data prep
-    from anima.train.initial_model import initial_model
-
     model, parent_uri = initial_model(spec, bundle.tokenizer)
     getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(spec.device))
     if spec.trainer.packing and spec.data.kind == "chat" and spec.model.arch == "hf":
         from anima.train.packing import check_packing_support
 
         check_packing_support(model, f"model.path={spec.model.path}")  # anima's own Llama builds: tested
-    limit, compile_model = step_limit(spec.trainer), compile_training(spec)
+    return bundle, model, parent_uri, compile_training(spec), step_limit(spec.trainer)
+
+
+def _module(spec: TrainConfig, model, bundle, limit: int | None, compile_model: bool):
+    from anima.train.module import CausalLMModule
+    from anima.train.schedule import duration_seconds
+
+    budget_s = duration_seconds(spec.trainer.max_time) if spec.trainer.max_time else None
+    return CausalLMModule(model, build_loss_terms(spec, model, bundle), spec.optim, limit,
+                          val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
+                          time_budget_s=budget_s, compile=compile_model)
+
+
+def _follow(spec: TrainConfig, callbacks: Sequence, rank: int) -> TrainResult:
+    """A data-parallel rank > 0: rank 0's run, dirs and resume checkpoint; no MLflow, no files of its own."""
+    from anima.train.distributed import share_plan
+
+    plan = share_plan(None, rank, spec.device.accelerator)  # under torchrun: waits until rank 0 is ready
+    bundle, model, _, compile_model, limit = _build(spec)
+    module = _module(spec, model, bundle, limit, compile_model)
+    out_dir, ckpt = Path(plan["out_dir"]), plan["ckpt"]
+    trainer, val_loaders = _fit(spec, module, bundle, out_dir / "checkpoints", Path(ckpt) if ckpt else None,
+                                False, callbacks, limit, rank)
+    metrics = _final_metrics(trainer, module, val_loaders)
+    return TrainResult(plan["run_id"], out_dir / "model", metrics, extra={"rank": rank})
+
+
+def _lead(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Sequence[str] | None,
+          nested: bool) -> TrainResult:
+    import mlflow
+
+    from anima.model.build import count_parameters
+    from anima.train.distributed import clear_plan, share_plan
+    from anima.train.logger import StageRunLogger
+    from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
+    from anima.tracking.run import stage_run
+
+    run_id, ckpt_path, point = None, None, None
+    if spec.resume != "none":
+        point = find_resume(cfg)  # before any work: a config that differs from the run's fails here
+        run_id, ckpt_path = point.run_id, point.ckpt
+    bundle, model, parent_uri, compile_model, limit = _build(spec)
     out_dir = point.ckpt_dir.parent if point else stage_output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
@@ -138,16 +185,20 @@ def _train(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: S
     with stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested, extra_tags=tags) as active:
         run_id = active.info.run_id
         n_params = count_parameters(model)
-        if point is None or "model.n_parameters" not in mlflow.get_run(run_id).data.params:  # once per run
+        params = mlflow.get_run(run_id).data.params if point is not None else {}
+        if "model.n_parameters" not in params:  # once per run
             _log_run_inputs(spec, model, bundle, n_params, parent_uri, compile_model)
-        terms = build_loss_terms(spec, model, bundle)
-        budget_s = duration_seconds(spec.trainer.max_time) if spec.trainer.max_time else None
-        module = CausalLMModule(model, terms, spec.optim, limit,
-                                val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
-                                time_budget_s=budget_s, compile=compile_model)
+        module = _module(spec, model, bundle, limit, compile_model)
         logger = StageRunLogger(experiment_name=spec.tracking.experiment, tracking_uri=spec.tracking.uri,
-                              run_id=run_id, log_model=False)
-        trainer, val_loaders = _fit(spec, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit)
+                                run_id=run_id, log_model=False)
+        share_plan({"run_id": run_id, "out_dir": str(out_dir), "ckpt": str(ckpt_path) if ckpt_path else None},
+                   0, spec.device.accelerator)  # data-parallel ranks > 0 follow this
+        try:
+            trainer, val_loaders = _fit(spec, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit, 0,
+                                        record=lambda p: mlflow.log_params({k: v for k, v in p.items()
+                                                                            if k not in params}))
+        finally:
+            clear_plan()
         metrics = _final_metrics(trainer, module, val_loaders)
         if spec.tracking.log_checkpoints:
             for name in ("best.ckpt", "last.ckpt"):
@@ -183,20 +234,33 @@ def _log_run_inputs(spec: TrainConfig, model, bundle, n_params: int, parent_uri:
 
 
 def _fit(spec: TrainConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None, logger, callbacks: Sequence,
-         limit: int | None) -> tuple[Any, list]:
-    """(trainer, val loaders) after `trainer.fit`; Ctrl-C (ours or Lightning's) ends as KeyboardInterrupt."""
+         limit: int | None, rank: int, record: Callable[[dict], Any] | None = None) -> tuple[Any, list]:
+    """(trainer, val loaders) after `trainer.fit`; Ctrl-C (ours or Lightning's) ends as KeyboardInterrupt.
+    `record` receives the data-parallel layout (world size, per-rank and global batch) before training."""
     from torch.utils.data import DataLoader
 
     from anima.train.interrupt import StopOnInterrupt, graceful_interrupt
+    from anima.train.val_shard import shard_val_sets
 
+    t = spec.trainer
     with graceful_interrupt() as stop:
         trainer = _trainer(spec, ckpt_dir, logger, [*callbacks, StopOnInterrupt(stop)], bundle)
-        accum = spec.trainer.grad_accum
-        total = limit * accum if limit else 1 << 62
-        train_ds = bundle.make_train(lambda: trainer.global_step * accum, total)
-        val_loaders = [DataLoader(ds, batch_size=spec.trainer.batch_size) for ds in bundle.val_sets.values()]
+        world = trainer.world_size
+        if world > 1 and t.val_every_s:  # Lightning decides time-based validation on each rank's own clock
+            raise ConfigError(f"trainer.val_every_s={t.val_every_s} does not work with {world} data-parallel ranks "
+                              "(they would validate at different moments); use trainer.val_every")
+        if record is not None:
+            record({"device.world_size": world, "trainer.batch_size_per_rank": t.batch_size,
+                    "trainer.global_batch_size": t.batch_size * world * t.grad_accum})
+        total = limit * t.grad_accum if limit else 1 << 62
+        train_ds = bundle.make_train(lambda: trainer.global_step * t.grad_accum, total)
+        if world > 1:
+            _shard_training(train_ds, module, rank, world, spec.device.threads)
+        val_sets = shard_val_sets(bundle.val_sets, t.batch_size, t.val_batches, rank, world)
+        pin = trainer.strategy.root_device.type == "cuda"  # page-locked batches: async host-to-GPU copies
+        val_loaders = [DataLoader(ds, batch_size=t.batch_size, pin_memory=pin) for ds in val_sets.values()]
         try:
-            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=spec.trainer.num_workers),
+            trainer.fit(module, DataLoader(train_ds, batch_size=None, num_workers=t.num_workers, pin_memory=pin),
                         val_loaders, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
         except SystemExit:
             # Lightning answers Ctrl-C with exit(1): report it as an interrupt so the run ends KILLED,
@@ -208,6 +272,20 @@ def _fit(spec: TrainConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | No
         if trainer.interrupted or stop.requested:
             raise KeyboardInterrupt
     return trainer, val_loaders
+
+
+def _shard_training(train_ds, module, rank: int, world: int, threads: int | None) -> None:
+    """Rank `rank`'s share of every training batch (and of the persona guard's batches): W ranks with batch b
+    see together what one process with batch W*b sees."""
+    import os
+
+    for batches in (train_ds, *(getattr(term, "batches", None) for term in module.terms)):
+        if hasattr(batches, "shard"):
+            batches.shard(rank, world)
+    if not hasattr(train_ds, "shard"):
+        raise ConfigError(f"{type(train_ds).__name__} cannot be split across {world} data-parallel ranks")
+    if threads:  # else Lightning's launcher sets torch's threads to cores / ranks, over device.threads
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def _final_metrics(trainer, module, val_loaders: list) -> dict[str, float]:

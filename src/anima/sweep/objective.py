@@ -23,6 +23,7 @@ from anima.sweep.tags import SWEEP_RUN, TAG_RETRY_OF, TAG_STATE, TAG_STUDY, TAG_
 from anima.train.result import TrainResult
 
 INTERRUPTED_MSG = "interrupted (Ctrl-C)"
+PARENT_TAG = "mlflow.parentRunId"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -39,7 +40,8 @@ class SweepContext:
     out_dir: Path
     console: Any = None
     pins: list[str] = field(default_factory=list)  # init_from/teacher aliases resolved once per study
-    run_id: str | None = None  # the sweep's own (parent) run
+    run_id: str | None = None  # the sweep's own run (this worker's; liveness judges the worker by it)
+    study_run_id: str | None = None  # the study's one parent run (the first worker's): trials are its children
     trial_lines: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +105,18 @@ class TrainFn(Protocol):
                  nested: bool = False) -> TrainResult: ...
 
 
+def _trial_tags(ctx: SweepContext, trial: optuna.Trial) -> dict[str, Any]:
+    """Tags every run of the trial carries: study, trial number, the try it reruns, and -- for a worker that
+    joined a study another worker started -- the study's one parent run as its parent."""
+    tags: dict[str, Any] = {TAG_STUDY: ctx.study_name, TAG_TRIAL: trial.number}
+    if ctx.study_run_id and ctx.study_run_id != ctx.run_id:
+        tags[PARENT_TAG] = ctx.study_run_id
+    retried = retry_of(trial)
+    if retried is not None:
+        tags[TAG_RETRY_OF] = retried
+    return tags
+
+
 def make_objective(ctx: SweepContext, train: TrainFn):
     """The Optuna objective: one trial trains `ctx.sweep.stage` with `train` and returns its `sweep.metric`."""
     from anima.config.compose import compose, one_line
@@ -118,10 +132,7 @@ def make_objective(ctx: SweepContext, train: TrainFn):
         trial.set_user_attr("overrides", ctx.preset_overrides(values))
         if ctx.run_id:
             trial.set_user_attr(SWEEP_RUN, ctx.run_id)  # if this worker is killed, the next sweep fails the trial
-        base_tags = {TAG_STUDY: ctx.study_name, TAG_TRIAL: trial.number}
-        retried = retry_of(trial)
-        if retried is not None:
-            base_tags[TAG_RETRY_OF] = retried
+        base_tags = _trial_tags(ctx, trial)
 
         def on_start(run_id: str) -> None:
             trial.set_user_attr("run_id", run_id)  # known before the end: a killed trial's run can be ended

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from anima.errors import ConfigError
 from anima.sweep.space import Param
 from anima.sweep.tags import SWEEP_RUN
+from anima.tracking.database import is_postgres, with_driver
 from anima.tracking.redact import redact
 
 INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C: rerun when the study resumes
@@ -42,13 +43,15 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
     """An RDB storage with heartbeats: a trial whose worker died is failed after 3 beats and retried once."""
     if not url:
         return None
-    url = _with_driver(url)
+    url = with_driver(url)
     engine: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"timeout": 60}}
     else:
         engine = {"pool_pre_ping": True}
+        if is_postgres(url):  # an unreachable database fails in seconds, not after the OS's TCP timeout
+            engine["connect_args"] = {"connect_timeout": 10}
     for attempt in range(3):  # workers started together may race to create the tables: the loser retries
         try:
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
@@ -60,17 +63,6 @@ def make_storage(url: str | None, heartbeat: int) -> RDBStorage | None:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"sweep.storage={safe_url(url)}: cannot open: {first[:200]}") from None
     raise AssertionError("unreachable")
-
-
-def _with_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; use psycopg2 when only that driver is installed."""
-    import importlib.util
-
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return f"postgresql+psycopg2://{rest}"
-    return url
 
 
 def safe_url(url: str | None) -> str:
@@ -184,3 +176,30 @@ def retry_of(trial: optuna.Trial) -> int | None:
     if n is None:
         n = trial.user_attrs.get(RETRY_OF)
     return int(n) if n is not None else None
+
+
+STUDY_RUN = "mlflow_parent_run"  # study user attr: the study's one parent MLflow run (its first worker's run)
+
+
+def claim_study_run(study: optuna.Study, storage: RDBStorage | None, run_id: str) -> str:
+    """The study's one parent run: the first worker to get here records its own sweep run, atomically (the
+    database's unique (study, key) constraint decides a race), and every later worker -- in any project root,
+    on any machine sharing the storage -- reads it back. Returns the recorded run id."""
+    import json
+
+    if storage is None:  # in memory: this worker is the only one
+        return run_id
+    study_id = storage.get_study_id_from_name(study.study_name)
+    current = storage.get_study_user_attrs(study_id).get(STUDY_RUN)
+    if current:
+        return str(current)
+    from optuna.storages._rdb import models
+    from sqlalchemy import exc, insert
+
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(insert(models.StudyUserAttributeModel.__table__).values(
+                study_id=study_id, key=STUDY_RUN, value_json=json.dumps(run_id)))
+    except exc.IntegrityError:
+        pass  # another worker recorded its run first
+    return str(storage.get_study_user_attrs(study_id).get(STUDY_RUN) or run_id)

@@ -47,8 +47,10 @@ def lock_dir(tracking: Any) -> Path:
     uri = str(tracking.uri)
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "locks").resolve()
-    root = str(tracking.artifact_root)
-    base = Path(root).parent if "://" not in root else Path.cwd() / "mlruns"
+    from anima.paths import project_root
+
+    root = str(getattr(tracking, "artifact_root", None) or "")
+    base = Path(root).parent if root and "://" not in root else project_root() / "mlruns"
     return (base / "locks").resolve()
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from anima.errors import DataError
+from anima.train.distributed import worker_indices
 from anima.train.labels import IGNORE_INDEX
 
 
@@ -97,6 +98,8 @@ class ChatBatches(torch.utils.data.IterableDataset):
 
     ``start`` is read when iteration begins, so after Lightning restores a checkpoint the stream continues at
     the restored position. Each batch also carries ``example_index`` (row numbers) for teacher-logit caching.
+    Sharded (``shard(rank, world)``), batch ``i`` is rank ``rank``'s ``batch_size`` rows of the unsharded batch
+    ``i`` of ``world * batch_size`` rows: the ranks together see what one process would.
     """
 
     def __init__(self, rows: ChatRows, batch_size: int, pad_id: int, seed: int,
@@ -105,7 +108,12 @@ class ChatBatches(torch.utils.data.IterableDataset):
             raise DataError("no training conversation has an assistant token to learn from")
         self.rows, self.batch, self.pad_id, self.seed = rows, batch_size, pad_id, seed
         self.start, self.total = start, total
+        self.rank, self.world = 0, 1
         self._perms: dict[int, list[int]] = {}
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield rank `rank`'s share of every batch (data parallelism over `world` ranks)."""
+        self.rank, self.world = rank, world
 
     def rows_per_epoch(self) -> int:
         """Rows one epoch visits (one pass over a seeded permutation). Not ``__len__``: Lightning would read
@@ -121,8 +129,8 @@ class ChatBatches(torch.utils.data.IterableDataset):
         return self._perms[epoch]
 
     def indices_at(self, index: int) -> list[int]:
-        n = self.rows_per_epoch()
-        return [self._perm(p // n)[p % n] for p in range(index * self.batch, (index + 1) * self.batch)]
+        n, first = self.rows_per_epoch(), (index * self.world + self.rank) * self.batch
+        return [self._perm(p // n)[p % n] for p in range(first, first + self.batch)]
 
     def batch_at(self, index: int) -> dict[str, torch.Tensor]:
         idx = self.indices_at(index)
@@ -131,7 +139,7 @@ class ChatBatches(torch.utils.data.IterableDataset):
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for index in range(self.start(), self.total):
+        for index in worker_indices(self.start(), self.total):
             yield self.batch_at(index)
 
 

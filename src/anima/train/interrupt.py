@@ -67,14 +67,23 @@ def graceful_interrupt() -> Iterator[StopRequest]:
 
 
 class StopOnInterrupt(Callback):
-    """Raise the requested interrupt where the loop is between steps (no write, no half-done update)."""
+    """Raise the requested interrupt where the loop is between steps (no write, no half-done update). Under data
+    parallelism every rank stops at the same batch when any rank was asked to (a rank stopping alone would leave
+    the others waiting in a collective)."""
 
     def __init__(self, stop: StopRequest):
         self.stop = stop
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def _check(self, trainer: Any) -> None:
+        if trainer.world_size > 1:
+            if trainer.strategy.reduce_boolean_decision(self.stop.requested, all=False):
+                raise KeyboardInterrupt
+            return
         self.stop.raise_if_requested()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._check(trainer)
 
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
-        self.stop.raise_if_requested()
+        self._check(trainer)

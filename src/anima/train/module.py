@@ -71,6 +71,7 @@ class CausalLMModule(L.LightningModule):
         else:
             logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
         total = torch.zeros((), device=batch["input_ids"].device)
+        sync = self._world() > 1  # the mean over ranks: the curve of one process with the global batch
         for term in active:
             if hidden is not None and getattr(term, "fusable", False):
                 value = term.from_hidden(batch, hidden, self._head[1].weight)
@@ -79,8 +80,8 @@ class CausalLMModule(L.LightningModule):
             if value is None:
                 continue
             total = total + term.weight * value
-            self.log(f"train/{term.name}", value.detach(), on_step=True, on_epoch=False)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self.log(f"train/{term.name}", value.detach(), on_step=True, on_epoch=False, sync_dist=sync)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=sync)
         return total
 
     # -- validation: exact token-weighted means over the whole (limited) split ---------------------------
@@ -108,8 +109,22 @@ class CausalLMModule(L.LightningModule):
         sums[0] += float(loss_sum)
         sums[1] += n
 
+    def _world(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
+    def _reduced_val_sums(self) -> dict[str, list[float]]:
+        """The token-weighted sums over every rank's share of the val rows (see train/val_shard.py): the sums
+        one process scoring all of them would have."""
+        if self._world() <= 1 or not self._val_sums:
+            return self._val_sums
+        names = list(self._val_sums)
+        local = torch.tensor([self._val_sums[n] for n in names], dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        return {n: [float(total[i, 0]), float(total[i, 1])] for i, n in enumerate(names)}
+
     def on_validation_epoch_end(self) -> None:
-        for name, (loss_sum, n) in self._val_sums.items():
+        for name, (loss_sum, n) in self._reduced_val_sums().items():
             if n == 0:
                 continue
             loss = loss_sum / n
@@ -129,8 +144,9 @@ class CausalLMModule(L.LightningModule):
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = {"auto": None, "true": True, "false": False}[cfg.fused.lower()]  # `true` from argv arrives as "True"
-        if fused is None:
-            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        if fused is None:  # not under fp16's GradScaler: Lightning cannot clip a fused optimizer's gradients there
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params) and \
+                str(getattr(self._trainer, "precision", "")) not in ("16-mixed", "16")
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
         factor = partial(lr_factor, warmup=cfg.warmup_steps, total=self.max_steps, schedule=cfg.schedule,
                          min_ratio=cfg.min_lr_ratio)
@@ -148,7 +164,10 @@ class CausalLMModule(L.LightningModule):
         it too and the floor must come exactly when the run stops; restored from the checkpoint on resume)."""
         trainer = self._trainer
         timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None) if trainer else None
-        return float(timer.time_elapsed("train")) if timer else 0.0
+        elapsed = float(timer.time_elapsed("train")) if timer else 0.0
+        if trainer is not None and trainer.world_size > 1:  # rank 0's clock: the LR must agree on every rank
+            elapsed = float(trainer.strategy.broadcast(elapsed, src=0))
+        return elapsed
 
     # -- RNG state rides along in checkpoints so a resumed run samples exactly as an uninterrupted one ---
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -20,6 +20,8 @@ def torch_settings(device: DeviceConfig) -> Iterator[None]:
 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning 2.6 vs torch 2.13 deprecation noise
+    # val metrics under data parallelism are reduced before they are logged (CausalLMModule), not by sync_dist
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)  # hardware banners and tips, not progress
     saved = (torch.get_num_threads(), torch.get_float32_matmul_precision())

@@ -19,6 +19,7 @@ import torch
 
 from anima.errors import DataError
 from anima.fingerprint import hash_files, hash_obj, publish_dir
+from anima.train.distributed import rank_slice, worker_indices
 
 
 @dataclass
@@ -82,7 +83,8 @@ class RandomWindows(torch.utils.data.IterableDataset):
     """Batches of random (block+1)-token windows; batch i depends only on (seed, i).
 
     `start` is read when iteration begins, so after Lightning restores a checkpoint the stream continues
-    at the restored position.
+    at the restored position. Sharded (`shard(rank, world)`), batch i is rank `rank`'s `batch_size` rows of
+    the unsharded batch i of `world * batch_size` rows: the ranks together see what one process would.
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
@@ -91,16 +93,22 @@ class RandomWindows(torch.utils.data.IterableDataset):
             raise DataError(f"training split has {len(tokens)} tokens, fewer than one block of {block_size + 1}")
         self.tokens, self.block, self.batch, self.seed = tokens, block_size, batch_size, seed
         self.start, self.total = start, total
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield rank `rank`'s share of every batch (data parallelism over `world` ranks)."""
+        self.rank, self.world = rank, world
 
     def batch_at(self, index: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        offsets = torch.randint(0, len(self.tokens) - self.block - 1, (self.batch,), generator=g)
-        rows = np.stack([self.tokens[o:o + self.block + 1].astype(np.int64) for o in offsets.tolist()])
+        offsets = torch.randint(0, len(self.tokens) - self.block - 1, (self.batch * self.world,), generator=g)
+        mine = offsets[rank_slice(self.batch, self.rank, self.world)]
+        rows = np.stack([self.tokens[o:o + self.block + 1].astype(np.int64) for o in mine.tolist()])
         data = torch.from_numpy(rows)
         return {"input_ids": data[:, :-1].contiguous(), "labels": data[:, 1:].contiguous()}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for index in range(self.start(), self.total):
+        for index in worker_indices(self.start(), self.total):
             yield self.batch_at(index)
 
 
