@@ -81,7 +81,7 @@ def test_a_users_own_model_is_a_sweep_choice(project, raw_dir):
     (project / "conf.local" / "model" / "pico.yaml").write_text(
         (Path(__file__).resolve().parents[1] / "conf" / "model" / "nano.yaml").read_text().replace("nano", "pico"))
     check_space("pretrain", ["trainer=smoke"], [Param("model", "categorical", choices=("nano", "pico"))])
-    with pytest.raises(ConfigError, match=r"model takes one of base, hf, nano, pico, small, tiny; 'huge'"):
+    with pytest.raises(ConfigError, match=r"model takes one of base, hf, hf_qlora, nano, pico, small, tiny; 'huge'"):
         check_space("pretrain", ["trainer=smoke"], [Param("model", "categorical", choices=("pico", "huge"))])
 
 

@@ -25,7 +25,9 @@ class PathsConfig:
 @dataclass
 class TrackingConfig:
     uri: str = setting("sqlite:///${paths.root}/mlruns/mlflow.db", "MLflow tracking URI (sqlite file or http server).")
-    artifact_root: str = setting("${paths.root}/mlruns/artifacts", "Artifact location for new experiments.")
+    artifact_root: Optional[str] = setting("${paths.root}/mlruns/artifacts",
+                                           "Artifact location for new experiments; null: the tracking server's "
+                                           "own (proxied mlflow-artifacts:/, no shared filesystem needed).")
     experiment: str = setting("anima", "MLflow experiment name; every stage logs into it, tagged by stage.")
     log_checkpoints: bool = setting(True, "Upload best/last Lightning checkpoints as run artifacts.")
     log_every_n_steps: int = setting(10, "Metric logging interval in optimizer steps.", ge=1)
@@ -49,6 +51,21 @@ class LoraConfig:
 
 
 @dataclass
+class QuantConfig:
+    bits: int = setting(0, "QLoRA: load the model=hf base in this many bits through bitsandbytes (4) and train LoRA "
+                        "adapters on it; 0: full precision. Needs a CUDA GPU, bitsandbytes and model.lora.r > 0.",
+                        choices=[0, 4])
+    quant_type: str = setting("nf4", "4-bit data type: nf4 (NormalFloat, QLoRA's) or fp4.", choices=["nf4", "fp4"])
+    double_quant: bool = setting(True, "Quantize the quantization constants too (saves ~0.4 bit per weight).")
+    compute_dtype: str = setting("bfloat16", "dtype the 4-bit weights are dequantized to for matmuls; bfloat16 "
+                                 "falls back to float16 on a GPU without bf16.",
+                                 choices=["bfloat16", "float16", "float32"])
+    merge_dtype: str = setting("float32", "dtype of the full-precision reload of the base that the adapters are "
+                               "merged into for the saved model (bfloat16 halves the host memory the merge needs).",
+                               choices=["float32", "bfloat16"])
+
+
+@dataclass
 class ModelConfig:
     name: str = setting("tiny", "Size preset name; used in the registry name (anima-<name>).")
     arch: str = setting("llama", "llama: build LlamaForCausalLM from the fields below; hf: load model.path.",
@@ -66,7 +83,10 @@ class ModelConfig:
     dropout: float = setting(0.0, "Attention dropout (0 keeps CPU runs fast and deterministic).", ge=0, lt=1)
     tie_embeddings: bool = setting(True, "Share input embedding and output projection weights.")
     path: Optional[str] = setting(None, "model=hf only: local Hugging Face causal-LM directory.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass instead of keeping "
+                                           "them: less memory for ~30% more compute (model=hf and anima's presets).")
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
 
 @dataclass

@@ -54,8 +54,14 @@ def build_model(model_cfg: Any, tokenizer: Any | None = None):
 
 
 def count_parameters(model) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied embeddings counted once); a 4-bit (bitsandbytes) weight counts as the matrix it
+    stands for, not as its packed bytes."""
+    return sum(_logical_numel(p) for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _logical_numel(p) -> int:
+    state = getattr(p, "quant_state", None)
+    return int(state.shape.numel()) if state is not None and hasattr(state, "shape") else p.numel()
 
 
 def architecture_diff(expected, actual) -> list[str]:
@@ -65,8 +71,9 @@ def architecture_diff(expected, actual) -> list[str]:
     return [f"{k}: {exp.get(k)} != {act.get(k)}" for k in ARCH_FIELDS if exp.get(k) != act.get(k)]
 
 
-def load_model_dir(path: str | Path, dtype=None):
-    """Load a HF causal LM dir (safetensors only; never unpickles)."""
+def load_model_dir(path: str | Path, dtype=None, **load_kwargs: Any):
+    """Load a HF causal LM dir (safetensors only; never unpickles). `load_kwargs` go to `from_pretrained`
+    (QLoRA: `quantization_config`, `device_map`)."""
     from transformers import AutoModelForCausalLM
 
     from anima.model.resolve import require_safetensors
@@ -76,7 +83,7 @@ def load_model_dir(path: str | Path, dtype=None):
         raise ModelError(f"{path} is not a Hugging Face model dir (no config.json)")
     require_safetensors(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype, **load_kwargs)
     except Exception as e:  # corrupt/missing weights
         raise ModelError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
 

@@ -37,9 +37,10 @@ def check_compatible(model_cfg: ModelConfig, tokenizer, loaded_config, source: s
 
 
 def initial_model(spec: TrainConfig, tokenizer) -> tuple[Any, str | None]:
-    """(model, parent canonical URI or None). model=hf with model.lora.r > 0 gets LoRA adapters."""
-    from anima.model.build import build_model, load_model_dir
-    from anima.train.lora import apply_lora, lora_enabled
+    """(model, parent canonical URI or None). model=hf with model.lora.r > 0 gets LoRA adapters, on a 4-bit
+    base when model.quant.bits=4 (QLoRA)."""
+    from anima.model.build import build_model
+    from anima.train.lora import lora_enabled
 
     model_cfg = spec.model
     if lora_enabled(model_cfg.lora) and model_cfg.arch != "hf":
@@ -48,17 +49,40 @@ def initial_model(spec: TrainConfig, tokenizer) -> tuple[Any, str | None]:
     if not spec.init_from:
         if model_cfg.arch == "hf":
             path = Path(str(model_cfg.path))
-            model = load_model_dir(path).train()
-            check_compatible(model_cfg, tokenizer, model.config, str(path), path)
-            if lora_enabled(model_cfg.lora):
-                model = apply_lora(model, model_cfg.lora)
-            return model, str(path.resolve())
-        return build_model(model_cfg, tokenizer), None
+            return adapted_model(model_cfg, tokenizer, path, str(path)), str(path.resolve())
+        return checkpointed(build_model(model_cfg, tokenizer), model_cfg), None
     from anima.model.resolve import resolve_model
 
     resolved = resolve_model(spec.init_from, spec.tracking)
-    model = load_model_dir(resolved.path).train()  # from_pretrained returns eval mode (dropout off)
-    check_compatible(model_cfg, tokenizer, model.config, spec.init_from, resolved.path)
-    if lora_enabled(model_cfg.lora):
-        model = apply_lora(model, model_cfg.lora)
-    return model, resolved.canonical_uri
+    return adapted_model(model_cfg, tokenizer, resolved.path, spec.init_from), resolved.canonical_uri
+
+
+def adapted_model(model_cfg: ModelConfig, tokenizer, path: Path, source: str):
+    """The model dir at `path` in training mode (from_pretrained returns eval mode: dropout off), checked
+    against the config and the tokenizer, with LoRA (QLoRA: on its 4-bit load) and gradient checkpointing as
+    configured."""
+    from anima.model.build import load_model_dir
+    from anima.train.lora import apply_lora, lora_enabled
+
+    if model_cfg.quant.bits:
+        from anima.train.qlora import apply_qlora, load_quantized
+
+        model = load_quantized(path, model_cfg.quant).train()
+        check_compatible(model_cfg, tokenizer, model.config, source, path)
+        return apply_qlora(model, model_cfg, path)  # gradient checkpointing goes through peft's preparation
+    model = load_model_dir(path).train()
+    check_compatible(model_cfg, tokenizer, model.config, source, path)
+    model = checkpointed(model, model_cfg)
+    return apply_lora(model, model_cfg.lora) if lora_enabled(model_cfg.lora) else model
+
+
+def checkpointed(model, model_cfg: ModelConfig):
+    """`model` with gradient checkpointing on when `model.gradient_checkpointing` asks for it (non-reentrant:
+    works with a frozen base whose inputs need no grad)."""
+    if model_cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: the old name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
