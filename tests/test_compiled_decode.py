@@ -161,3 +161,23 @@ def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
                  "sampling.max_new_tokens=4", input="/quit\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[fast backend" in proc.stdout and not (tmp_path / "data" / "cache" / "decode").exists()
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_engine_batches_and_matches_solo_runs(built):
+    """Concurrent requests on the compiled engine share steps (the batched eager step; one left: the compiled one)
+    and produce the tokens they produce alone."""
+    _, _, engine = built
+    prompts = ["Once upon a time", "the sea", "one two three four"]
+    params = [SamplingParams(temperature=0.0, max_new_tokens=30), SamplingParams(temperature=1.0, seed=4,
+                                                                                  max_new_tokens=30),
+              SamplingParams(temperature=0.7, top_k=10, seed=9, max_new_tokens=25)]
+    solo = [engine.complete(p, sp).token_ids for p, sp in zip(prompts, params)]
+    assert engine.backend_name == "compiled"
+    engine.scheduler.peak_batch = 0
+    streams = [engine.stream_completion(p, sp) for p, sp in zip(prompts, params)]
+    for s in streams:
+        "".join(s)
+    assert engine.scheduler.peak_batch >= 2
+    assert [s.token_ids for s in streams] == solo

@@ -16,6 +16,7 @@ from tests.helpers.models import cached_nano_model_dir
 
 API_KEY = "test-key-123"
 MSGS = [{"role": "user", "content": "What is your name?"}]
+MODEL = "model"  # the nano model dir's name: what the server serves
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_binds_loopback(server, engine):
 
 
 def test_chat_non_stream_and_stream_agree(client):
-    a = client.chat.completions.create(model="anything", messages=MSGS, max_tokens=12, seed=7, temperature=0.9)
+    a = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=12, seed=7, temperature=0.9)
     assert a.object == "chat.completion"
     assert a.choices[0].message.role == "assistant"
     assert isinstance(a.choices[0].message.content, str)
@@ -66,7 +67,7 @@ def test_chat_non_stream_and_stream_agree(client):
     assert a.usage.prompt_tokens > 0 and 0 < a.usage.completion_tokens <= 12
     assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
 
-    stream = client.chat.completions.create(model="anything", messages=MSGS, max_tokens=12, seed=7, temperature=0.9,
+    stream = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=12, seed=7, temperature=0.9,
                                             stream=True, stream_options={"include_usage": True})
     pieces, finish, usage = [], None, None
     for chunk in stream:
@@ -82,21 +83,21 @@ def test_chat_non_stream_and_stream_agree(client):
 
 
 def test_completions_and_models(client):
-    c = client.completions.create(model="m", prompt="The quick brown", max_tokens=8, temperature=0)
+    c = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=8, temperature=0)
     assert c.object == "text_completion" and isinstance(c.choices[0].text, str)
     assert c.usage.completion_tokens <= 8
     streamed = "".join(ch.choices[0].text for ch in client.completions.create(
-        model="m", prompt="The quick brown", max_tokens=8, temperature=0, stream=True) if ch.choices)
+        model=MODEL, prompt="The quick brown", max_tokens=8, temperature=0, stream=True) if ch.choices)
     assert streamed == c.choices[0].text
     models = client.models.list()
-    assert [m.id for m in models.data] == ["model"]
+    assert [m.id for m in models.data] == [MODEL]
 
 
 def test_concurrent_requests_all_answered_correctly(client):
     seeds = list(range(100, 108))
 
     def ask(seed, stream):
-        kw = dict(model="m", messages=[{"role": "user", "content": f"Tell me about {seed}"}], max_tokens=10,
+        kw = dict(model=MODEL, messages=[{"role": "user", "content": f"Tell me about {seed}"}], max_tokens=10,
                   seed=seed, temperature=1.0)
         if stream:
             return "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(stream=True, **kw)
@@ -110,7 +111,7 @@ def test_concurrent_requests_all_answered_correctly(client):
 
 
 def test_ollama_chat_ndjson(server):
-    body = {"model": "m", "messages": MSGS, "options": {"num_predict": 10, "seed": 3, "temperature": 0.9}}
+    body = {"model": MODEL, "messages": MSGS, "options": {"num_predict": 10, "seed": 3, "temperature": 0.9}}
     with httpx.stream("POST", server.url + "/api/chat", json=body, headers=_auth(), timeout=60) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
@@ -127,21 +128,21 @@ def test_limits_are_4xx_json(client, server):
         return exc_info.value.body if isinstance(exc_info.value.body, dict) else {}
 
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=MSGS, max_tokens=49)
+        client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=49)
     assert e.value.status_code == 400 and err(e)["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=MSGS * 9, max_tokens=4)
+        client.chat.completions.create(model=MODEL, messages=MSGS * 9, max_tokens=4)
     assert err(e)["code"] == "too_many_messages"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 2_001}], max_tokens=4)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 2_001}], max_tokens=4)
     assert err(e)["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=[{"role": "robot", "content": "hi"}], max_tokens=4)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "robot", "content": "hi"}], max_tokens=4)
     assert "role" in err(e)["param"]
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="m", messages=MSGS, temperature=5)
+        client.chat.completions.create(model=MODEL, messages=MSGS, temperature=5)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="m", messages=MSGS, seed=2**70)
+        client.chat.completions.create(model=MODEL, messages=MSGS, seed=2**70)
 
     url = server.url + "/v1/chat/completions"
     big = httpx.post(url, content=b'{"messages": "' + b"x" * 30_000 + b'"}', headers=_auth(), timeout=30)
@@ -156,14 +157,14 @@ def test_limits_are_4xx_json(client, server):
     assert httpx.get(server.url + "/v1/nowhere", headers=_auth()).status_code == 404
 
     # ...and the server keeps answering.
-    ok = client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+    ok = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=4)
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
 def test_api_key(server):
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:
-        bad.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+        bad.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=4)
     assert e.value.status_code == 401
     r = httpx.post(server.url + "/v1/chat/completions", json={"messages": MSGS})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -172,22 +173,30 @@ def test_api_key(server):
 
 
 def test_event_loop_stays_responsive_while_generating(server, client):
-    runner = server.app.state.runner
-    runner.lock.acquire()  # as if a long generation held the model
+    engine = server.app.state.runner.engine
+    gate = threading.Event()
+    prefill = engine._prefill_ids
+
+    def slow_prefill(*args):  # as if a long prompt held the model
+        gate.wait(30)
+        return prefill(*args)
+
+    engine._prefill_ids = slow_prefill
     result = {}
     try:
         t = threading.Thread(target=lambda: result.setdefault(
-            "r", client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)))
+            "r", client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=4)))
         t.start()
         time.sleep(0.3)
-        assert "r" not in result  # queued behind the lock...
+        assert "r" not in result  # stuck in the engine...
         t0 = time.monotonic()
         assert httpx.get(server.url + "/health", timeout=5).status_code == 200  # ...while the loop still serves
         bad = httpx.post(server.url + "/v1/chat/completions", content=b"{", headers=_auth(), timeout=5)
         assert bad.status_code == 400
         assert time.monotonic() - t0 < 3
     finally:
-        runner.lock.release()
+        engine._prefill_ids = prefill
+        gate.set()
     t.join(60)
     assert result["r"].choices[0].message.content is not None
 
@@ -201,26 +210,30 @@ def test_run_server_rejects_bad_port(engine):
 
 
 def test_abandoned_stream_does_not_wedge_the_server(server, client):
-    body = {"model": "m", "messages": MSGS, "max_tokens": 48, "stream": True, "temperature": 1.0}
+    body = {"model": MODEL, "messages": MSGS, "max_tokens": 48, "stream": True, "temperature": 1.0}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=_auth(), timeout=30) as r:
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith("data: ")
-    # the client hung up mid-stream; the lock is released and the next request is answered
-    r = client.chat.completions.create(model="m", messages=MSGS, max_tokens=4)
+    # the client hung up mid-stream; its slot is freed and the next request is answered
+    r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=4)
     assert r.choices[0].message.content is not None
-    assert not server.app.state.runner.lock.locked()
+    runner = server.app.state.runner
+    deadline = time.monotonic() + 5
+    while (runner.in_flight, runner.engine.scheduler.load) != (0, (0, 0)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (runner.in_flight, runner.engine.scheduler.load) == (0, (0, 0))
 
 
 def test_prompt_longer_than_context(client):
     digits = "1234567890 " * 60  # 660 chars (limit 2000), > 600 tokens (context 256)
     # chat: the engine keeps the end of an over-long conversation, so this is answered...
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": digits}], max_tokens=4)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": digits}], max_tokens=4)
     assert r.usage.prompt_tokens + r.usage.completion_tokens <= 256
     # ...a raw completion prompt is never cut: 400, streaming or not, before any byte of a stream is sent
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as e:
-            out = client.completions.create(model="m", prompt=digits, max_tokens=4, stream=stream)
+            out = client.completions.create(model=MODEL, prompt=digits, max_tokens=4, stream=stream)
             if stream:
                 list(out)
         assert "context" in e.value.body["message"]

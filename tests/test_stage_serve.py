@@ -64,6 +64,21 @@ def test_openai_client_against_the_champion(server):
     assert "".join(pieces) == resp.choices[0].message.content  # same seed, same reply, streamed or not
 
 
+def test_the_champion_answers_by_its_name_to_both_client_flavours(server):
+    import httpx
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("anima-tiny").id == "anima-tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hello"}], max_tokens=2)
+    (tag,) = httpx.get(f"{server.url}/api/tags").json()["models"]
+    assert tag["name"] == "anima-tiny:latest" and tag["size"] > 0 and len(tag["digest"]) == 64
+    r = httpx.post(f"{server.url}/api/generate", json={"model": "anima-tiny", "prompt": "Hello", "stream": False,
+                                                      "options": {"num_predict": 4}}, timeout=60).json()
+    assert r["done"] is True and r["eval_count"] <= 4 and r["eval_duration"] > 0
+
+
 def test_bad_requests_get_4xx_json_and_the_server_keeps_running(server):
     url = f"{server.url}/v1/chat/completions"
     msg = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -32,7 +32,8 @@ def server(engine):
     from anima.serve.app import ServeLimits, create_app
     from anima.serve.server import start_server_thread
 
-    app = create_app(engine, api_key=SECRET, limits=ServeLimits(max_tokens=32, max_prompt_chars=500))
+    app = create_app(engine, api_key=SECRET, limits=ServeLimits(max_tokens=32, max_prompt_chars=500),
+                     model_name="nano")  # the name the teachers below ask for
     srv = start_server_thread(app)
     yield srv
     srv.stop()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 TINY = dict(hidden_size=288, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6,
-            intermediate_size=768, max_position_embeddings=256)
+            intermediate_size=768, max_position_embeddings=256, rms_norm_eps=1e-5)  # eps: as run.c hard-codes
 
 
 def _corpus_files() -> list[Path]:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             stream = eng.stream_chat(messages, params)
             for _ in stream:
                 pass
-            eng._cached_ids = []  # no prefix reuse between rounds: measure prefill too
+            eng.forget_cache()  # no prefix reuse between rounds: measure prefill too
             return stream.token_ids
 
         return run_engine

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Requests/s of the OpenAI-compatible server with N concurrent clients (default 8), short replies.
+"""Requests/s and p50/p95 latency of the OpenAI-compatible server at 1, 8 and 32 concurrent clients.
 
-Starts ``python -m anima.serve.server MODEL_DIR`` in its own process on a free loopback port (so the client
-threads do not share the server's GIL), then runs the official ``openai`` client from N threads, each sending
-``--requests`` chat completions (half of the clients stream). Prints requests/s, completion tokens/s and
-latency percentiles, plus a 1-client baseline.
+For each backend (eager ``fast`` and ``compiled``) starts ``python -m anima.serve.server MODEL_DIR`` in its own
+process on a free loopback port (so the client threads do not share the server's GIL), then runs the official
+``openai`` client from N threads, each sending ``--requests`` chat completions (half of the requests stream).
+Concurrent requests share decode steps (continuous batching), so throughput should grow with the clients.
 
-    python scripts/bench/serve_rps.py                          # builds a nano model in a temp dir
-    python scripts/bench/serve_rps.py --model-dir path/to/model --clients 8 --requests 10 --max-tokens 16
+    python scripts/bench/serve_rps.py                          # builds the tiny model (random init) in a temp dir
+    python scripts/bench/serve_rps.py --model nano --clients 1,8 --backends fast
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def _run(client, clients: int, requests: int, max_tokens: int) -> dict:
+    model = client.models.list().data[0].id  # the server answers only to the model it serves
+
     def one(i: int) -> tuple[float, int]:
-        kw = dict(model="m", messages=[{"role": "user", "content": f"Tell me something, number {i}."}],
+        kw = dict(model=model, messages=[{"role": "user", "content": f"Tell me something, number {i}."}],
                   max_tokens=max_tokens, temperature=0.8, seed=i)
         t0 = time.perf_counter()
         if i % 2:  # half the requests stream
@@ -74,55 +76,75 @@ def _run(client, clients: int, requests: int, max_tokens: int) -> dict:
             "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))]}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", type=Path, default=None, help="model dir (default: build a nano model)")
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=10, help="requests per client")
-    ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
-    ap.add_argument("--backend", default="auto", choices=["auto", "compiled", "fast", "hf"],
-                    help="the server's decode backend (compiled: built first if not cached)")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="compiled decode steps (default: data/cache)")
-    args = ap.parse_args()
-
+def _serve_and_measure(args, model_dir: Path, backend: str, levels: list[int]) -> list[dict]:
+    """One server process with ``backend``; every client count in ``levels`` against it."""
+    import httpx
     import openai
 
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anima.serve.server", str(model_dir), "--port", str(port),
+         "--threads", str(args.threads), "--log-level", "warning", "--max-tokens", str(max(args.max_tokens, 16)),
+         "--backend", backend, *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        _wait_ready(url, proc, timeout=900 if backend == "compiled" else 120)
+        print(f"server decode backend: {httpx.get(url + '/health').json()['backend']}", flush=True)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+        _run(client, 1, 3, args.max_tokens)  # warm-up
+        for clients in levels:
+            r = _run(client, clients, max(args.requests, 8 // clients), args.max_tokens)
+            r["backend"] = backend
+            rows.append(r)
+            print(f"{backend:8s} clients={r['clients']:2d} requests={r['requests']:3d} wall={r['wall_s']:.2f}s "
+                  f"requests/s={r['rps']:.1f} completion tok/s={r['tok_s']:.0f} "
+                  f"p50={r['p50_ms']:.0f}ms p95={r['p95_ms']:.0f}ms", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, default=None, help="model dir (default: build --model)")
+    ap.add_argument("--model", default="tiny", choices=["tiny", "nano"], help="model built when no --model-dir")
+    ap.add_argument("--clients", default="1,8,32", help="comma-separated concurrent client counts")
+    ap.add_argument("--requests", type=int, default=8, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in the server")
+    ap.add_argument("--backends", default="fast,compiled",
+                    help="the server's decode backends, one server each (compiled: built first if not cached)")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="compiled decode steps (default: data/cache)")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            sys.path.insert(0, str(ROOT))
-            from tests.helpers.models import build_nano_model_dir
+            if args.model == "tiny":
+                from decode import build_tiny_model_dir
 
-            model_dir = build_nano_model_dir(Path(tmp) / "nano")
-        port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anima.serve.server", str(model_dir), "--port", str(port),
-             "--threads", str(args.threads), "--log-level", "warning", "--max-tokens", str(max(args.max_tokens, 16)),
-             "--backend", args.backend, *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])],
-            env=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, proc, timeout=900 if args.backend == "compiled" else 120)
-            import httpx
+                model_dir = build_tiny_model_dir(Path(tmp) / "tiny")
+            else:
+                from tests.helpers.models import build_nano_model_dir
 
-            print(f"server decode backend: {httpx.get(url + '/health').json()['backend']}")
-            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
-            _run(client, 1, 3, args.max_tokens)  # warm-up
-            for clients in (1, args.clients):
-                r = _run(client, clients, args.requests if clients > 1 else max(4, args.requests),
-                         args.max_tokens)
-                print(f"clients={r['clients']:2d} requests={r['requests']:3d} wall={r['wall_s']:.2f}s "
-                      f"requests/s={r['rps']:.1f} completion tok/s={r['tok_s']:.0f} "
-                      f"p50={r['p50_ms']:.0f}ms p95={r['p95_ms']:.0f}ms")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                model_dir = build_nano_model_dir(Path(tmp) / "nano")
+        rows = [r for b in args.backends.split(",") for r in _serve_and_measure(args, model_dir, b, levels)]
+    print("\n| backend | clients | requests | requests/s | completion tok/s | p50 ms | p95 ms | x 1 client |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next(x["rps"] for x in rows if x["backend"] == r["backend"] and x["clients"] == levels[0])
+        print(f"| {r['backend']} | {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['tok_s']:.0f} | "
+              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['rps'] / base:.2f} |")
     return 0
 
 

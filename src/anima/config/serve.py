@@ -19,6 +19,13 @@ class ServeLimitsConfig:
     max_tokens: int = setting(512, "Largest max_tokens a request may ask for (400 above it).", ge=1)
     max_prompt_chars: int = setting(32_000, "Most characters over all messages of one request.", ge=1)
     max_stop: int = setting(4, "Most stop sequences per request.", ge=0)
+    max_batch: int = setting(16, "Requests decoded together (one forward per step over all of them; each holds a "
+                                 "KV-cache slot of the model's full context).", ge=1)
+    max_queue: int = setting(64, "Requests that may wait for a decode slot; beyond them the server answers 503 "
+                                 "with Retry-After.", ge=0)
+    request_timeout_s: float = setting(300.0, "Longest time one request may take, waiting included (0 = no limit); "
+                                              "a reply still running then ends with finish_reason 'length', one "
+                                              "still waiting gets 503.", ge=0)
 
 
 @dataclass
@@ -31,7 +38,12 @@ class ServeOptions:
     backend: str = setting("auto", BACKEND_HELP, choices=BACKENDS)
     compile: bool = setting(True, COMPILE_HELP)
     log_level: str = setting("info", "uvicorn log level.", choices=["critical", "error", "warning", "info", "debug"])
-    workers: int = setting(8, "Threads that run generations (one at a time; the rest wait their turn).", ge=1)
+    workers: int = setting(8, "Threads that wait on whole (non-streamed) replies; at least "
+                              "limits.max_batch + limits.max_queue are used.", ge=1)
+    feedback: Optional[str] = setting("${paths.data_dir}/feedback.jsonl",
+                                      "Feedback file written by the chat page at /chat and POST /v1/feedback (the "
+                                      "same file and format as `anima chat`; `anima retrain` reads it); null = "
+                                      "the server stores no feedback.")
     limits: ServeLimitsConfig = field(default_factory=ServeLimitsConfig)
 
 

@@ -3,8 +3,11 @@
 Why this shape: several processes (two chat windows, a server, ``anima retrain`` reading) may touch the file
 at once, and a half-written or truncated file would silently lose what users taught the model. So every
 record is one JSON line written with a single ``write`` of the whole line, then flushed and fsync'ed, under an
-exclusive ``fcntl`` lock; the file is opened ``O_APPEND`` and never truncated. Readers skip (and count) lines
-that do not parse, e.g. a line cut by a crash or a hand edit, instead of failing.
+exclusive ``fcntl`` lock; the file is opened ``O_APPEND`` and never truncated. Each append opens its own file
+descriptor, so the lock also serializes threads of one process (the server's request threads): ``flock`` locks
+belong to the open file description, not the process. Every writer (``anima chat``, the chat page and
+``POST /v1/feedback`` of ``anima serve``) goes through ``make_record`` + ``append_feedback``: one format.
+Readers skip (and count) lines that do not parse, e.g. a line cut by a crash or a hand edit, instead of failing.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ Two implementations of the same small interface:
   per-op dispatch overhead, not the FLOPs, is what decides tokens/s.
 
 Both expose: ``position`` (tokens in the cache), ``truncate(n)`` (forget everything after n, used to
-reuse a shared prompt prefix), ``forward(ids) -> logits`` (1-D float32 logits after the last id).
+reuse a shared prompt prefix), ``forward(ids) -> logits`` (1-D float32 logits after the last id), and the
+slot interface the batch scheduler uses (``ensure_slots``, ``select``; the fast backend also ``swap_slots``
+and ``step_batch``: one forward for one token of each of several sequences, each in its own cache slot).
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class HFBackend:
         self.max_positions = max_positions
         self.cache = None
         self.position = 0
+
+    def ensure_slots(self, n: int) -> int:
+        """One sequence at a time: transformers' cache objects are not batched here."""
+        return 1
+
+    def select(self, slot: int) -> None:
+        if slot != 0:
+            raise ValueError(f"hf backend has one slot, not {slot + 1}")
 
     def truncate(self, n: int) -> None:
         if n <= 0 or self.cache is None:
@@ -149,14 +159,100 @@ class FastLlamaBackend:
             self.rope_mats = torch.diag_embed(cos) + rot.unsqueeze(0) * sin.unsqueeze(1)
         else:
             self.rope_mats = None
-        n_layers = len(self.layers)
-        # KV cache, head-major; K stored transposed (Hkv, D, P) so the step's q @ K^T needs no transpose.
-        self.k_cache = torch.zeros(n_layers, nkv, hd, self.max_positions, dtype=self.dtype)
-        self.v_cache = torch.zeros(n_layers, nkv, self.max_positions, hd, dtype=self.dtype)
+        # KV cache per slot (one sequence each), head-major; K stored transposed (Hkv, D, P) so the step's
+        # q @ K^T needs no transpose. ``k_cache``/``v_cache`` are the selected slot's (L, Hkv, D, P) views.
+        self.positions = [0]
+        self.slot = 0
+        self.k_slots = torch.zeros(1, len(self.layers), nkv, hd, self.max_positions, dtype=self.dtype)
+        self.v_slots = torch.zeros(1, len(self.layers), nkv, self.max_positions, hd, dtype=self.dtype)
+        self.select(0)
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
-        self.position = 0
         self._build_step_weights()
+
+    # ------------------------------------------------------------ slots (see generation/batch.py)
+    @property
+    def position(self) -> int:
+        """Tokens in the selected slot's cache."""
+        return self.positions[self.slot]
+
+    @position.setter
+    def position(self, n: int) -> None:
+        self.positions[self.slot] = n
+
+    @property
+    def slots(self) -> int:
+        return len(self.positions)
+
+    def ensure_slots(self, n: int) -> int:
+        """Grow the cache to ``n`` sequences (keeping what the existing slots hold); returns the slot count."""
+        have = self.slots
+        if n > have:
+            k = torch.zeros(n, *self.k_slots.shape[1:], dtype=self.dtype)
+            v = torch.zeros(n, *self.v_slots.shape[1:], dtype=self.dtype)
+            k[:have], v[:have] = self.k_slots, self.v_slots
+            self.k_slots, self.v_slots = k, v
+            self.positions += [0] * (n - have)
+            self.select(self.slot)
+        return self.slots
+
+    def select(self, slot: int) -> None:
+        """Make ``slot`` the one ``forward``/``truncate``/``position`` act on."""
+        self.slot = slot
+        self.k_cache, self.v_cache = self.k_slots[slot], self.v_slots[slot]
+
+    def swap_slots(self, a: int, b: int) -> None:
+        """Exchange two sequences' caches (the batch keeps its active sequences in slots 0..B-1)."""
+        if a == b:
+            return
+        n = max(self.positions[a], self.positions[b])
+        if n:
+            idx, rev = torch.tensor([a, b]), torch.tensor([b, a])
+            self.k_slots[idx, ..., :n] = self.k_slots[rev, ..., :n]
+            self.v_slots[idx, :, :, :n] = self.v_slots[rev, :, :, :n]
+        self.positions[a], self.positions[b] = self.positions[b], self.positions[a]
+
+    def step_batch(self, toks: list[int]) -> torch.Tensor:
+        """One token for each of slots 0..B-1 (B = len(toks)) at its own position: one batched forward, so the
+        weights are read once per step for the whole batch. Returns (B, vocab) float32 logits."""
+        with torch.inference_mode():
+            return self._step_batch(toks)
+
+    def _step_batch(self, toks: list[int]) -> torch.Tensor:
+        b = len(toks)
+        pos_list = self.positions[:b]
+        end = max(pos_list) + 1
+        if end > self.max_positions:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.max_positions}")
+        nq, nkv, hd, inter = self.n_heads, self.n_kv, self.head_dim, self.inter
+        qk_rows, qk_dim = nq + nkv, self.q_dim + self.kv_dim
+        pos = torch.tensor(pos_list)
+        rows = torch.arange(b)
+        x = self.embed[torch.tensor(toks)]
+        if self.rope_mats is not None:
+            rope = self.rope_mats[pos]  # (B, D, D)
+        else:
+            cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
+        # rows attend to 0..pos_b: mask the longer rows' tail out (exp(-inf) = 0 adds nothing)
+        mask = (torch.arange(end).unsqueeze(0) > pos.unsqueeze(1)).view(b, 1, 1, end) if min(pos_list) + 1 < end else None
+        eps_h = self.eps_h
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.step_layers):
+            qkv = F.linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+            qk = qkv[:, :qk_dim].view(b, qk_rows, hd)
+            qk = torch.bmm(qk, rope) if self.rope_mats is not None else qk * cos + torch.matmul(qk, self.rot) * sin
+            ks, vs = self.k_slots[:b, li], self.v_slots[:b, li]
+            ks[rows, :, :, pos] = qk[:, nq:]
+            vs[rows, :, pos] = qkv[:, qk_dim:].view(b, nkv, hd)
+            scores = torch.matmul(qk[:, :nq].view(b, nkv, nq // nkv, hd), ks[..., :end])  # (B, Hkv, G, T)
+            if mask is not None:
+                scores.masked_fill_(mask, float("-inf"))
+            attn = torch.matmul(torch.softmax(scores, -1), vs[:, :, :end])  # (B, Hkv, G, D)
+            x = torch.addmm(x, attn.reshape(b, self.q_dim), wo.t())
+            gu = F.linear(x, wgu).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd.t())
+        for i in range(b):
+            self.positions[i] += 1
+        return F.linear(x, self.step_head).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
 
     def _build_step_weights(self) -> None:
         """Weights for the single-token step with constant factors folded in (fewer ops per token):

@@ -8,12 +8,13 @@ of consecutive byte tokens at once (an invalid run turns *every* byte into U+FFF
 formed a valid character on their own), and skipped special tokens do not break a run. So nothing is
 emitted while the newest token is a byte or special token; the run is final once an ordinary token
 follows it. Concatenated deltas then always equal the decode of all generated ids, and no delta ends
-in half a character.
+in half a character. A raw completion starts from a few prompt tokens as context, so that what it emits is
+exactly the text after the prompt's (the first word keeps its space: "a time" + " of", not "timeof").
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 REPLACEMENT = "\ufffd"
 
@@ -41,13 +42,15 @@ def hold_token_ids(tokenizer) -> frozenset[int]:
 class IncrementalDetokenizer:
     """Feed token ids one at a time; get back the text that became final."""
 
-    def __init__(self, decode: Callable[[list[int]], str], hold_ids: frozenset[int] = frozenset()):
+    def __init__(self, decode: Callable[[list[int]], str], hold_ids: frozenset[int] = frozenset(),
+                 context: Sequence[int] = ()):
+        """``context``: ids before the first pushed one (the end of the prompt), decoded but never emitted."""
         self.decode = decode
         self.hold_ids = hold_ids
-        self.ids: list[int] = []
+        self.ids: list[int] = list(context)
         self.prefix = 0  # window start: tokens before it are fully emitted and never re-decoded
-        self.read = 0  # tokens before it have been emitted
-        self.emitted = ""
+        self.read = len(self.ids)  # tokens before it have been emitted
+        self.emitted = decode(self.ids) if self.ids else ""
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
@@ -78,6 +81,46 @@ class IncrementalDetokenizer:
         self.prefix, self.read = self.read, len(self.ids)
         self.emitted += delta
         return delta
+
+
+class TokenTexts:
+    """Each token id's own text and UTF-8 bytes as it reads inside a text (cached), for log-probabilities.
+
+    Decoding one id alone would lose a word's leading space, so an id is decoded after a fixed anchor token
+    and the anchor's text is cut off. A byte-fallback piece (<0xNN>) is its byte (the text shows an incomplete
+    UTF-8 byte as ``\\xNN``); a special token is its own piece (e.g. ``<|im_end|>``).
+    """
+
+    def __init__(self, tokenizer, decode: Callable[[list[int]], str]):
+        self.tokenizer = tokenizer
+        self.decode = decode
+        self.special = frozenset(getattr(tokenizer, "all_special_ids", []) or [])
+        self.anchor = list(tokenizer.encode("a", add_special_tokens=False))[-1:]
+        self.anchor_text = decode(self.anchor) if self.anchor else ""
+        self._cache: dict[int, tuple[str, bytes]] = {}
+
+    def _compute(self, token_id: int) -> tuple[str, bytes]:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            raw = bytes([int(piece[3:5], 16)])
+            return raw.decode("utf-8", errors="backslashreplace"), raw
+        if token_id in self.special and isinstance(piece, str):
+            return piece, piece.encode("utf-8")
+        text = self.decode(self.anchor + [token_id])
+        text = text[len(self.anchor_text):] if text.startswith(self.anchor_text) else self.decode([token_id])
+        return text, text.encode("utf-8")
+
+    def _get(self, token_id: int) -> tuple[str, bytes]:
+        got = self._cache.get(token_id)
+        if got is None:
+            got = self._cache[token_id] = self._compute(token_id)
+        return got
+
+    def text(self, token_id: int) -> str:
+        return self._get(token_id)[0]
+
+    def bytes(self, token_id: int) -> bytes:
+        return self._get(token_id)[1]
 
 
 class StopHolder:

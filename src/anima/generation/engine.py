@@ -1,57 +1,32 @@
 """ChatEngine: load a model dir once, answer chat/completion requests as streams of text deltas.
 
-One engine owns one model and one KV cache. Requests are serialized by a lock held for the whole
-stream (a server runs them one after another; each still sees a clean state). The cache is reused
-across requests for the longest shared token prefix, so a multi-turn chat only prefills the new turn.
+One engine owns one model and a KV cache with ``max_batch`` slots. Concurrent requests are decoded together
+by one scheduler thread (batch.py: one forward per step over every active request; each keeps its own
+sampling, seed, stop strings and stream). A slot's cache is reused for the longest shared token prefix, so a
+multi-turn chat only prefills the new turn.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Generator, Iterator
 
 from anima.errors import AnimaError, ConfigError, ModelError
-from anima.generation.detok import IncrementalDetokenizer, StopHolder, hold_token_ids, make_decoder
-from anima.generation.sampling import SamplingParams, make_generator, sample_next
-from anima.generation.threads import ThreadTuner, timed_threads
+from anima.generation.detok import TokenTexts, hold_token_ids, make_decoder
+from anima.generation.results import Completion, TextStream, TokenLogprob, collect
+from anima.generation.sampling import SamplingParams, token_logprobs
+from anima.generation.sequence import CONTINUATION_CONTEXT
+from anima.generation.threads import ThreadTuner
 
 BACKENDS = ("auto", "compiled", "fast", "hf")
 BUILDS = ("never", "background", "wait")
+#: Sequences decoded together by default (``configure_batching`` changes it; the server sets serve.limits').
+DEFAULT_MAX_BATCH = 8
 
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
-
-
-class TextStream(Iterator[str]):
-    """An iterator of text deltas that also carries this request's usage once it is exhausted.
-
-    Prefer ``stream.prompt_tokens`` / ``completion_tokens`` / ``finish_reason`` over the engine's
-    ``last_usage`` when several requests run concurrently.
-    """
-
-    def __init__(self, gen: Iterator[str], prompt_tokens: int):
-        self._gen = gen
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self.token_ids: list[int] = []  # every sampled id, including a final stop token
-
-    def __iter__(self) -> "TextStream":
-        return self
-
-    def __next__(self) -> str:
-        return next(self._gen)
-
-    def close(self) -> None:
-        self._gen.close()
+__all__ = ["BACKENDS", "BUILDS", "CONTINUATION_CONTEXT", "ChatEngine", "Completion", "TextStream", "TokenLogprob"]
 
 
 def _read_anima_json(model_dir: Path) -> dict:
@@ -65,15 +40,6 @@ def _read_anima_json(model_dir: Path) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return data
-
-
-def _drain(detok: IncrementalDetokenizer, holder: StopHolder) -> tuple[str, bool]:
-    """The text still held back at the end of a reply, and whether it completes a stop string."""
-    tail = detok.flush()
-    out, hit = holder.feed(tail) if tail else ("", False)
-    if not hit:
-        out += holder.flush()
-    return out, hit
 
 
 class ChatEngine:
@@ -135,9 +101,13 @@ class ChatEngine:
 
         self._decode = locked_decode
         self._hold_ids = hold_token_ids(self.tokenizer)
-        self._lock = threading.Lock()
-        self._cached_ids: list[int] = []
+        self.token_texts = TokenTexts(self.tokenizer, locked_decode)  # id -> text/bytes, for log-probabilities
         self.last_usage: tuple[int, int, str] | None = None
+        self.max_batch = DEFAULT_MAX_BATCH
+        self.request_timeout_s: float | None = None
+        from anima.generation.batch import BatchScheduler  # torch-heavy: imported with the model
+
+        self.scheduler = BatchScheduler(self)
 
     # ----------------------------------------------------------------- setup
     def _stop_token_ids(self, vocab: dict[str, int]) -> frozenset[int]:
@@ -210,7 +180,23 @@ class ChatEngine:
             return list(self.tokenizer.encode(prompt, add_special_tokens=True))
 
     # ------------------------------------------------------------- decoding
-    def _stream(self, prompt_ids: list[int], params: SamplingParams) -> TextStream:
+    def configure_batching(self, max_batch: int | None = None, request_timeout_s: float | None = None) -> int:
+        """How many requests decode together, and how long one may take (None/0 = no limit; a reply still
+        running at its deadline ends with finish reason "length"). Returns the batch this backend can run
+        (1 for transformers' ``hf``). Takes effect when the engine is next idle."""
+        if max_batch is not None:
+            if int(max_batch) < 1:
+                raise ConfigError(f"max_batch={max_batch}: must be >= 1")
+            self.max_batch = int(max_batch)
+        if request_timeout_s is not None:
+            self.request_timeout_s = float(request_timeout_s) if request_timeout_s > 0 else None
+        return 1 if self.backend.name == "hf" else self.max_batch
+
+    def forget_cache(self) -> None:
+        """Prefill every later prompt from scratch (no cached prefix reuse)."""
+        self.scheduler.forget = True
+
+    def _stream(self, prompt_ids: list[int], params: SamplingParams, continuation: bool = False) -> TextStream:
         if not isinstance(params, SamplingParams):
             raise ConfigError(f"sampling params must be SamplingParams, got {type(params).__name__}")
         params.validate()
@@ -220,50 +206,23 @@ class ChatEngine:
             raise AnimaError(
                 f"prompt is {len(prompt_ids)} tokens; model {self.name} has a context of {self.context_length}"
             )
-        stream = TextStream(iter(()), len(prompt_ids))
-        stream._gen = self._decode_loop(list(prompt_ids), params, stream)
+        from anima.generation.batch import CANCEL
+        from anima.generation.sequence import Sequence
+
+        stream = TextStream(None, prompt_ids, logprobs=params.logprobs is not None, cancel=CANCEL.get())
+        timeout = self.request_timeout_s
+        deadline = time.monotonic() + timeout if timeout else None
+        self.scheduler.submit(Sequence(self, list(prompt_ids), params, stream, continuation, deadline))
         return stream
 
-    def _decode_loop(self, prompt_ids: list[int], params: SamplingParams, stream: TextStream) -> Iterator[str]:
-        """Prefill, then sample token by token under the model lock; a failure mid-way leaves no stale cache."""
+    def _prefill_ids(self, backend, ids: list[int]):
+        """Feed ``ids`` to the selected slot (the scheduler's thread); returns the logits of the last one."""
         import torch
 
-        with self._lock:
-            self._refresh_backend()
-            backend = self.backend
-            logits = self._prefill(backend, prompt_ids)
-            fed = list(prompt_ids)
-            self._cached_ids = fed
-            max_new = min(params.max_new_tokens, self.context_length - len(prompt_ids))
-            try:
-                finish = yield from self._sample_tokens(backend, logits, fed, params, stream, max_new)
-            except BaseException:
-                if not self._cached_ids:
-                    backend.truncate(0)
-                raise
-            finally:
-                if torch.get_num_threads() != self.threads:
-                    torch.set_num_threads(self.threads)
-            stream.finish_reason = finish
-            self.last_usage = (len(prompt_ids), stream.completion_tokens, finish)
-
-    def _prefill(self, backend, prompt_ids: list[int]):
-        """Feed the prompt, reusing the cached prefix shared with the previous request (keep >= 1 token to
-        feed); returns the logits of the last prompt token."""
-        import torch
-
-        common = 0
-        limit = min(len(self._cached_ids), len(prompt_ids) - 1)
-        cached_ids = self._cached_ids
-        while common < limit and cached_ids[common] == prompt_ids[common]:
-            common += 1
-        backend.truncate(common)
-        common = backend.position
-        self._cached_ids = []  # invalid until the cache is consistent again
         if self.tuner is not None and torch.get_num_threads() != self.tuner.best:
             torch.set_num_threads(self.tuner.best)  # a contended machine hurts prefill alike
         try:
-            return backend.forward(prompt_ids[common:])
+            return backend.forward(ids)
         finally:
             if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)
@@ -281,55 +240,12 @@ class ChatEngine:
                 seen[stop_id] = False
         return seen
 
-    def _sample_tokens(self, backend, logits, fed: list[int], params: SamplingParams, stream: TextStream,
-                       max_new: int) -> Generator[str, None, str]:
-        """Yield text deltas until a stop token, a stop string or ``max_new`` tokens; returns the finish reason."""
-        import torch
-
-        generator = None if params.greedy else make_generator(params.seed)
-        seen = self._seen_mask(params, fed)
-        plain_greedy = params.greedy and seen is None
-        detok = IncrementalDetokenizer(self._decode, self._hold_ids)
-        holder = StopHolder(params.stop)
-        finish, n, tuner = "length", 0, self.tuner
-        while n < max_new:
-            tok = int(torch.argmax(logits)) if plain_greedy else sample_next(logits, params, generator, seen)
-            n += 1
-            stream.completion_tokens = n
-            stream.token_ids.append(tok)
-            if tok in self.stop_ids:
-                finish = "stop"
-                break
-            delta = detok.push(tok)
-            if delta:
-                out, hit = holder.feed(delta)
-                if out:
-                    yield out
-                if hit:
-                    return "stop"
-            if n >= max_new:
-                break
-            logits = self._feed_token(backend, tuner, tok, fed, seen)
-        out, hit = _drain(detok, holder)
-        if out:
-            yield out
-        return "stop" if hit else finish
-
-    def _feed_token(self, backend, tuner: ThreadTuner | None, tok: int, fed: list[int], seen):
-        """One decode step; the cache is marked invalid while the backend runs."""
-        import torch
-
-        self._cached_ids = []
-        if tuner is not None:
-            with timed_threads(torch, tuner):
-                logits = backend.forward([tok])
-        else:
-            logits = backend.forward([tok])
-        fed.append(tok)
-        self._cached_ids = fed
-        if seen is not None and 0 <= tok < self.vocab_size:
-            seen[tok] = True
-        return logits
+    def _token_logprob(self, logits, tok: int, k: int) -> TokenLogprob:
+        """``tok``'s log-probability under the model, with the ``k`` most likely tokens at this position."""
+        texts = self.token_texts
+        lp, top = token_logprobs(logits, tok, k)
+        alts = tuple(TokenLogprob(i, texts.text(i), texts.bytes(i), v) for i, v in top)
+        return TokenLogprob(tok, texts.text(tok), texts.bytes(tok), lp, alts)
 
     # ------------------------------------------------------------------ API
     def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[str]:
@@ -338,17 +254,19 @@ class ChatEngine:
         return self._stream(self.chat_prompt_ids(messages, params.max_new_tokens), params)
 
     def stream_completion(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        """Text deltas continuing a raw prompt (no chat template; BOS added per the tokenizer)."""
+        """Text deltas continuing a raw prompt (no chat template; BOS added per the tokenizer). The deltas are
+        exactly what follows the prompt's text: a first token that starts a new word keeps its space."""
         params.validate()
-        return self._stream(self.completion_prompt_ids(prompt), params)
+        return self._stream(self.completion_prompt_ids(prompt), params, continuation=True)
 
-    @staticmethod
-    def _collect(stream: TextStream) -> Completion:
-        text = "".join(stream)
-        return Completion(text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason or "length")
+    def stream_ids(self, prompt_ids: list[int], params: SamplingParams, *, continuation: bool = False) -> TextStream:
+        """Text deltas after already tokenized prompt ids (e.g. Ollama's ``context`` plus a new turn);
+        ``continuation`` as for a raw completion (keep the first space) rather than a new reply."""
+        params.validate()
+        return self._stream(list(prompt_ids), params, continuation=continuation)
 
     def chat(self, messages: list[dict], params: SamplingParams) -> Completion:
-        return self._collect(self.stream_chat(messages, params))
+        return collect(self.stream_chat(messages, params))
 
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        return self._collect(self.stream_completion(prompt, params))
+        return collect(self.stream_completion(prompt, params))

@@ -2,7 +2,8 @@
 
 The processors work on a 1-D logits vector (one sequence, batch 1): the chat engine decodes one
 request at a time, so there is no batch dimension to carry and every op stays small.
-Order and semantics follow transformers' ``generate``: repetition penalty, temperature, top-k, top-p.
+Order and semantics follow transformers' ``generate``: repetition penalty, temperature, top-k, top-p; OpenAI's
+presence and frequency penalties (over the tokens generated so far) come right after the repetition penalty.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ if TYPE_CHECKING:  # torch is imported inside the functions: importing SamplingP
     import torch
 
 
+#: The most alternatives per token a request may ask log-probabilities for (OpenAI's top_logprobs limit).
+MAX_TOP_LOGPROBS = 20
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.8  # 0 => greedy
@@ -25,6 +30,10 @@ class SamplingParams:
     max_new_tokens: int = 128
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # OpenAI's penalties over this reply's tokens: logit -= presence * (count > 0) + frequency * count
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None => off; k => every token's log-probability and its k likeliest rivals
 
     def validate(self) -> "SamplingParams":
         """Reject values that would silently produce garbage; names the key at fault."""
@@ -38,6 +47,12 @@ class SamplingParams:
             raise ConfigError(f"sampling.repetition_penalty={self.repetition_penalty}: must be > 0")
         if self.max_new_tokens < 0:
             raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens}: must be >= 0")
+        for key in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, key) <= 2.0:
+                raise ConfigError(f"sampling.{key}={getattr(self, key)}: must be in [-2, 2]")
+        lp = self.logprobs
+        if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= MAX_TOP_LOGPROBS):
+            raise ConfigError(f"sampling.logprobs={lp}: must be an integer in 0..{MAX_TOP_LOGPROBS} (or None = off)")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in self.stop if s]
@@ -77,6 +92,27 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(mask, penalized, logits)
 
 
+def apply_occurrence_penalties(logits: torch.Tensor, counts: torch.Tensor | None, presence: float,
+                               frequency: float) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties; ``counts[j]`` = how often token j was generated so far."""
+    if counts is None or (presence == 0.0 and frequency == 0.0):
+        return logits
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
+
+
+def token_logprobs(logits: torch.Tensor, token: int, k: int = 0) -> tuple[float, list[tuple[int, float]]]:
+    """``token``'s log-probability under ``logits`` (the model's own distribution) and the ``k`` most likely
+    (id, log-probability) pairs, most likely first."""
+    import torch
+
+    lp = torch.log_softmax(logits.float(), -1)
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        vals, idx = torch.topk(lp, min(k, lp.numel()))
+        top = [(int(i), float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
+    return float(lp[token]), top
+
+
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits (ties at the k-th value are kept, like transformers)."""
     import torch
@@ -105,11 +141,13 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
     """All processors in transformers' order; returns the logits to sample from (float32, 1-D)."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    logits = apply_occurrence_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
     if params.greedy:
         return logits
     if params.temperature != 1.0:
@@ -152,6 +190,7 @@ def sample_next(
     params: SamplingParams,
     generator: torch.Generator | None = None,
     seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> int:
     """Pick the next token id from one step's logits.
 
@@ -165,6 +204,7 @@ def sample_next(
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    logits = apply_occurrence_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
     if params.greedy:
         return int(torch.argmax(logits))
     if params.temperature != 1.0:

@@ -1,5 +1,8 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (SSE stream or one JSON),
-``GET /v1/models``."""
+``GET /v1/models``, ``GET /v1/models/{id}``.
+
+A request naming another model is a 404; a field this server does not act on is a 400 naming it (params.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,6 +18,9 @@ from fastapi import APIRouter, Request
 from anima.generation.sampling import SamplingParams
 from anima.serve.errors import APIError, error_body
 from anima.serve.limits import ServeLimits
+from anima.serve.logprobs import CompletionLogprobs, chat_logprobs
+from anima.serve.params import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, completion_logprobs
+from anima.serve.params import chat_logprobs as parse_chat_logprobs
 from anima.serve.protocol import (
     finish_reason,
     openai_sampling,
@@ -25,7 +31,7 @@ from anima.serve.protocol import (
     usage,
 )
 from anima.serve.runner import ServedModel
-from anima.serve.streaming import StreamFormat, stream_response
+from anima.serve.streaming import Finished, StreamFormat, stream_response
 
 DONE = b"data: [DONE]\n\n"
 
@@ -55,12 +61,16 @@ class Envelope:
                 **extra}
 
 
-async def parse_request(request: Request, served: ServedModel, parse_input: Callable[[dict, ServeLimits], Any]
+async def parse_request(request: Request, served: ServedModel, parse_input: Callable[[dict, ServeLimits], Any],
+                        fields: frozenset[str], logprobs: Callable[[dict[str, Any]], int | None]
                         ) -> tuple[dict[str, Any], Any, SamplingParams, bool]:
-    """(body, its messages or prompt, sampling, stream?), each checked in this order."""
+    """(body, its messages or prompt, sampling, stream?), each checked in this order: fields the endpoint does
+    not act on (400), the model (404), the input, sampling and log-probabilities."""
     body = await read_json_body(request, served.limits)
+    check_fields(body, fields)
+    served.check_model(body)
     parsed = parse_input(body, served.limits)
-    params = openai_sampling(body, served.defaults, served.limits)
+    params = replace(openai_sampling(body, served.defaults, served.limits), logprobs=logprobs(body))
     return body, parsed, params, stream_flag(body, False)
 
 
@@ -69,56 +79,69 @@ def openai_routes(served: ServedModel) -> APIRouter:
     router = APIRouter()
     name, engine = served.name, served.engine
 
+    model_object = {"id": name, "object": "model", "created": served.created, "owned_by": "anima"}
+
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": served.created,
-                                            "owned_by": "anima"}]}
+        return {"object": "list", "data": [model_object]}
+
+    @router.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        served.check_model({"model": model_id})
+        return model_object
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body, messages, params, stream = await parse_request(request, served, parse_messages)
+        body, messages, params, stream = await parse_request(request, served, parse_messages, CHAT_FIELDS,
+                                                             parse_chat_logprobs)
         env = Envelope.new("chatcmpl", name)
         if not stream:
             comp = await served.generate(lambda: engine.chat(messages, params))
             return env.wrap("chat.completion", [{"index": 0, "message": {"role": "assistant", "content": comp.text},
-                                                 "logprobs": None, "finish_reason": finish_reason(comp.finish_reason)}],
+                                                 "logprobs": chat_logprobs(comp.logprobs),
+                                                 "finish_reason": finish_reason(comp.finish_reason)}],
                             usage=usage(comp.prompt_tokens, comp.completion_tokens))
-        opts = body.get("stream_options") or {}
-        include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        want_logprobs = params.logprobs is not None
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            return sse(env.wrap("chat.completion.chunk",
-                                [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]))
+        def chunk(delta: dict[str, Any], finish: str | None, logprobs: list[Any] | None = None) -> bytes:
+            return sse(env.wrap("chat.completion.chunk", [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                           "logprobs": chat_logprobs(logprobs)}]))
 
-        def done(pt: Any, ct: Any, reason: Any) -> list[bytes]:
-            out = [chunk({}, finish_reason(reason))]
+        def done(end: Finished) -> list[bytes]:
+            out = [chunk({}, finish_reason(end.finish_reason))]
             if include_usage:
-                out.append(sse(env.wrap("chat.completion.chunk", [], usage=usage(pt, ct))))
+                out.append(sse(env.wrap("chat.completion.chunk", [],
+                                        usage=usage(end.prompt_tokens, end.completion_tokens))))
             return out
 
-        fmt = StreamFormat(piece=lambda text: chunk({"content": text}, None), done=done, error=sse_error,
-                           head=(chunk({"role": "assistant", "content": ""}, None),), tail=(DONE,))
+        fmt = StreamFormat(piece=lambda text, lp: chunk({"content": text}, None, lp if want_logprobs else None),
+                           done=done, error=sse_error, head=(chunk({"role": "assistant", "content": ""}, None),),
+                           tail=(DONE,))
         return await stream_response(served.runner, lambda: engine.stream_chat(messages, params), fmt,
                                      "text/event-stream", {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        _, prompt, params, stream = await parse_request(request, served, parse_prompt)
+        _, prompt, params, stream = await parse_request(request, served, parse_prompt, COMPLETION_FIELDS,
+                                                        completion_logprobs)
         env = Envelope.new("cmpl", name)
+        logprobs = CompletionLogprobs(offset=len(prompt))
+        want_logprobs = params.logprobs is not None
 
-        def choice(text: str, finish: str | None) -> list[dict[str, Any]]:
-            return [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+        def choice(text: str, finish: str | None, entries: list[Any] | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "text": text, "logprobs": logprobs(entries), "finish_reason": finish}]
 
         if not stream:
             comp = await served.generate(lambda: engine.complete(prompt, params))
-            return env.wrap("text_completion", choice(comp.text, finish_reason(comp.finish_reason)),
+            return env.wrap("text_completion", choice(comp.text, finish_reason(comp.finish_reason), comp.logprobs),
                             usage=usage(comp.prompt_tokens, comp.completion_tokens))
 
-        def chunk(text: str, finish: str | None) -> bytes:
-            return sse(env.wrap("text_completion", choice(text, finish)))
+        def chunk(text: str, finish: str | None, entries: list[Any] | None = None) -> bytes:
+            return sse(env.wrap("text_completion", choice(text, finish, entries)))
 
-        fmt = StreamFormat(piece=lambda text: chunk(text, None),
-                           done=lambda pt, ct, reason: [chunk("", finish_reason(reason))],
+        fmt = StreamFormat(piece=lambda text, lp: chunk(text, None, lp if want_logprobs else None),
+                           done=lambda end: [chunk("", finish_reason(end.finish_reason))],
                            error=sse_error, tail=(DONE,))
         return await stream_response(served.runner, lambda: engine.stream_completion(prompt, params), fmt,
                                      "text/event-stream", {"Cache-Control": "no-cache"})

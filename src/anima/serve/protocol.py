@@ -90,8 +90,15 @@ def _stop(value: Any, limits: ServeLimits, param: str = "stop") -> list[str] | N
     return [s for s in stops if s]
 
 
+def _penalties(body: dict[str, Any], defaults: SamplingParams, prefix: str = "") -> dict[str, float]:
+    """OpenAI's presence_penalty and frequency_penalty, each in [-2, 2]."""
+    return {key: float(_number(body, key, getattr(defaults, key), lo=-2, hi=2, param=prefix + key))
+            for key in ("presence_penalty", "frequency_penalty")}
+
+
 def openai_sampling(body: dict[str, Any], defaults: SamplingParams, limits: ServeLimits) -> SamplingParams:
-    """SamplingParams from OpenAI fields (plus the common extras top_k and repetition_penalty)."""
+    """SamplingParams from OpenAI fields (plus the common extras top_k and repetition_penalty); log-probabilities
+    are the caller's to set (chat and legacy completions ask for them differently)."""
     n = body.get("n")
     if n is not None and n != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
@@ -107,6 +114,7 @@ def openai_sampling(body: dict[str, Any], defaults: SamplingParams, limits: Serv
         max_new_tokens=_max_tokens(body.get(mt_key), defaults.max_new_tokens, limits, mt_key),
         seed=_number(body, "seed", defaults.seed, integer=True, lo=-(2**63), hi=2**64 - 1),
         stop=list(defaults.stop) if stop is None else stop,
+        **_penalties(body, defaults),
     )
     return params
 
@@ -129,6 +137,7 @@ def ollama_sampling(body: dict[str, Any], defaults: SamplingParams, limits: Serv
         max_new_tokens=_max_tokens(num_predict, defaults.max_new_tokens, limits, "options.num_predict"),
         seed=_number(opts, "seed", defaults.seed, integer=True, lo=-(2**63), hi=2**64 - 1, param="options.seed"),
         stop=list(defaults.stop) if stop is None else stop,
+        **_penalties(opts, defaults, "options."),
     )
 
 

@@ -1,8 +1,10 @@
-"""The engine runner: one model, one lock, generations off the event loop.
+"""The engine runner: admission control and the bridge between the event loop and the engine's batch.
 
-A decode is a sequence of small CPU ops on shared weights and a shared KV cache, so requests are serialized on
-a lock, and every decode runs in a thread pool so the event loop keeps accepting, validating and rejecting
-requests while a reply is being generated.
+The engine decodes every admitted request together in its own scheduler thread (continuous batching,
+anima.generation.batch). The runner bounds how many requests may be in the engine at once
+(``serve.limits.max_batch`` decoding + ``max_queue`` waiting; beyond: 503 with Retry-After), hands the engine a
+cancel event per request (a client that goes away frees its slot at the next step), and delivers a stream's
+pieces straight from the scheduler's thread into the event loop (no thread per streamed reply).
 """
 
 from __future__ import annotations
@@ -15,36 +17,98 @@ from dataclasses import dataclass
 from typing import Any
 
 from anima.generation.sampling import SamplingParams
-from anima.serve.errors import engine_error
+from anima.generation.sequence import CANCEL
+from anima.serve.errors import engine_error, overloaded
 from anima.serve.limits import ServeLimits
+from anima.serve.models import ModelCard, check_model
 
 
 class EngineRunner:
-    """Runs one engine's generations one at a time, off the event loop."""
+    """Admits requests up to the limits and runs them on the engine, off the event loop."""
 
-    def __init__(self, engine: Any, workers: int = 8) -> None:
+    def __init__(self, engine: Any, workers: int = 8, limits: ServeLimits | None = None) -> None:
         self.engine = engine
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="anima-gen")
+        self.limits = limits or ServeLimits()
+        configure = getattr(engine, "configure_batching", None)
+        batch = self.limits.max_batch
+        if configure is not None:
+            batch = configure(max_batch=self.limits.max_batch, request_timeout_s=self.limits.request_timeout_s)
+        self.capacity = max(1, batch) + self.limits.max_queue
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+        # whole replies wait in a pool thread each (the engine does the work in its own thread)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers, self.capacity), thread_name_prefix="anima-gen")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _admit(self) -> None:
+        with self._count_lock:
+            if self._in_flight >= self.capacity:
+                raise overloaded(f"server busy: {self._in_flight} requests in progress (serve.limits.max_batch + "
+                                 f"max_queue = {self.capacity}); retry later")
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
+
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """``fn()`` under the engine lock, in the pool."""
+        """``fn()`` (a whole generation) in the pool; if the awaiting request is cancelled (its client went
+        away), the engine drops the generation at its next step."""
+        self._admit()
+        cancel = threading.Event()
 
-        def locked() -> Any:
-            with self.lock:
+        def run() -> Any:
+            token = CANCEL.set(cancel)
+            try:
                 return fn()
+            finally:
+                CANCEL.reset(token)
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, locked)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        finally:
+            self._release()
 
     async def stream(self, make_iter: Callable[[], Iterator[str]]) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ``("piece", text)`` per streamed piece, then ``("done", engine.last_usage)``.
+        """Yield ``("piece", (text, logprobs))`` per streamed piece, then ``("done", stream)``.
 
-        Errors are raised from the generator. If the consumer stops early (client disconnected), the
-        worker notices at its next piece, closes the engine's iterator and releases the lock.
+        ``logprobs``: the log-probability entries of the tokens behind this piece (empty unless the request asked
+        for them). ``stream`` is the engine's TextStream (usage, token ids, timings), or ``engine.last_usage``
+        for an iterator that carries no usage of its own.
+
+        Errors are raised from the generator. If the consumer stops early (client disconnected), the stream is
+        closed and the engine drops the request at its next step.
         """
+        self._admit()
+        try:
+            it = make_iter()  # tokenizes and queues the request: quick, and its errors become a 4xx at once
+        except BaseException:
+            self._release()
+            raise
+        try:
+            if hasattr(it, "listen"):
+                async for event in _listened(it):
+                    yield event
+            else:
+                async for event in self._threaded(it):
+                    yield event
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            self._release()
+
+    async def _threaded(self, it: Iterator[str]) -> AsyncIterator[tuple[str, Any]]:
+        """A plain iterator (no ``listen``): drained by a pool thread."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
@@ -57,22 +121,15 @@ class EngineRunner:
 
         def work() -> None:
             try:
-                with self.lock:
-                    it = make_iter()
-                    try:
-                        for piece in it:
-                            if cancelled.is_set():
-                                break
-                            if piece:
-                                put(("piece", piece))
-                    finally:
-                        close = getattr(it, "close", None)
-                        if close is not None:
-                            close()
-                    if hasattr(it, "completion_tokens") and hasattr(it, "finish_reason"):
-                        usage = (getattr(it, "prompt_tokens", 0), it.completion_tokens, it.finish_reason)
-                    else:
-                        usage = getattr(self.engine, "last_usage", None)
+                entries, sent = getattr(it, "logprobs", None), 0
+                for piece in it:
+                    if cancelled.is_set():
+                        break
+                    if piece:
+                        upto = len(entries) if entries is not None else 0
+                        put(("piece", (piece, entries[sent:upto] if entries is not None else [])))
+                        sent = upto
+                usage = it if hasattr(it, "finish_reason") else getattr(self.engine, "last_usage", None)
                 put(("done", usage))
             except BaseException as e:  # noqa: BLE001 - forwarded to the request
                 put(("error", e))
@@ -88,6 +145,30 @@ class EngineRunner:
                     return
         finally:
             cancelled.set()
+
+
+async def _listened(stream: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The engine's TextStream, its events pushed from the scheduler's thread into this loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any, list]] = asyncio.Queue()
+
+    def on_event(kind: str, value: Any, entries: list) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value, entries))
+        except RuntimeError:  # loop closed (server shutting down)
+            stream.cancel.set()
+
+    stream.listen(on_event)
+    while True:
+        kind, value, entries = await queue.get()
+        if kind == "piece":
+            if value:
+                yield "piece", (value, entries)
+        elif kind == "error":
+            raise value
+        else:
+            yield "done", stream
+            return
 
 
 async def start_stream(runner: EngineRunner, make_iter: Callable[[], Iterator[str]]) -> AsyncIterator[tuple[str, Any]]:
@@ -125,10 +206,15 @@ class ServedModel:
     defaults: SamplingParams
     name: str
     created: int  # reported by /v1/models
+    card: ModelCard  # what Ollama's /api/tags, /api/show report
 
     @property
     def engine(self) -> Any:
         return self.runner.engine
+
+    def check_model(self, body: dict[str, Any]) -> None:
+        """404 when the request names a model other than this one."""
+        check_model(body.get("model"), self.name)
 
     async def generate(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` (a whole, non-streamed generation) on the runner; a failure becomes an APIError."""

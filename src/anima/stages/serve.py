@@ -1,4 +1,6 @@
-"""anima serve: the model behind an OpenAI-compatible (and Ollama-style) HTTP API on 127.0.0.1:8000.
+"""anima serve: the model behind an OpenAI-compatible (and Ollama-style) HTTP API on 127.0.0.1:8000, plus a
+browser chat page at /chat whose ratings go to `serve.feedback` (the file `anima chat` writes, `anima retrain`
+reads).
 
 The API key, if any, is read from the environment variable named by `serve.api_key_env`: it never enters the
 config, the command line or a log. No MLflow run: a server is a long-lived process, not an experiment.
@@ -7,6 +9,7 @@ config, the command line or a log. No MLflow run: a server is a long-lived proce
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -32,6 +35,7 @@ def build_app(cfg: DictConfig):
     """(app, resolved model, served name): what `run` serves; tests start it with start_server_thread."""
     from anima.generation.sampling import sampling_from_config
     from anima.serve.app import create_app
+    from anima.serve.feedback_api import FeedbackSink
     from anima.serve.limits import ServeLimits
     from anima.stages.chat import load_engine
 
@@ -39,9 +43,18 @@ def build_app(cfg: DictConfig):
     defaults = sampling_from_config(cfg.sampling)
     resolved, engine = load_engine(cfg, str(cfg.serve.backend), bool(cfg.serve.compile))
     name = model_name(cfg, resolved)
+    feedback = FeedbackSink.at(cfg.serve.get("feedback"), resolved.canonical_uri, resolved.version)
     app = create_app(engine, api_key=key, limits=ServeLimits.from_config(cfg.serve.limits), defaults=defaults,
-                     model_name=name, workers=int(cfg.serve.workers))
+                     model_name=name, workers=int(cfg.serve.workers), feedback=feedback)
+    app.state.feedback = feedback
     return app, resolved, name
+
+
+def chat_page_line(base: str, feedback: Any, key_env: str | None) -> str:
+    """Where the browser chat page is and where its ratings go (``feedback``: the app's FeedbackSink)."""
+    where = f"ratings to {feedback.path}" if feedback.path else "ratings not saved (serve.feedback is null)"
+    key = f"; the page asks for the API key (${key_env})" if key_env else ""
+    return f"  chat page: {base}/chat ({where}{key})"
 
 
 def bind(host: str, port: int):
@@ -75,9 +88,10 @@ def run(cfg: DictConfig) -> None:
         port = sock.getsockname()[1]
         base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {describe(resolved)} as {name!r} on {base}/v1 (OpenAI: /v1/chat/completions, "
-              f"/v1/completions, /v1/models; Ollama: /api/chat)" + (f"; API key from ${key_env}" if key_env else ""),
-              flush=True)
+              f"/v1/completions, /v1/models; Ollama: /api/chat, /api/generate, /api/tags, /api/show)"
+              + (f"; API key from ${key_env}" if key_env else ""), flush=True)
         print(f"  decode: {app.state.runner.engine.backend_status()}", flush=True)
+        print(chat_page_line(base, app.state.feedback, key_env), flush=True)
         print(f"  try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
               flush=True)

@@ -1,0 +1,190 @@
+"""Continuous batching: one background thread decodes every active request together.
+
+Why: a decode step of a small model costs about the same for one sequence as for eight (it is bound by
+per-op overhead and by reading the weights, not by FLOPs), so requests that take turns waste the machine.
+Each step the scheduler
+  1. admits waiting requests while there are free cache slots (prefills the new prompt into its slot, reusing
+     the longest prefix an idle slot still holds, e.g. the previous turn of the same chat);
+  2. lets every active sequence sample its next token from its own row of logits (sequence.py: sampling,
+     penalties, seeds, stop strings and streaming stay per request) and retires the finished, cancelled and
+     timed-out ones (their slot is free for the next admission);
+  3. runs ONE forward over the rest: ``backend.step_batch`` (each row at its own position, masked attention
+     over its own cache slot), or the single-sequence step (the compiled one when built) when one is left.
+
+Active sequences always occupy slots 0..B-1 (a leaving sequence's slot is swapped with the last active one),
+so the batched step reads plain views of the cache. A backend without slots (transformers' ``hf``) runs one
+sequence at a time through the same loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import torch
+
+from anima.generation.sequence import CANCEL, Busy, Sequence
+
+__all__ = ["CANCEL", "BatchScheduler", "Busy"]
+from anima.generation.threads import ThreadTuner, timed_threads
+
+class BatchScheduler:
+    """Owns the engine's backend from its own thread; ``submit`` queues a Sequence and returns at once."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._pending: collections.deque[Sequence] = collections.deque()
+        self._active: list[Sequence] = []  # active[i] decodes in cache slot i
+        self._cached: list[list[int]] = []  # per slot: the token ids its cache holds (valid prefix)
+        self._thread: threading.Thread | None = None
+        self.forget = False  # drop every cached prefix at the next admission (tests compare fresh prefills)
+        self._limit = 1  # sequences decoded together (engine.max_batch, as far as the backend allows)
+        self._batch_tuner: ThreadTuner | None = None
+        self.steps = 0  # forwards run, and the largest batch one of them had (for tests and benchmarks)
+        self.peak_batch = 0
+
+    # ------------------------------------------------------------------ API
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            self._pending.append(seq)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="anima-batch", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(active, waiting) sequences right now."""
+        return len(self._active), len(self._pending)
+
+    # ----------------------------------------------------------------- loop
+    def _run(self) -> None:
+        while True:
+            admit = self._take_admissions()
+            for seq in admit:
+                self._admit(seq)
+            self._sample_and_retire()
+            if self._active:
+                try:
+                    self._forward()
+                except BaseException as e:  # noqa: BLE001 - every active request learns why; the caches are unknown
+                    for seq in self._active:
+                        seq.stream.fail(e)
+                    self._active.clear()
+                    self._cached = [[] for _ in self._cached]
+                    self.engine.backend.truncate(0)
+
+    def _capacity(self) -> int:
+        return self.engine.backend.ensure_slots(max(1, int(self.engine.max_batch)))
+
+    def _take_admissions(self) -> list[Sequence]:
+        with self._cond:
+            while not self._pending and not self._active:
+                self._cond.wait()
+            self._expire_pending()
+            if not self._active:
+                self.engine._refresh_backend()  # between requests: a compiled step that finished building
+                capacity = self._capacity()
+                self._cached += [[] for _ in range(capacity - len(self._cached))]
+                self._limit = min(capacity, max(1, int(self.engine.max_batch)))
+            free = self._limit - len(self._active)
+            admit = []
+            while self._pending and len(admit) < free:
+                admit.append(self._pending.popleft())
+            return admit
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        keep = collections.deque()
+        for seq in self._pending:
+            if seq.cancelled:
+                seq.finish("cancelled")
+            elif seq.deadline is not None and now > seq.deadline:
+                seq.stream.fail(Busy("request timed out waiting for a free decode slot"))
+            else:
+                keep.append(seq)
+        self._pending = keep
+
+    def _admit(self, seq: Sequence) -> None:
+        """Prefill ``seq`` into the free slot B (swapping in the idle slot holding the longest shared prefix)."""
+        backend, b, prompt = self.engine.backend, len(self._active), seq.prompt_ids
+        if self.forget:
+            self._cached, self.forget = [[] for _ in self._cached], False
+        best, best_len = b, -1
+        for slot in range(b, len(self._cached)):
+            n = _common_prefix(self._cached[slot], prompt, len(prompt) - 1)
+            if n > best_len:
+                best, best_len = slot, n
+        self._swap(b, best)
+        seq.stream.timings.started_ns = time.perf_counter_ns()
+        self._cached[b] = []  # invalid until the prefill succeeds
+        try:
+            backend.select(b)
+            backend.truncate(best_len)
+            start = backend.position
+            seq.logits = self.engine._prefill_ids(backend, prompt[start:])
+        except BaseException as e:  # noqa: BLE001 - this request fails; the others go on
+            backend.truncate(0)
+            seq.stream.fail(e)
+            return
+        seq.stream.timings.prefilled_ns = time.perf_counter_ns()
+        self._cached[b] = seq.fed
+        self._active.append(seq)
+
+    def _sample_and_retire(self) -> None:
+        done: list[tuple[int, str]] = []
+        for i, seq in enumerate(self._active):
+            try:
+                reason = seq.advance()
+            except BaseException as e:  # noqa: BLE001 - e.g. a detokenizer failure: this request only
+                seq.stream.fail(e)
+                reason = "error"
+            if reason is not None:
+                done.append((i, reason))
+        for i, reason in reversed(done):
+            seq = self._active[i]
+            if reason != "error":
+                seq.finish(reason)
+            last = len(self._active) - 1
+            self._swap(i, last)
+            self._active[i] = self._active[last]
+            self._active.pop()
+
+    def _swap(self, a: int, b: int) -> None:
+        if a != b:
+            backend = self.engine.backend
+            swap = getattr(backend, "swap_slots", None)
+            if swap is not None:
+                swap(a, b)
+            self._cached[a], self._cached[b] = self._cached[b], self._cached[a]
+
+    def _forward(self) -> None:
+        engine, backend, active = self.engine, self.engine.backend, self._active
+        self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(active))
+        if len(active) == 1:
+            backend.select(0)
+            tuner = engine.tuner
+            if tuner is not None:
+                with timed_threads(torch, tuner):
+                    rows = [backend.forward([active[0].next_tok])]
+            else:
+                rows = [backend.forward([active[0].next_tok])]
+        else:
+            # batched steps get their own 1-vs-N thread choice: on a contended machine N threads can be 10x slower
+            if self._batch_tuner is None or self._batch_tuner.candidates[0] != engine.threads:
+                self._batch_tuner = ThreadTuner(engine.threads)
+            with timed_threads(torch, self._batch_tuner):
+                rows = list(backend.step_batch([seq.next_tok for seq in active]))
+        for seq, logits in zip(active, rows):
+            seq.fed_token(logits)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n, limit = 0, min(len(a), limit)
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n

@@ -1,0 +1,113 @@
+"""Continuous batching in the engine: concurrent requests share decode steps, and each one's output is exactly what
+it would be alone (fp32, nano model): greedy, seeded sampling, penalties, stop strings, log-probabilities."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from anima.generation import ChatEngine, SamplingParams
+from anima.generation.sequence import Busy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPTS = ["Once upon a time", "the sea and the ships", "one two three four five six", "hello"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> ChatEngine:
+    from tests.helpers.models import cached_nano_model_dir
+
+    return ChatEngine(cached_nano_model_dir(tmp_path_factory), backend="fast")
+
+
+def _params() -> list[SamplingParams]:
+    return [SamplingParams(temperature=0.0, max_new_tokens=40),
+            SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_new_tokens=40),
+            SamplingParams(temperature=0.8, top_k=20, seed=3, max_new_tokens=30, repetition_penalty=1.3,
+                           presence_penalty=0.5, frequency_penalty=0.4, logprobs=2),
+            SamplingParams(temperature=1.2, seed=11, max_new_tokens=35, stop=["e"])]
+
+
+def _result(stream) -> tuple:
+    text = "".join(stream)
+    lps = [(e.id, e.logprob) for e in stream.logprobs] if stream.logprobs is not None else None
+    return text, list(stream.token_ids), stream.finish_reason, lps
+
+
+@pytest.mark.parametrize("same_params", [False, True])
+def test_batched_outputs_equal_solo_outputs(engine, same_params):
+    params = [_params()[1]] * 4 if same_params else _params()
+    solo = [_result(engine.stream_completion(p, sp)) for p, sp in zip(PROMPTS, params)]
+    steps, engine.scheduler.peak_batch = engine.scheduler.steps, 0
+    streams = [engine.stream_completion(p, sp) for p, sp in zip(PROMPTS, params)]  # all queued before any runs
+    together = [_result(s) for s in streams]
+    assert engine.scheduler.peak_batch >= 3  # they really shared steps...
+    assert engine.scheduler.steps - steps < sum(len(r[1]) for r in solo)  # ...fewer forwards than one by one
+    for alone, batched in zip(solo, together):
+        assert alone[:3] == batched[:3]  # exact text, token ids and finish reason
+        if alone[3] is not None:
+            assert [i for i, _ in alone[3]] == [i for i, _ in batched[3]]
+            assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(alone[3], batched[3]))
+
+
+def test_batched_step_logits_match_single_steps(engine):
+    """step_batch over rows at different positions == the single-token step of each row (fp32 tolerance)."""
+    from anima.generation.backends import FastLlamaBackend
+
+    fast = FastLlamaBackend(engine.model)
+    fast.ensure_slots(3)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    ref = FastLlamaBackend(engine.model)
+    for slot, ids in enumerate(prompts):
+        fast.select(slot)
+        fast.forward(ids)
+    batched = fast.step_batch([20, 21, 22])
+    for row, ids in enumerate(prompts):
+        ref.truncate(0)
+        ref.forward(ids)
+        assert torch.allclose(batched[row], ref.forward([20 + row]), atol=1e-5, rtol=0)
+    assert fast.positions[:3] == [6, 3, 4]
+
+
+def test_cancelled_and_timed_out_requests_leave_the_batch(engine):
+    slow = engine.stream_completion("hello", SamplingParams(temperature=0.0, max_new_tokens=300))
+    next(slow)
+    slow.close()  # the consumer went away: the sequence leaves at the next step
+    engine.configure_batching(request_timeout_s=0.05)
+    try:
+        forward = engine.backend.forward
+
+        def slow_forward(ids):
+            time.sleep(0.01)
+            return forward(ids)
+
+        engine.backend.forward = slow_forward
+        timed = engine.complete("hello", SamplingParams(temperature=0.0, max_new_tokens=300))
+    finally:
+        del engine.backend.forward
+        engine.request_timeout_s = None
+    assert timed.finish_reason == "length" and 0 < timed.completion_tokens < 300
+    deadline = time.monotonic() + 5
+    while engine.scheduler.load != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.scheduler.load == (0, 0)
+
+
+def test_a_request_waiting_past_its_deadline_is_busy(engine):
+    engine.configure_batching(max_batch=1, request_timeout_s=0.2)
+    try:
+        first = engine.stream_completion("hello", SamplingParams(temperature=0.0, max_new_tokens=20))
+        forward = engine.backend.forward
+        engine.backend.forward = lambda ids: (time.sleep(0.05), forward(ids))[1]
+        engine.scheduler.forget = True
+        second = engine.stream_completion("the sea", SamplingParams(temperature=0.0, max_new_tokens=5))
+        with pytest.raises(Busy, match="timed out waiting"):
+            "".join(second)
+        "".join(first)
+    finally:
+        engine.backend.__dict__.pop("forward", None)
+        engine.configure_batching(max_batch=8)
+        engine.request_timeout_s = None
