@@ -365,18 +365,20 @@ def test_llama2c_model_bin(assets, tmp_path, tied):
     cfg, w = _read_llama2c(model_bin)
     vocab = assets["sp"].GetPieceSize()
     assert cfg == dict(dim=64, hidden=160, n_layers=2, n_heads=4, n_kv=2, vocab=vocab, seq_len=64)
-    assert w["shared"] is tied
-    assert struct.unpack("<i", model_bin.read_bytes()[20:24])[0] == (vocab if tied else -vocab)
+    # output id 1 is the end-of-turn token's row while input id 1 stays BOS: never a shared classifier
+    assert w["shared"] is False
+    assert struct.unpack("<i", model_bin.read_bytes()[20:24])[0] == -vocab
+    order, eot, out_order = _runc_orders(src)
 
-    # weights round-trip (the non-rotary ones bit-exactly)
+    # weights round-trip (the non-rotary ones bit-exactly); vocabulary rows in run.c's id order
     sd = {k: v.float().numpy() for k, v in load_file(str(src / "model.safetensors")).items()}
-    np.testing.assert_array_equal(w["emb"], sd["model.embed_tokens.weight"])
+    embed = sd["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(w["emb"], embed[[1 if i == eot else o for i, o in enumerate(order)]])
     np.testing.assert_array_equal(w["wv"][1], sd["model.layers.1.self_attn.v_proj.weight"])
     np.testing.assert_array_equal(w["w2"][0], sd["model.layers.0.mlp.down_proj.weight"])
     np.testing.assert_array_equal(w["w3"][0], sd["model.layers.0.mlp.up_proj.weight"])
     np.testing.assert_array_equal(w["rms_final"], sd["model.norm.weight"])
-    if not tied:
-        np.testing.assert_array_equal(w["wcls"], sd["lm_head.weight"])
+    np.testing.assert_array_equal(w["wcls"], (embed if tied else sd["lm_head.weight"])[out_order])
     # Q/K are row permutations of HF's (same multiset of rows)
     q_hf = sd["model.layers.0.self_attn.q_proj.weight"]
     assert sorted(map(tuple, w["wq"][0].tolist())) == sorted(map(tuple, q_hf.tolist()))
@@ -387,18 +389,31 @@ def test_llama2c_model_bin(assets, tmp_path, tied):
     np.testing.assert_allclose(w["freq_real"], np.cos(ang), atol=2e-6)
     np.testing.assert_allclose(w["freq_imag"], np.sin(ang), atol=2e-6)
 
-    # run.c's math over the file reproduces the HF model
+    # run.c's math over the file reproduces the HF model (ids and logits mapped to run.c's order)
     ids = assets["ids"][:8]
-    ref = _hf_logits(src, ids)
-    got = _runc_forward(cfg, w, ids)
+    ref = _hf_logits(src, ids)[:, out_order]
+    got = _runc_forward(cfg, w, [order.index(i) for i in ids])
     err = float(np.abs(ref - got).max())
     print(f"llama2.c tied={tied}: max|dlogit| vs HF = {err:.3g}")
     assert err < 1e-4
 
 
+def _runc_orders(model_dir: Path) -> tuple[list[int], int, list[int]]:
+    """(model id per run.c id, run.c's end-of-turn slot, model id of each run.c *output* row)."""
+    from anima.export.llama2c import runc_layout
+    from anima.export.llama_source import load_llama_source
+
+    order, eot = runc_layout(load_llama_source(model_dir))
+    assert order[:3] == [0, 1, 2] and eot is not None
+    out_order = list(order)
+    out_order[1], out_order[eot] = order[eot], 1
+    return order, eot, out_order
+
+
 def test_llama2c_tokenizer_bin(assets, tmp_path):
     sp = assets["sp"]
     _, tok_bin = export_llama2c(assets["dirs"][True], tmp_path)
+    order, eot, _ = _runc_orders(assets["dirs"][True])
     raw = tok_bin.read_bytes()
     max_len = struct.unpack("<i", raw[:4])[0]
     pos, pieces, scores = 4, [], []
@@ -409,10 +424,12 @@ def test_llama2c_tokenizer_bin(assets, tmp_path):
         pos += 8 + n
     assert pos == len(raw)
     assert max_len == max(len(p) for p in pieces)
-    assert scores == pytest.approx([sp.GetScore(i) for i in range(sp.GetPieceSize())])
+    assert scores == pytest.approx([sp.GetScore(i) for i in order])
     assert pieces[1] == b"\n<s>\n" and pieces[2] == b"\n</s>\n" and pieces[0] == b"<unk>"
-    assert pieces[sp.PieceToId("<0x0A>")] == b"<0x0A>"
-    assert pieces[sp.PieceToId("<|im_end|>")] == b"<|im_end|>"
+    # run.c encodes a byte b outside the vocabulary as id b + 3 (Llama 2's layout)
+    assert [pieces[3 + b] for b in range(256)] == [f"<0x{b:02X}>".encode() for b in range(256)]
+    assert order[eot] == sp.PieceToId("<|im_end|>") and pieces[eot] == b"\n<s>\n"  # its slot outputs BOS
+    assert pieces[order.index(sp.PieceToId("<|im_start|>"))] == b"<|im_start|>"
     assert all(b"\xe2\x96\x81" not in p for p in pieces)  # no "▁" left
 
     # run.c's decode(): strip the space after BOS, turn <0xNN> into the raw byte
@@ -429,7 +446,7 @@ def test_llama2c_tokenizer_bin(assets, tmp_path):
         return out.decode("utf-8")
 
     text = SAMPLE + " \u00e9\u00e8 \u2603"  # accents and a snowman: byte fallback
-    assert runc_decode(sp.encode(text)) == sp.decode(sp.encode(text))
+    assert runc_decode([order.index(i) for i in sp.encode(text)]) == sp.decode(sp.encode(text))
 
 
 def test_llama2c_rejects_what_runc_cannot_run(assets, tmp_path):

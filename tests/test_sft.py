@@ -64,6 +64,7 @@ def test_sft_from_registry_alias_with_qa_template(parent, raw_dir):
     assert json.loads((model_dir / "anima.json").read_text())["chat_template"] == "qa"
     conf = json.loads((model_dir / "tokenizer_config.json").read_text())
     assert conf["chat_template"] == get_template("qa").chat_template
+    assert conf["add_bos_token"] is True and conf["add_eos_token"] is False  # what its tokenizer.json does
     parent_tok = json.loads((pre.model_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"] == parent_tok  # not retrained
     engine = ChatEngine(model_dir)

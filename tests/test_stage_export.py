@@ -52,8 +52,11 @@ def test_llama2c_through_the_cli(champ):
     out = root / "exports" / "anima-tiny-v1"
     model_bin, tok_bin = out / "model.bin", out / "tokenizer.bin"
     assert str(model_bin) in proc.stdout and str(tok_bin) in proc.stdout and "./run" in proc.stdout
+    from anima.export.llama2c import RUNC_LIMITS
+
+    assert "what run.c cannot do" in proc.stdout and all(limit in proc.stdout for limit in RUNC_LIMITS)
     dim, hidden, layers, heads, kv, vocab, seq = struct.unpack("<7i", model_bin.read_bytes()[:28])
-    assert (dim, layers, heads, kv, seq) == (64, 2, 4, 4, 128) and abs(vocab) >= 262
+    assert (dim, layers, heads, kv, seq) == (64, 2, 4, 4, 128) and vocab <= -262  # own classifier: id 1 = end of turn
     assert {"model.bin", "tokenizer.bin"} <= _artifacts(run_id, "exports/llama2c")
 
 
@@ -64,6 +67,9 @@ def test_export_cli_prints_llama_cpp_usage_and_rejects_bad_input(champ, monkeypa
     proc = anima(root, "export", "export.dtype=f32")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "llama-cli -m" in proc.stdout and "max |logit difference|" in proc.stdout
+    # current llama.cpp: llama-cli always chats (-cnv is gone from it); plain completion is llama-completion
+    assert "-cnv" not in next(ln for ln in proc.stdout.splitlines() if "llama-cli" in ln)
+    assert "llama-completion -m" in proc.stdout and "-no-cnv" in proc.stdout
     monkeypatch.setenv("ANIMA_ROOT", str(root))
     for args, expected in ((["export", "export.dtype=q4"], "export.dtype='q4' is not one of f32, f16, q8_0"),
                            (["export", "format=onnx"], "format='onnx' is not one of gguf, llama2c")):

@@ -78,6 +78,23 @@ def build_nano_model_dir(out_dir: Path, *, vocab_size: int = 400, seed: int = 0)
     return out_dir
 
 
+def build_hot_nano_model_dir(out_dir: Path) -> Path:
+    """A nano chatml model dir with O(1) logits (2-D weights x4), so greedy text varies and a layout slip in an
+    export shows; RMSNorm eps 1e-5, the value llama2.c's run.c hard-codes."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    d = build_nano_model_dir(out_dir)
+    model = LlamaForCausalLM.from_pretrained(d)
+    model.config.rms_norm_eps = 1e-5
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(d)
+    return d
+
+
 _CACHED: dict[str, Path] = {}
 
 

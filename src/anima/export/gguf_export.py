@@ -77,7 +77,7 @@ def _encode(data: np.ndarray, dtype: str):  # -> (array, raw_dtype | None)
         return data.astype(np.float16), None
 
 
-def _add_metadata(writer, src: LlamaSource, dtype: str) -> None:
+def _add_metadata(writer, src: LlamaSource, dtype: str, name: str | None = None) -> None:
     import gguf
 
     file_type = {
@@ -85,7 +85,7 @@ def _add_metadata(writer, src: LlamaSource, dtype: str) -> None:
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }[dtype]
-    writer.add_name(src.name)
+    writer.add_name(name or src.name)
     writer.add_context_length(src.context_length)
     writer.add_embedding_length(src.hidden_size)
     writer.add_block_count(src.n_layers)
@@ -118,6 +118,7 @@ def _add_metadata(writer, src: LlamaSource, dtype: str) -> None:
             setter(token_id)
     if "<|im_end|>" in v.pieces:  # chatml turns end here: llama.cpp stops generation on it
         writer.add_eot_token_id(v.pieces.index("<|im_end|>"))
+    # As anima's tokenizer.json behaves (load_llama_source reads it), so llama.cpp adds BOS exactly when anima does.
     writer.add_add_bos_token(bool(src.tokenizer_config.get("add_bos_token", True)))
     writer.add_add_eos_token(bool(src.tokenizer_config.get("add_eos_token", False)))
     writer.add_add_space_prefix(v.add_dummy_prefix)
@@ -131,12 +132,14 @@ def export_gguf(
     dtype: str = "f16",
     *,
     copy_tokenizer: bool = True,
+    name: str | None = None,
 ) -> Path:
     """Write `model_dir` as a llama-architecture GGUF at `out_path` (atomically); return the path.
 
     dtype: "f32", "f16" or "q8_0" (2-D weights; norms stay F32). With `copy_tokenizer`, the model's
     tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja) are copied next to the file so transformers can load the
-    exact tokenizer from that dir (`from_pretrained(dir, gguf_file=name)` for the weights).
+    exact tokenizer from that dir (`from_pretrained(dir, gguf_file=name)` for the weights). `name` is
+    `general.name` (the registry name; default: anima.json's name, else the model dir's name).
     """
     dtype = check_dtype(dtype)
     src = load_llama_source(model_dir)
@@ -148,7 +151,7 @@ def export_gguf(
     with atomic_path(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         try:
-            _add_metadata(writer, src, dtype)
+            _add_metadata(writer, src, dtype, name)
             for name, data in _gguf_tensors(src):
                 array, raw_dtype = _encode(data, dtype)
                 writer.add_tensor(name, array, raw_dtype=raw_dtype)

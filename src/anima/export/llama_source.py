@@ -314,6 +314,10 @@ def load_llama_source(model_dir: str | Path) -> LlamaSource:
     _check_shapes(tensors, _expected_shapes(hp, tied), model_dir)
     tok_cfg_path = model_dir / "tokenizer_config.json"
     tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
+    if (model_dir / "tokenizer.json").is_file() and tok_cfg:  # what the tokenizer does, not what a config says
+        from anima.tokenizer.hf import special_token_flags
+
+        tok_cfg.update(special_token_flags(model_dir))
     return LlamaSource(
         model_dir=model_dir, config=config, **hp, tied=tied, tensors=tensors, vocab=vocab,
         tokenizer_config=tok_cfg,

@@ -21,6 +21,7 @@ import torch
 from anima.errors import ConfigError, ModelError
 from anima.merge.compat import check_compatible
 from anima.merge.methods import COMPUTE_DTYPE, MergeMethod, get_method
+from anima.tokenizer.hf import sync_special_token_flags
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -213,6 +214,7 @@ def _copy_side_files(src_dir: Path, dst_dir: Path) -> None:
         if not p.is_file() or p.name in _WEIGHT_NAMES or p.name.endswith(_WEIGHT_SUFFIXES):
             continue
         shutil.copy2(p, dst_dir / p.name)
+    sync_special_token_flags(dst_dir)  # a model saved before this was fixed may misstate add_bos_token
 
 
 def merge(

@@ -17,7 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from anima.config.export import ExportStageConfig
+from anima.config.typed import typed
 from anima.errors import ModelError
+from anima.export.llama2c import RUNC_LIMITS
 
 DEFAULT_TOLERANCE = {"f32": 1e-4, "f16": 0.05, "q8_0": 0.5}
 
@@ -66,12 +69,13 @@ def gguf_logit_diff(model_dir: Path, gguf_path: Path, text: str) -> float:
 
 def check_llama2c(model_bin: Path, tokenizer_bin: Path, model_dir: Path) -> dict[str, int]:
     """Read model.bin's header back and check it (and the file size) against config.json."""
-    cfg = json.loads((model_dir / "config.json").read_text())
+    hf_config = json.loads((model_dir / "config.json").read_text())
     with open(model_bin, "rb") as f:
         dim, hidden, layers, heads, kv, vocab, seq = struct.unpack("<7i", f.read(28))
-    want = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
-            cfg.get("num_key_value_heads") or cfg["num_attention_heads"], cfg["vocab_size"],
-            cfg["max_position_embeddings"])
+    n_heads = hf_config["num_attention_heads"]
+    want = (hf_config["hidden_size"], hf_config["intermediate_size"], hf_config["num_hidden_layers"], n_heads,
+            hf_config.get("num_key_value_heads") or n_heads, hf_config["vocab_size"],
+            hf_config["max_position_embeddings"])
     got = (dim, hidden, layers, heads, kv, abs(vocab), seq)
     if got != tuple(want):
         raise ModelError(f"{model_bin}: header {got} does not match {model_dir}/config.json {tuple(want)}")
@@ -106,24 +110,26 @@ def _log_on_source_run(resolved: Any, files: list[Path], fmt: str, metrics: dict
 
 
 def export(cfg: DictConfig) -> ExportResult:
+    """Export and verify; `cfg` is converted once to `ExportStageConfig`."""
     from anima.export import export_gguf, export_llama2c
     from anima.model.resolve import resolve_model
 
-    resolved = resolve_model(str(cfg.model), cfg.tracking)
-    opts = cfg.export
-    out_dir = Path(str(opts.out_dir)).expanduser() / export_name(resolved)
-    fmt = str(cfg.format)
+    spec = typed(cfg, ExportStageConfig)
+    resolved = resolve_model(spec.model, spec.tracking)
+    opts, fmt = spec.export, spec.format
+    out_dir = Path(opts.out_dir).expanduser() / export_name(resolved)
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     result = ExportResult([], out_dir, resolved.canonical_uri)
     if fmt == "gguf":
-        dtype = str(opts.dtype)
-        path = export_gguf(resolved.path, out_dir / f"{export_name(resolved)}-{dtype}.gguf", dtype)
+        dtype = opts.dtype
+        path = export_gguf(resolved.path, out_dir / f"{export_name(resolved)}-{dtype}.gguf", dtype,
+                           name=resolved.name or export_name(resolved))
         result.files = [path]
         tags[f"export_gguf_{dtype}"] = str(path)
         if opts.verify:
-            diff = gguf_logit_diff(resolved.path, path, str(opts.verify_text))
-            tol = float(opts.tolerance) or DEFAULT_TOLERANCE[dtype]
+            diff = gguf_logit_diff(resolved.path, path, opts.verify_text)
+            tol = opts.tolerance or DEFAULT_TOLERANCE[dtype]
             result.max_logit_diff = diff
             metrics[f"export/gguf_{dtype}_max_logit_diff"] = diff
             tags[f"export_gguf_{dtype}_max_logit_diff"] = f"{diff:.3g}"
@@ -141,6 +147,16 @@ def export(cfg: DictConfig) -> ExportResult:
     return result
 
 
+def llama_cpp_hints(gguf: Path) -> list[str]:
+    """Commands current llama.cpp accepts (tools/cli, tools/completion, tools/server READMEs); `-cnv` is gone
+    from llama-cli (it always chats), and plain completion moved to llama-completion."""
+    return [
+        f"llama-cli -m {gguf}    # chat, with the embedded chat template",
+        f"llama-completion -m {gguf} -no-cnv -p 'Once upon a time' -n 64 --temp 0    # plain completion",
+        f"llama-server -m {gguf} --port 8080    # OpenAI-compatible server",
+    ]
+
+
 def run(cfg: DictConfig) -> ExportResult:
     res = export(cfg)
     print(f"✓ exported {cfg.model} ({res.source_uri}) as {cfg.format}:")
@@ -156,10 +172,13 @@ def run(cfg: DictConfig) -> ExportResult:
     if cfg.format == "gguf":
         g = res.files[0]
         print("  llama.cpp:")
-        print(f"    llama-cli -m {g} -cnv              # chat, with the embedded chat template")
-        print(f"    llama-server -m {g} --port 8080    # OpenAI-compatible server")
+        for line in llama_cpp_hints(g):
+            print(f"    {line}")
     else:
         m, t = res.files
         print("  llama2.c:")
-        print(f"    ./run {m} -z {t} -i 'Hello'        # run.c from github.com/karpathy/llama2.c")
+        print(f"    ./run {m} -z {t} -i 'Once upon a time'    # run.c from github.com/karpathy/llama2.c")
+        print("  what run.c cannot do with this model:")
+        for limit in RUNC_LIMITS:
+            print(f"    - {limit}")
     return res

@@ -1,17 +1,23 @@
 """`anima ui [--port 5000] [--host 127.0.0.1]`: the MLflow UI over this project's store, on localhost.
 
 One `mlflow server` worker without the job runner (which would outlive us), started in its own process group
-so Ctrl-C (or any exit) stops the server and everything it forked.
+so Ctrl-C, SIGTERM, SIGHUP (or any exit but SIGKILL) stops the server and everything it forked.
+
+MLflow 3 opens an experiment in its GenAI view (traces) unless the URL asks for the classic one; the URL printed
+is the `anima` experiment's runs table: `#/experiments/<id>/runs?workflowType=machine_learning` (the route and
+parameter the bundled UI reads; its default otherwise comes from the browser's localStorage).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +58,23 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> bool:
             pass
         time.sleep(0.5)
     return False
+
+
+def runs_view_url(url: str, experiment: str = "anima") -> str:
+    """The runs table of `experiment` in MLflow 3's classic (machine learning) view; the experiments list in
+    that view when the experiment does not exist (yet)."""
+    query = "workflowType=machine_learning"
+    lookup = f"{url}/api/2.0/mlflow/experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        with urllib.request.urlopen(lookup, timeout=10) as r:
+            exp_id = json.load(r)["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):
+        return f"{url}/#/experiments?{query}"
+    return f"{url}/#/experiments/{exp_id}/runs?{query}"
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -95,6 +118,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="anima ui", description="MLflow UI over this project's runs and models.")
     parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
+    parser.add_argument("--experiment", default="anima", help="experiment whose runs the printed URL opens")
     args = parser.parse_args(list(argv))
     root = project_root()
     if not (root / "mlruns" / "mlflow.db").is_file():
@@ -102,13 +126,17 @@ def main(argv: Sequence[str]) -> int:
                          "(e.g. `anima pipeline experiment=demo`)")
     url = f"http://{args.host}:{args.port}"
     print(f"anima ui: starting MLflow on {url} over {root / 'mlruns'} ...", flush=True)
+    # SIGTERM/SIGHUP take the same way out as Ctrl-C, so `finally` stops the server's whole process group.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
     proc = start(args.port, args.host, root, log=None)
     interrupted = False
     try:
         if not wait_ready(url, proc):
             raise AnimaError(f"mlflow server did not come up on {url} (port in use? try --port 5001)")
-        print(f"anima ui: open {url}  (runs: experiment 'anima'; models: {url}/#/models). Ctrl-C stops it.",
-              flush=True)
+        print(f"anima ui: open {runs_view_url(url, args.experiment)}", flush=True)
+        print(f"  (runs of experiment '{args.experiment}'; models: {url}/#/models?workflowType=machine_learning)."
+              " Ctrl-C stops it.", flush=True)
         proc.wait()
     except KeyboardInterrupt:
         interrupted = True

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anima.errors import ModelError
-from anima.tokenizer.train import BOS, EOS, MODEL_FILENAME, PAD, UNK
+from anima.tokenizer.train import MODEL_FILENAME, SPECIAL_PIECES, UNK
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -39,7 +39,8 @@ def build_hf_tokenizer(sp_model_path: Path | str, chat_template: str) -> PreTrai
     except Exception as e:  # a corrupt or non-SentencePiece file
         raise ModelError(f"cannot read SentencePiece model {sp_model_path}: {e}") from None
     vocab, merges = extracted["vocab"], extracted["merges"]
-    for tok in (UNK, BOS, EOS, PAD):
+    specials = tuple(SPECIAL_PIECES.values())
+    for tok in specials:
         if tok not in vocab:
             raise ModelError(f"SentencePiece model {sp_model_path} has no {tok} piece (train it with anima)")
 
@@ -49,16 +50,13 @@ def build_hf_tokenizer(sp_model_path: Path | str, chat_template: str) -> PreTrai
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     # Control pieces (unk/bos/eos/pad) and user-defined chat symbols are all special, un-normalised tokens.
-    chat_tokens = [str(t) for t in extracted["additional_special_tokens"] if str(t) not in (UNK, BOS, EOS, PAD)]
+    chat_tokens = [str(t) for t in extracted["additional_special_tokens"] if str(t) not in specials]
     backend.add_special_tokens(
-        [AddedToken(t, normalized=False, special=True) for t in (UNK, BOS, EOS, PAD, *chat_tokens)]
+        [AddedToken(t, normalized=False, special=True) for t in (*specials, *chat_tokens)]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
+        **{f"{role}_token": piece for role, piece in SPECIAL_PIECES.items()},
         extra_special_tokens=chat_tokens,
         add_bos_token=True,
         add_eos_token=False,
@@ -81,12 +79,10 @@ def save_tokenizer(
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-tok-") as tmp:
         tmp_dir = Path(tmp)
         # The chat template goes inside tokenizer_config.json (the project convention; older tools read only
-        # that), and add_bos_token is written out because v5 omits it and llama.cpp-style readers look for it.
+        # that); add_bos_token/add_eos_token are written as tokenizer.json behaves (v5 omits or misreports
+        # them, and llama.cpp-style readers look for them).
         tok.save_pretrained(str(tmp_dir), save_jinja_files=False)
-        cfg_path = tmp_dir / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg.update(add_bos_token=bool(tok.add_bos_token), add_eos_token=bool(tok.add_eos_token))
-        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        sync_special_token_flags(tmp_dir)
         shutil.copyfile(sp_model_path, tmp_dir / MODEL_FILENAME)
         meta_path = out_dir / ANIMA_JSON
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
@@ -97,6 +93,46 @@ def save_tokenizer(
     # transformers 5 prefers a chat_template.jinja file over the config entry: drop a stale one.
     (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     return out_dir
+
+
+def special_token_flags(tok_dir: Path | str) -> dict[str, bool]:
+    """``add_bos_token``/``add_eos_token`` as ``tokenizer.json`` really behaves (its post-processor).
+
+    transformers 5 ignores these keys of tokenizer_config.json when a tokenizer.json exists and reports
+    ``tok.add_bos_token == False`` after loading even though the post-processor adds BOS, so the flags are
+    read off an actual encoding, never off the loaded attribute.
+    """
+    from tokenizers import Tokenizer
+
+    tok_dir = Path(tok_dir)
+    backend = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    cfg_path = tok_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    ids = backend.encode("a", add_special_tokens=True).ids
+    plain = backend.encode("a", add_special_tokens=False).ids
+    flags = {}
+    for key, role, at in (("add_bos_token", "bos_token", 0), ("add_eos_token", "eos_token", -1)):
+        token = cfg.get(role)
+        token = token.get("content") if isinstance(token, dict) else token
+        token_id = backend.token_to_id(token) if isinstance(token, str) else None
+        flags[key] = bool(token_id is not None and len(ids) > len(plain) and ids[at] == token_id)
+    return flags
+
+
+def sync_special_token_flags(tok_dir: Path | str) -> dict[str, bool]:
+    """Make ``tokenizer_config.json`` state what ``tokenizer.json`` does (llama.cpp-style readers and the GGUF
+    export look at these keys); rewritten atomically, only when they differ. Returns the flags."""
+    from anima.atomic import atomic_write_text
+
+    cfg_path = Path(tok_dir) / "tokenizer_config.json"
+    if not (Path(tok_dir) / "tokenizer.json").is_file() or not cfg_path.is_file():
+        return {}
+    flags = special_token_flags(tok_dir)
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if any(cfg.get(k) is not v for k, v in flags.items()):
+        cfg.update(flags)
+        atomic_write_text(cfg_path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    return flags
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerFast:

@@ -59,7 +59,7 @@ def templated_tokenizer_dir(src_dir: Path, template: str, cache_dir: str | Path)
     from transformers import PreTrainedTokenizerFast
 
     from anima.tokenizer.chat_template import get_template
-    from anima.tokenizer.hf import ANIMA_JSON
+    from anima.tokenizer.hf import ANIMA_JSON, special_token_flags
 
     src_dir = Path(src_dir)
     tok_json = src_dir / "tokenizer.json"
@@ -81,8 +81,7 @@ def templated_tokenizer_dir(src_dir: Path, template: str, cache_dir: str | Path)
         cfg_path = work / "tokenizer_config.json"
         conf = json.loads(cfg_path.read_text(encoding="utf-8"))
         conf["chat_template"] = tpl.chat_template
-        conf.update(add_bos_token=bool(getattr(tok, "add_bos_token", True)),
-                    add_eos_token=bool(getattr(tok, "add_eos_token", False)))
+        conf.update(special_token_flags(work))  # as tokenizer.json behaves; tok.add_bos_token misreports it
         cfg_path.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (work / "chat_template.jinja").unlink(missing_ok=True)
         if (src_dir / "tokenizer.model").is_file():
