@@ -73,7 +73,7 @@ def test_unreachable_index_gives_one_line_data_error(tmp_path: Path, monkeypatch
 
 
 def test_unpack_reads_sdist_and_rejects_wrong_counts(tmp_path: Path) -> None:
-    src = Source("chatterbot-corpus", "1.3.3", "BSD", "", CHATTERBOT.member_glob, "chatterbot/english", 2)
+    src = Source("chatterbot-corpus", "1.3.3", "BSD", CHATTERBOT.member_glob, "chatterbot/english", 2)
     sdist = tmp_path / "chatterbot-corpus-1.3.3.tar.gz"
     with tarfile.open(sdist, "w:gz") as tf:
         for name in ("a.yml", "b.yml", "../evil.yml"):

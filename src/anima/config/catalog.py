@@ -41,46 +41,37 @@ class Stage:
         return load_target(self.schema) if self.schema else None
 
 
-_TRAIN = "anima.config.stage_schemas:TrainConfig"
-
+_TRAIN = "stage_schemas:TrainConfig"
+#: name, implementation in `anima.stages` ("module:function"), one-line help, schema in `anima.config`
+#: ("module:Class"; None: a plain argv command).
+_CATALOG: tuple[tuple[str, str, str, str | None], ...] = (
+    ("data", "data:run", "build a versioned dataset (also: data fetch | data export)", "stage_schemas:DataStageConfig"),
+    ("data fetch", "data:fetch_main", "download the demo corpora into data/raw", None),
+    ("data export", "data:export", "export a built dataset: sharegpt, alpaca, chatml, qa", "data_export:DataExportConfig"),
+    ("tokenizer", "tokenizer:run", "train a SentencePiece tokenizer with a chat template",
+     "stage_schemas:TokenizerStageConfig"),
+    ("pretrain", "train:run", "pretrain a Llama model on plain text", _TRAIN),
+    ("sft", "train:run", "fine-tune on conversations (assistant-only loss)", _TRAIN),
+    ("distill", "train:run", "distill a teacher into a student, keeping the persona", _TRAIN),
+    ("sweep", "sweep:run", "Optuna hyperparameter sweep; trials are child runs", "sweep:SweepStageConfig"),
+    ("merge", "merge:run", "rank registry versions by perplexity and merge the best", "merge:MergeStageConfig"),
+    ("eval", "eval:run", "perplexity and generation metrics; compare with champion", "eval:EvalStageConfig"),
+    ("promote", "promote:run", "move the champion alias to a version", "promote:PromoteStageConfig"),
+    ("chat", "chat:run", "talk to a model in the terminal, with ratings", "chat:ChatStageConfig"),
+    ("retrain", "retrain:run", "fine-tune the champion on chat feedback", "retrain:RetrainStageConfig"),
+    ("serve", "serve:run", "OpenAI-compatible HTTP server", "serve:ServeStageConfig"),
+    ("synth", "synth:run", "collect replies from a teacher into a dataset", "synth:SynthStageConfig"),
+    ("export", "export:run", "export a model to GGUF or llama2.c", "export:ExportStageConfig"),
+    ("pipeline", "pipeline:run", "run a whole study; skips stages already done", "pipeline:PipelineStageConfig"),
+    ("status", "status:run", "datasets, recent runs and registered models", "stage_schemas:StatusConfig"),
+    ("lineage", "lineage:main", "print a model's lineage tree", None),
+    ("ui", "ui:main", "MLflow UI on 127.0.0.1 over this project's store", None),
+    ("server", "server:run", "a team's MLflow tracking server (PostgreSQL store, serves artifacts)",
+     "server:ServerStageConfig"),
+)
 STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage("data", "anima.stages.data:run", "build a versioned dataset (also: data fetch | data export)",
-              "anima.config.stage_schemas:DataStageConfig"),
-        Stage("data fetch", "anima.stages.data:fetch_main", "download the demo corpora into data/raw"),
-        Stage("data export", "anima.stages.data:export", "export a built dataset: sharegpt, alpaca, chatml, qa",
-              "anima.config.data_export:DataExportConfig"),
-        Stage("tokenizer", "anima.stages.tokenizer:run", "train a SentencePiece tokenizer with a chat template",
-              "anima.config.stage_schemas:TokenizerStageConfig"),
-        Stage("pretrain", "anima.stages.train:run", "pretrain a Llama model on plain text", _TRAIN),
-        Stage("sft", "anima.stages.train:run", "fine-tune on conversations (assistant-only loss)", _TRAIN),
-        Stage("distill", "anima.stages.train:run", "distill a teacher into a student, keeping the persona", _TRAIN),
-        Stage("sweep", "anima.stages.sweep:run", "Optuna hyperparameter sweep; trials are child runs",
-              "anima.config.sweep:SweepStageConfig"),
-        Stage("merge", "anima.stages.merge:run", "rank registry versions by perplexity and merge the best",
-              "anima.config.merge:MergeStageConfig"),
-        Stage("eval", "anima.stages.eval:run", "perplexity and generation metrics; compare with champion",
-              "anima.config.eval:EvalStageConfig"),
-        Stage("promote", "anima.stages.promote:run", "move the champion alias to a version",
-              "anima.config.promote:PromoteStageConfig"),
-        Stage("chat", "anima.stages.chat:run", "talk to a model in the terminal, with ratings",
-              "anima.config.chat:ChatStageConfig"),
-        Stage("retrain", "anima.stages.retrain:run", "fine-tune the champion on chat feedback",
-              "anima.config.retrain:RetrainStageConfig"),
-        Stage("serve", "anima.stages.serve:run", "OpenAI-compatible HTTP server",
-              "anima.config.serve:ServeStageConfig"),
-        Stage("synth", "anima.stages.synth:run", "collect replies from a teacher into a dataset",
-              "anima.config.synth:SynthStageConfig"),
-        Stage("export", "anima.stages.export:run", "export a model to GGUF or llama2.c",
-              "anima.config.export:ExportStageConfig"),
-        Stage("pipeline", "anima.stages.pipeline:run", "run a whole study; skips stages already done",
-              "anima.config.pipeline:PipelineStageConfig"),
-        Stage("status", "anima.stages.status:run", "datasets, recent runs and registered models",
-              "anima.config.stage_schemas:StatusConfig"),
-        Stage("lineage", "anima.stages.lineage:main", "print a model's lineage tree"),
-        Stage("ui", "anima.stages.ui:main", "MLflow UI on 127.0.0.1 over this project's store"),
-    ]
+    name: Stage(name, f"anima.stages.{target}", help, schema and f"anima.config.{schema}")
+    for name, target, help, schema in _CATALOG
 }
 
 

@@ -7,6 +7,8 @@ cannot drift from its check.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import MISSING, field
 from typing import Any, Sequence
 
@@ -27,3 +29,14 @@ def setting(
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field's type annotation names (itself, or inside `Optional[...]`), else None: how
+    validation and the config reference tell a nested group from a leaf key."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from anima.config.validate import _dataclass_of
+from anima.config.fields import dataclass_in
 from anima.errors import ConfigError
 
 
@@ -47,8 +47,8 @@ def entry_prefix(schema: type, key: str) -> str | None:
         if hint is None:
             return None
         if typing.get_origin(hint) in (dict, typing.Dict) and i + 1 < len(parts):
-            return ".".join(parts[: i + 2]) if _dataclass_of(typing.get_args(hint)[1]) else None
-        node = _dataclass_of(hint)
+            return ".".join(parts[: i + 2]) if dataclass_in(typing.get_args(hint)[1]) else None
+        node = dataclass_in(hint)
     return None
 
 

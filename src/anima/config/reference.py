@@ -12,6 +12,7 @@ import typing
 from typing import Any, Iterator
 
 from anima.config.catalog import STAGES, stage_for_config
+from anima.config.fields import dataclass_in
 
 
 def load_all_schemas() -> dict[str, type]:
@@ -34,15 +35,6 @@ def type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return tp.__name__
     return getattr(tp, "__name__", str(tp))
-
-
-def _dataclass_in(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for a in typing.get_args(tp):
-        if dataclasses.is_dataclass(a):
-            return a
-    return None
 
 
 def default_of(f: dataclasses.Field) -> str:
@@ -80,7 +72,7 @@ def rows(schema: type, prefix: str = "") -> Iterator[tuple[str, str, str, str, s
     for f in dataclasses.fields(schema):
         tp = hints[f.name]
         key = f"{prefix}{f.name}"
-        sub = _dataclass_in(tp)
+        sub = dataclass_in(tp)
         meta = dict(f.metadata)
         if sub is not None:
             if meta.get("doc"):
@@ -88,7 +80,7 @@ def rows(schema: type, prefix: str = "") -> Iterator[tuple[str, str, str, str, s
             yield from rows(sub, key + ".")
             continue
         if typing.get_origin(tp) in (dict, typing.Dict):
-            inner = _dataclass_in(typing.get_args(tp)[1]) if typing.get_args(tp) else None
+            inner = dataclass_in(typing.get_args(tp)[1]) if typing.get_args(tp) else None
             if inner is not None:
                 yield key, type_name(tp), default_of(f), "", meta.get("doc", "")
                 yield from rows(inner, f"{key}.<name>.")
@@ -105,7 +97,7 @@ def group_fields(schema: type) -> tuple[list[tuple[str, type]], list[dataclasses
     hints = typing.get_type_hints(schema)
     groups, own = [], []
     for f in dataclasses.fields(schema):
-        sub = _dataclass_in(hints[f.name])
+        sub = dataclass_in(hints[f.name])
         (groups.append((f.name, sub)) if sub is not None else own.append(f))
     return groups, own
 

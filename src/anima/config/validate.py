@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anima.config.fields import dataclass_in
 from anima.errors import ConfigError
 
 
@@ -28,15 +29,6 @@ def _bounds_error(key: str, value: Any, meta: dict) -> str | None:
     return None
 
 
-def _dataclass_of(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
-
-
 def _walk(schema: type, node: Any, prefix: str) -> None:
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
@@ -44,12 +36,12 @@ def _walk(schema: type, node: Any, prefix: str) -> None:
         value = node.get(f.name) if isinstance(node, (DictConfig, dict)) else getattr(node, f.name, None)
         origin = typing.get_origin(hints[f.name])
         if origin in (dict, typing.Dict):
-            inner = _dataclass_of(typing.get_args(hints[f.name])[1])
+            inner = dataclass_in(typing.get_args(hints[f.name])[1])
             if inner is not None:
                 for name, item in (value or {}).items():
                     _walk(inner, item, f"{key}.{name}.")
                 continue
-        sub = _dataclass_of(hints[f.name])
+        sub = dataclass_in(hints[f.name])
         if sub is not None and value is not None:
             _walk(sub, value, key + ".")
             continue

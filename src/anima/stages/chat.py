@@ -12,17 +12,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from anima.config.chat import ChatStageConfig, ModelSamplingStageConfig
+from anima.config.typed import typed
 
-def load_engine(cfg: DictConfig, backend: str = "auto", compile_in_background: bool = False):
-    """(resolved model, ChatEngine). An unknown model or alias fails in one line listing what exists.
-    Compiled decode steps are cached under ``paths.cache_dir``; ``compile_in_background`` builds a missing one."""
+
+def load_engine(spec: ModelSamplingStageConfig, backend: str = "auto", compile_in_background: bool = False):
+    """(resolved model, ChatEngine) for `spec.model` (a typed chat/serve config, or serve's composed one).
+    An unknown model or alias fails in one line listing what exists. Compiled decode steps are cached under
+    ``paths.cache_dir``; ``compile_in_background`` builds a missing one."""
     from anima.generation.engine import ChatEngine
     from anima.model.resolve import resolve_model
 
-    resolved = resolve_model(str(cfg.model), cfg.tracking)
-    threads = cfg.device.get("threads") if cfg.get("device") is not None else None
-    engine = ChatEngine(resolved.path, threads=int(threads) if threads else None, backend=backend,
-                        cache_dir=str(cfg.paths.cache_dir), build="background" if compile_in_background else "never")
+    resolved = resolve_model(spec.model, spec.tracking)
+    engine = ChatEngine(resolved.path, threads=spec.device.threads or None, backend=backend,
+                        cache_dir=spec.paths.cache_dir, build="background" if compile_in_background else "never")
     return resolved, engine
 
 
@@ -34,21 +37,23 @@ def describe(resolved: Any) -> str:
 
 
 def run(cfg: DictConfig) -> int:
+    """The REPL on `cfg`, converted once to `ChatStageConfig` (no run is logged, so nothing else needs `cfg`)."""
     from anima.chat.repl import ChatSession, run_repl
     from anima.generation.sampling import sampling_from_config
 
-    resolved, engine = load_engine(cfg, str(cfg.chat.backend), bool(cfg.chat.compile))
-    feedback = cfg.chat.feedback
+    spec = typed(cfg, ChatStageConfig)
+    opts = spec.chat
+    resolved, engine = load_engine(spec, opts.backend, opts.compile)
     session = ChatSession(
         engine,
-        sampling_from_config(cfg.sampling),
-        feedback_path=Path(str(feedback)) if feedback else None,
+        sampling_from_config(spec.sampling),
+        feedback_path=Path(opts.feedback) if opts.feedback else None,
         model_uri=resolved.canonical_uri,
-        max_retries=int(cfg.chat.max_retries),
+        max_retries=opts.max_retries,
         model_version=resolved.version,
-        system_prompt=cfg.chat.system_prompt or None,
-        transcript_dir=str(cfg.chat.transcripts_dir),
-        assistant_name=str(cfg.chat.assistant_name),
+        system_prompt=opts.system_prompt or None,
+        transcript_dir=opts.transcripts_dir,
+        assistant_name=opts.assistant_name,
     )
     print(f"model: {describe(resolved)} [{engine.backend_status()}, {engine.template_name} template]",
           flush=True)

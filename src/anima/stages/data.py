@@ -7,6 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from anima.config.data_export import DataExportConfig
+from anima.config.stage_schemas import DataStageConfig
+from anima.config.typed import typed
+
 
 def _print_summary(ds: Any, seconds: float) -> None:
     m = ds.manifest
@@ -20,7 +24,8 @@ def _print_summary(ds: Any, seconds: float) -> None:
 
 
 def run(cfg: Any) -> None:
-    """Build (or reuse) the dataset of `cfg.data` inside one MLflow run that records what happened."""
+    """Build (or reuse) the dataset of `cfg.data` inside one MLflow run that records what happened. The build
+    gets the typed groups (`DataStageConfig`); `cfg` itself is what the run logs."""
     import mlflow
 
     from anima.data.dataset import ensure_dataset
@@ -31,9 +36,10 @@ def run(cfg: Any) -> None:
 
     # Build before the run starts: a source that yields nothing is the user's to fix, not a FAILED run in the
     # record. The store is checked first so an unreachable server fails before the build's work.
-    setup_mlflow(cfg.tracking)
+    spec = typed(cfg, DataStageConfig)
+    setup_mlflow(spec.tracking)
     t0 = time.time()
-    ds = ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
+    ds = ensure_dataset(spec.data, spec.paths, spec.tracking)
     seconds = time.time() - t0
     with stage_run(cfg):
         m = ds.manifest
@@ -65,15 +71,15 @@ def export(cfg: Any) -> None:
     from anima.data.export import EXT, write_export
     from anima.errors import ConfigError
 
-    ds = load_dataset_ref(cfg.dataset, cfg.paths) if cfg.dataset else ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
+    spec = typed(cfg, DataExportConfig)
+    paths, fmt = spec.paths, spec.format
+    ds = load_dataset_ref(spec.dataset, paths) if spec.dataset else ensure_dataset(spec.data, paths, spec.tracking)
     if ds.kind != "chat":
-        raise ConfigError(f"data={ds.name}: a kind=text dataset has no conversations to export as {cfg.format}")
-    fmt = str(cfg.format)
-    default = Path(str(cfg.paths.data_dir)) / "exports" / f"{ds.name}-{ds.fingerprint}-{fmt}"
-    out = Path(str(cfg.out)) if cfg.out else default
-    for split in cfg.splits:
+        raise ConfigError(f"data={ds.name}: a kind=text dataset has no conversations to export as {fmt}")
+    out = Path(spec.out) if spec.out else Path(paths.data_dir) / "exports" / f"{ds.name}-{ds.fingerprint}-{fmt}"
+    for split in spec.splits:
         path = out / f"{split}.{EXT[fmt]}"
-        n = write_export(ds.iter_split(str(split)), fmt, path)
+        n = write_export(ds.iter_split(split), fmt, path)
         print(f"{split}: {n} examples -> {path}")
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from anima.config.retrain import RetrainStageConfig
+from anima.config.typed import typed
 from anima.errors import DataError
 
 FEEDBACK_TAG = "feedback_fingerprint"
@@ -44,23 +46,23 @@ def summarize_feedback(path: Path) -> FeedbackSummary:
 
 def model_overrides(model_dir: Path, registered_name: str | None) -> list[str]:
     """sft `model.*` keys that rebuild exactly the starting model's architecture (checked by init_from)."""
-    cfg = json.loads((model_dir / "config.json").read_text())
+    hf_config = json.loads((model_dir / "config.json").read_text())  # the HF model config
     meta_path = model_dir / "anima.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    rope = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope = (hf_config.get("rope_parameters") or {}).get("rope_theta", hf_config.get("rope_theta", 10000.0))
     name = registered_name[len("anima-"):] if registered_name and registered_name.startswith("anima-") else None
     out = [
         "model.arch=llama",
-        f"model.dim={cfg['hidden_size']}",
-        f"model.n_layers={cfg['num_hidden_layers']}",
-        f"model.n_heads={cfg['num_attention_heads']}",
-        f"model.n_kv_heads={cfg.get('num_key_value_heads') or cfg['num_attention_heads']}",
-        f"model.hidden_dim={cfg['intermediate_size']}",
-        f"model.vocab_size={cfg['vocab_size']}",
-        f"model.max_seq_len={cfg['max_position_embeddings']}",
+        f"model.dim={hf_config['hidden_size']}",
+        f"model.n_layers={hf_config['num_hidden_layers']}",
+        f"model.n_heads={hf_config['num_attention_heads']}",
+        f"model.n_kv_heads={hf_config.get('num_key_value_heads') or hf_config['num_attention_heads']}",
+        f"model.hidden_dim={hf_config['intermediate_size']}",
+        f"model.vocab_size={hf_config['vocab_size']}",
+        f"model.max_seq_len={hf_config['max_position_embeddings']}",
         f"model.rope_theta={float(rope)}",
-        f"model.norm_eps={float(cfg.get('rms_norm_eps', 1e-5))}",
-        f"model.tie_embeddings={str(bool(cfg.get('tie_word_embeddings', False))).lower()}",
+        f"model.norm_eps={float(hf_config.get('rms_norm_eps', 1e-5))}",
+        f"model.tie_embeddings={str(bool(hf_config.get('tie_word_embeddings', False))).lower()}",
     ]
     if name:
         out.append(f"model.name={name}")
@@ -69,19 +71,19 @@ def model_overrides(model_dir: Path, registered_name: str | None) -> list[str]:
     return out
 
 
-def rehearsal_source(cfg: DictConfig, resolved: Any) -> str | None:
+def rehearsal_source(spec: RetrainStageConfig, resolved: Any) -> str | None:
     """What to replay. The default (the starting model's own data) falls back to none, with a note, when that
     model was not trained on a chat dataset (e.g. a pretrained-only champion); an explicit source must work,
     so it is checked here, before any training, and fails naming the retrain key that was set."""
-    src, ratio = cfg.retrain.rehearsal_source, float(cfg.retrain.rehearsal_ratio)
+    src, ratio = spec.retrain.rehearsal_source, spec.retrain.rehearsal_ratio
     if not src or ratio <= 0:
         return None
-    explicit = str(src) != str(cfg.model)
+    explicit = src != spec.model
     from anima.data.dataset import resolve_rehearsal
     from anima.errors import AnimaError
 
     try:
-        built = resolve_rehearsal(str(src) if explicit else resolved.canonical_uri, cfg.paths, cfg.tracking)
+        built = resolve_rehearsal(src if explicit else resolved.canonical_uri, spec.paths, spec.tracking)
         if built.kind != "chat":
             raise DataError(f"its training data {built.ref} is {built.kind}, not chat")
     except AnimaError as e:
@@ -92,12 +94,12 @@ def rehearsal_source(cfg: DictConfig, resolved: Any) -> str | None:
         print(f"note: no rehearsal: {resolved.canonical_uri} has no chat training data to replay "
               f"({why}); training on the feedback alone")
         return None
-    return str(src) if explicit else resolved.canonical_uri
+    return src if explicit else resolved.canonical_uri
 
 
-def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> list[str]:
+def sft_overrides(spec: RetrainStageConfig, resolved: Any, feedback: FeedbackSummary) -> list[str]:
     """The overrides retrain composes conf/sft.yaml with (logged on the run as its command line)."""
-    r = cfg.retrain
+    r, tracking = spec.retrain, spec.tracking
     out = [
         f"init_from={resolved.canonical_uri}",
         *model_overrides(resolved.path, resolved.name),
@@ -105,35 +107,36 @@ def sft_overrides(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> 
         "data.name=feedback",
         "data.persona=null",
         "data.on_error=skip",  # a corrupt feedback line (a crash mid-write, a hand edit) is skipped and counted
-        f"data.split.val={float(r.val_fraction)}",
+        f"data.split.val={r.val_fraction}",
         "data.split.test=0.0",
-        f"registry.name={cfg.registry.name}",
-        f"registry.alias={cfg.registry.alias}" if cfg.registry.alias else "registry.alias=null",
-        f"paths.root={cfg.paths.root}",
-        f"tracking.uri={cfg.tracking.uri}",
-        f"tracking.artifact_root={cfg.tracking.artifact_root}",
-        f"tracking.experiment={cfg.tracking.experiment}",
-        f"seed={cfg.seed}",
+        f"registry.name={spec.registry.name}",
+        f"registry.alias={spec.registry.alias}" if spec.registry.alias else "registry.alias=null",
+        f"paths.root={spec.paths.root}",
+        f"tracking.uri={tracking.uri}",
+        f"tracking.artifact_root={tracking.artifact_root}" if tracking.artifact_root
+        else "tracking.artifact_root=null",
+        f"tracking.experiment={tracking.experiment}",
+        f"seed={spec.seed}",
     ]
-    rehearsal = rehearsal_source(cfg, resolved)
+    rehearsal = rehearsal_source(spec, resolved)
     if rehearsal:
-        out += [f"data.rehearsal.source={rehearsal}", f"data.rehearsal.ratio={float(r.rehearsal_ratio)}"]
+        out += [f"data.rehearsal.source={rehearsal}", f"data.rehearsal.ratio={r.rehearsal_ratio}"]
     else:
         out += ["data.rehearsal.source=null", "data.rehearsal.ratio=0.0"]
     if r.max_steps:
-        out.append(f"trainer.max_steps={int(r.max_steps)}")
+        out.append(f"trainer.max_steps={r.max_steps}")
     if r.lr:
-        out.append(f"optim.lr={float(r.lr)}")
-    if cfg.get("run_name"):
-        out.append(f"run_name={cfg.run_name}")
-    return out + [str(o) for o in r.sft_overrides]
+        out.append(f"optim.lr={r.lr}")
+    if spec.run_name:
+        out.append(f"run_name={spec.run_name}")
+    return out + list(r.sft_overrides)
 
 
-def compose_sft(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> tuple[DictConfig, list[str]]:
+def compose_sft(spec: RetrainStageConfig, resolved: Any, feedback: FeedbackSummary) -> tuple[DictConfig, list[str]]:
     from anima.config.compose import compose, schema_for
     from anima.config.validate import validate
 
-    overrides = sft_overrides(cfg, resolved, feedback)
+    overrides = sft_overrides(spec, resolved, feedback)
     sft_cfg = compose("sft", overrides, validate=False)  # validated below, once its sources are the feedback
     # The feedback file replaces the sft default's sources (an override would merge into them, and a
     # structured config refuses `~data.sources`), so it is assigned after composition.
@@ -145,7 +148,8 @@ def compose_sft(cfg: DictConfig, resolved: Any, feedback: FeedbackSummary) -> tu
 
 
 def retrain(cfg: DictConfig):
-    """Train and register the candidate; returns the sft stage's TrainResult."""
+    """Train and register the candidate; returns the sft stage's TrainResult. `cfg` is converted once to
+    `RetrainStageConfig`; the sft config it trains with is composed from that, not edited from `cfg`."""
     from mlflow import MlflowClient
 
     from anima.model.resolve import resolve_model
@@ -153,18 +157,20 @@ def retrain(cfg: DictConfig):
     from anima.tracking.context import current
     from anima.tracking.registry import tag_version
 
-    path = Path(str(cfg.retrain.feedback)).expanduser()
+    spec = typed(cfg, RetrainStageConfig)
+    opts = spec.retrain
+    path = Path(opts.feedback).expanduser()
     if not path.is_file():
         raise DataError(f"retrain.feedback={path}: no feedback yet; rate replies in `anima chat` (y, or n and a "
                         f"better reply) first")
     fb = summarize_feedback(path)
     if fb.corrupt:
         print(f"note: skipped {fb.corrupt} corrupt line(s) in {path}")
-    if fb.examples < int(cfg.retrain.min_examples):
+    if fb.examples < opts.min_examples:
         raise DataError(f"{path}: {fb.examples} usable feedback example(s) ({fb.records} records, {fb.corrupt} "
-                        f"corrupt); retrain.min_examples={cfg.retrain.min_examples}")
-    resolved = resolve_model(str(cfg.model), cfg.tracking)
-    sft_cfg, overrides = compose_sft(cfg, resolved, fb)
+                        f"corrupt); retrain.min_examples={opts.min_examples}")
+    resolved = resolve_model(spec.model, spec.tracking)
+    sft_cfg, overrides = compose_sft(spec, resolved, fb)
     rehearsal = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.rehearsal.source=")), "null")
     print(f"retrain: {fb.examples} feedback example(s) (fingerprint {fb.fingerprint}) on top of "
           f"{resolved.canonical_uri}; rehearsal: {rehearsal if rehearsal != 'null' else 'none'}")

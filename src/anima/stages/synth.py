@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anima.config.groups import DeviceConfig, TrackingConfig
+from anima.config.synth import SynthStageConfig, TeacherConfig
+from anima.config.typed import typed
 from anima.errors import ConfigError, DataError
 
 
@@ -25,23 +29,21 @@ class SynthRun:
     teacher: str
 
 
-def make_teacher(cfg: DictConfig):
+def make_teacher(t: TeacherConfig, tracking: TrackingConfig, device: DeviceConfig) -> tuple[Any, dict[str, str]]:
     """(teacher client, tags describing it without secrets)."""
     from anima.synth.teachers import HFTeacher, OpenAITeacher, redact_url
 
-    t = cfg.teacher
-    if str(t.kind) == "openai":
-        teacher = OpenAITeacher(str(t.base_url), str(t.model), api_key_env=t.api_key_env or None,
-                                timeout=float(t.timeout), max_retries=int(t.max_retries))
-        return teacher, {"anima.teacher.kind": "openai", "anima.teacher.base_url": redact_url(str(t.base_url)),
-                         "anima.teacher.model": str(t.model)}
+    if t.kind == "openai":
+        teacher = OpenAITeacher(t.base_url, t.model, api_key_env=t.api_key_env or None,
+                                timeout=t.timeout, max_retries=t.max_retries)
+        return teacher, {"anima.teacher.kind": "openai", "anima.teacher.base_url": redact_url(t.base_url),
+                         "anima.teacher.model": t.model}
     if not t.path:
         raise ConfigError("teacher.kind=hf needs teacher.path=<model URI or local model dir>")
     from anima.model.resolve import resolve_model
 
-    resolved = resolve_model(str(t.path), cfg.tracking)
-    threads = cfg.device.get("threads")
-    teacher = HFTeacher(resolved.path, threads=int(threads) if threads else None, backend=str(t.backend))
+    resolved = resolve_model(t.path, tracking)
+    teacher = HFTeacher(resolved.path, threads=device.threads or None, backend=t.backend)
     return teacher, {"anima.teacher.kind": "hf", "anima.teacher.model": resolved.canonical_uri}
 
 
@@ -50,11 +52,12 @@ def _loggable(cfg: DictConfig) -> DictConfig:
     from anima.synth.teachers import redact_url
 
     safe = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    safe.teacher.base_url = redact_url(str(cfg.teacher.base_url))
+    safe.teacher.base_url = redact_url(safe.teacher.base_url)
     return safe
 
 
 def synth(cfg: DictConfig) -> SynthRun:
+    """Run the stage; `cfg` is converted once to `SynthStageConfig`, and stays only as the run's logged config."""
     import mlflow
 
     from anima.fingerprint import hash_files
@@ -64,15 +67,17 @@ def synth(cfg: DictConfig) -> SynthRun:
     from anima.tracking.redact import redact_text
     from anima.tracking.run import stage_run
 
-    if not cfg.synth.prompts:
+    spec = typed(cfg, SynthStageConfig)
+    opts = spec.synth
+    if not opts.prompts:
         raise ConfigError("synth.prompts is not set: point it at a prompt file (.txt, .jsonl or .json)")
-    prompts_path = Path(str(cfg.synth.prompts)).expanduser()
+    prompts_path = Path(opts.prompts).expanduser()
     prompts = load_prompts(prompts_path)  # a bad file fails here, before any run or request
-    if int(cfg.synth.max_prompts):
-        prompts = prompts[: int(cfg.synth.max_prompts)]
-    params = sampling_from_config(cfg.sampling)
-    teacher, tags = make_teacher(cfg)
-    out = Path(str(cfg.synth.out)).expanduser()
+    if opts.max_prompts:
+        prompts = prompts[: opts.max_prompts]
+    params = sampling_from_config(spec.sampling)
+    teacher, tags = make_teacher(spec.teacher, spec.tracking, spec.device)
+    out = Path(opts.out).expanduser()
     with stage_run(_loggable(cfg), extra_tags=tags) as active:
         log_dataset_input(prompts_path.stem, hash_files([prompts_path]), str(prompts_path.resolve()), "prompts")
         n = len(prompts)
@@ -81,20 +86,20 @@ def synth(cfg: DictConfig) -> SynthRun:
             if done % max(1, total // 10) == 0 or done == total:
                 print(f"  {done}/{total} prompts", flush=True)
 
-        result = synthesize(prompts, teacher, params, out, system_prompt=cfg.synth.system_prompt or None,
+        result = synthesize(prompts, teacher, params, out, system_prompt=opts.system_prompt or None,
                             on_progress=progress)
         fp = hash_files([out])
         mlflow.log_metrics({"synth/prompts": n, "synth/examples": result.count, "synth/failures": result.failures})
         mlflow.set_tags({"anima.synth.out": str(out.resolve()), "anima.synth.fingerprint": fp,
                          "anima.synth.teacher": teacher.name})
-        log_dataset_input(str(cfg.synth.name), fp, str(out.resolve()), "output", tags={"kind": "synth"})
+        log_dataset_input(opts.name, fp, str(out.resolve()), "output", tags={"kind": "synth"})
         if result.errors:
             mlflow.log_text(redact_text("\n".join(result.errors)) + "\n", "synth/errors.txt")
         mlflow.log_artifact(str(out), "synth")
-        if result.count < float(cfg.synth.min_success) * n:
+        if result.count < opts.min_success * n:
             first = f"; first: {result.errors[0]}" if result.errors else ""
             raise DataError(f"teacher {teacher.name} answered {result.count} of {n} prompts "
-                            f"(< synth.min_success={cfg.synth.min_success}){first}")
+                            f"(< synth.min_success={opts.min_success}){first}")
         return SynthRun(active.info.run_id, out, fp, result.count, result.failures, teacher.name)
 
 

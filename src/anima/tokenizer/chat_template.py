@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 from anima.errors import ConfigError, DataError
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
 
 ROLES = ("system", "user", "assistant")
 
-# A renderer turns messages into (text, is_assistant) segments. ``bos``/``eos`` are the tokenizer's strings.
+# Rendered text as (text, is_assistant) segments. A preset's turn renderer gives one message's segments,
+# given the tokenizer's EOS string; the frame around the turns (BOS first, the generation prompt last) is shared.
 Segments = list[tuple[str, bool]]
-Renderer = Callable[[Sequence[dict], bool, str, str], Segments]
+TurnRenderer = Callable[[dict, str], Segments]
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,20 @@ class ChatTemplate:
     description: str
     chat_template: str
     end_of_turn: str  # literal token text, or "eos" for the tokenizer's EOS token
-    render: Renderer
+    turn: TurnRenderer
 
     def end_of_turn_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
         return tokenizer.eos_token if self.end_of_turn == "eos" else self.end_of_turn
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool, bos: str, eos: str) -> Segments:
+        """BOS, every message's segments, then (on request) the generation prompt: the assistant turn's
+        segments before its content, so a prompt is by construction a prefix of the text training saw."""
+        segs: Segments = [(bos, False)]
+        for m in messages:
+            segs.extend(self.turn(m, eos))
+        if add_generation_prompt:
+            segs.extend(takewhile(lambda seg: not seg[1], self.turn({"role": "assistant", "content": ""}, eos)))
+        return segs
 
 
 @dataclass(frozen=True)
@@ -45,15 +57,9 @@ class RenderedChat:
     assistant_mask: list[int]  # 1 where the token is (part of) assistant content or its end-of-turn token
 
 
-def _render_chatml(messages: Sequence[dict], add_generation_prompt: bool, bos: str, eos: str) -> Segments:
-    segs: Segments = [(bos, False)]
-    for m in messages:
-        segs.append((f"<|im_start|>{m['role']}\n", False))
-        segs.append((m["content"] + "<|im_end|>", m["role"] == "assistant"))
-        segs.append(("\n", False))
-    if add_generation_prompt:
-        segs.append(("<|im_start|>assistant\n", False))
-    return segs
+def _chatml_turn(m: dict, eos: str) -> Segments:
+    is_reply = m["role"] == "assistant"
+    return [(f"<|im_start|>{m['role']}\n", False), (m["content"] + "<|im_end|>", is_reply), ("\n", False)]
 
 
 _CHATML_JINJA = (
@@ -71,22 +77,14 @@ _CHATML_JINJA = (
 )
 
 
-def _render_qa(messages: Sequence[dict], add_generation_prompt: bool, bos: str, eos: str) -> Segments:
+def _qa_turn(m: dict, eos: str) -> Segments:
     # The assistant segment starts with the space after "A:", so the generation prompt "A:" is a token-wise
     # prefix of the trained text (a trailing "▁" token in the prompt would not be).
-    segs: Segments = [(bos, False)]
-    for m in messages:
-        if m["role"] == "system":
-            segs.append((m["content"] + "\n", False))
-        elif m["role"] == "user":
-            segs.append(("Q: " + m["content"] + "\n", False))
-        else:
-            segs.append(("A:", False))
-            segs.append((" " + m["content"] + eos, True))
-            segs.append(("\n", False))
-    if add_generation_prompt:
-        segs.append(("A:", False))
-    return segs
+    if m["role"] == "system":
+        return [(m["content"] + "\n", False)]
+    if m["role"] == "user":
+        return [("Q: " + m["content"] + "\n", False)]
+    return [("A:", False), (" " + m["content"] + eos, True), ("\n", False)]
 
 
 _QA_JINJA = (
@@ -109,14 +107,14 @@ TEMPLATES: dict[str, ChatTemplate] = {
             description="ChatML: <|im_start|>role\\ncontent<|im_end|>; turns end with <|im_end|>",
             chat_template=_CHATML_JINJA,
             end_of_turn="<|im_end|>",
-            render=_render_chatml,
+            turn=_chatml_turn,
         ),
         ChatTemplate(
             name="qa",
             description="Plain 'Q: ...' / 'A: ...' lines; system is a preamble line; turns end with EOS </s>",
             chat_template=_QA_JINJA,
             end_of_turn="eos",
-            render=_render_qa,
+            turn=_qa_turn,
         ),
     )
 }

@@ -17,6 +17,9 @@ from pathlib import Path
 from anima.errors import AnimaError, ConfigError, DataError
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+#: The control pieces by role, in id order (unk=0 ... pad=3): SentencePiece's ``<role>_id``/``<role>_piece``
+#: options and the HF wrapper's ``<role>_token`` arguments are all built from this one table.
+SPECIAL_PIECES = {"unk": UNK, "bos": BOS, "eos": EOS, "pad": PAD}
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 MIN_VOCAB_SIZE = 256 + 4 + len(CHAT_TOKENS)  # byte pieces + unk/bos/eos/pad + chat tokens
 MODEL_FILENAME = "tokenizer.model"
@@ -128,8 +131,8 @@ def train_sentencepiece(
                 vocab_size=vocab_size,
                 character_coverage=character_coverage,
                 byte_fallback=True,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-                unk_piece=UNK, bos_piece=BOS, eos_piece=EOS, pad_piece=PAD,
+                **{f"{role}_id": i for i, role in enumerate(SPECIAL_PIECES)},
+                **{f"{role}_piece": piece for role, piece in SPECIAL_PIECES.items()},
                 user_defined_symbols=list(CHAT_TOKENS),
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
