@@ -105,14 +105,27 @@ def test_eval_stage_compare_champion(nano_registry, capsys):
     run = mlflow.get_run(summary["run_id"])
     assert run.data.metrics["eval/persona_ppl"] == pytest.approx(m["persona_ppl"])
     assert run.data.metrics["compare/persona_ppl"] == pytest.approx(c["persona_ppl"])
+    # every metric has its seeded bootstrap interval next to it, and the paired difference has one too
+    for k in ("persona_ppl", "rouge_l", "chrf"):
+        low, high = run.data.metrics[f"eval/{k}_ci_low"], run.data.metrics[f"eval/{k}_ci_high"]
+        assert low <= m[k] + 1e-9 and m[k] - 1e-9 <= high, k
+        d = summary["differences"][k]
+        assert d["low"] - 1e-9 <= d["value"] <= d["high"] + 1e-9 and d["n"] > 0
+        assert run.data.metrics[f"compare/{k}_diff"] == pytest.approx(m[k] - c[k], abs=1e-6)
+    assert "bootstrap" in out and "Δ" in out
     arts = {a.path for a in client.list_artifacts(summary["run_id"], "eval")}
-    assert {"eval/suite.json", "eval/suite.csv", "eval/summary.json"} <= arts
+    assert {"eval/suite.json", "eval/suite.csv", "eval/summary.json", "eval/intervals.png"} <= arts
     table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=summary["run_id"],
                                                                artifact_path="eval/suite.json")).read())
-    cols = table["columns"]
-    assert {"prompt", "reply", "rouge_l", "model"} <= set(cols) and len(table["data"]) == 6
+    cols = table["columns"]  # one row per prompt, both replies side by side
+    assert {"prompt", "reference", "reply", "champion_reply", "rouge_l", "champion_rouge_l"} <= set(cols)
+    assert len(table["data"]) == 3
+    # the eval sets (and the suite) are recorded as dataset inputs, fingerprinted
+    inputs = run.inputs.dataset_inputs
+    assert any(i.dataset.name.startswith("suite:") for i in inputs) and len(inputs) >= 3
     tags = client.get_model_version(reg.name, "2").tags
     assert float(tags["eval.persona_ppl"]) == pytest.approx(m["persona_ppl"], rel=1e-5)
+    assert "eval.persona_ppl_ci_low" in tags and json.loads(tags["eval.vs.v1.persona_ppl"])["data"] == summary["data"]
     # perplexities are the cached ppl.<fp> tags the merge ranking uses (same data -> same key)
     assert any(k.startswith("ppl.") for k in tags)
 

@@ -23,6 +23,22 @@ class SuitePrompt:
 
 
 @dataclass
+class JudgeOptions:
+    enabled: bool = setting(False, "Score every suite reply 1-5 for persona consistency and helpfulness with an "
+                                   "LLM judge (off by default: it needs an endpoint, and eval stays offline).")
+    base_url: Optional[str] = setting(None, "OpenAI-compatible endpoint of the judge, e.g. http://127.0.0.1:8000/v1 "
+                                            "(`anima serve` of a bigger model) or an API's URL.")
+    model: Optional[str] = setting(None, "Model name the judge endpoint should use.")
+    api_key_env: Optional[str] = setting("OPENAI_API_KEY", "Environment variable that holds the judge's API key "
+                                                           "(only its name is recorded; null: send none).")
+    timeout: float = setting(60.0, "Seconds per judge request.", gt=0)
+    max_retries: int = setting(2, "Retries per judge request on transient HTTP errors.", ge=0)
+    max_tokens: int = setting(16, "Tokens the judge may answer with (a score needs a few).", ge=1)
+    cache: bool = setting(True, "Reuse scores cached under paths.cache_dir/judge, keyed by model version, example "
+                                "and reply, judge model+URL and rubric fingerprint (a re-run sends no request).")
+
+
+@dataclass
 class EvalOptions:
     data: Optional[str] = setting(None, "Eval dataset: a built dataset name, name/fingerprint, or a models:/ URI (the "
                                         "data that model was trained on). null: the `data` config's dataset.")
@@ -37,9 +53,13 @@ class EvalOptions:
     persona_keywords: List[str] = setting(doc="Words/phrases that show the persona (persona-keyword rate).",
                                           factory=list)
     system_prompt: Optional[str] = setting(None, "System message before every suite prompt (unless it has its own).")
+    confidence: float = setting(0.95, "Level of the bootstrap interval logged with every metric (and of the paired "
+                                      "difference under compare=...).", gt=0, lt=1)
+    resamples: int = setting(1000, "Bootstrap resamples of the examples (seeded by `seed`).", ge=1)
     backend: str = setting("fast", "Decode backend for the suite replies: fast by default, so they do not depend "
                                    "on whether a compiled step happens to be cached.",
                            choices=BACKENDS)
+    judge: JudgeOptions = field(default_factory=JudgeOptions)
 
 
 @dataclass

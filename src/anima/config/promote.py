@@ -18,6 +18,9 @@ class PromoteRule:
                                          "any eval.* tag written by `anima eval` (rouge_l, chrf, ...).")
     mode: str = setting("min", "min: lower wins (perplexity); max: higher wins.", choices=["min", "max"])
     min_delta: float = setting(0.0, "The candidate must beat the champion by more than this.", ge=0)
+    confidence: float = setting(0.95, "The candidate wins only when the paired-bootstrap interval of its difference "
+                                      "to the champion, at this level, excludes zero (and min_delta).", gt=0, lt=1)
+    min_examples: int = setting(30, "Fewest paired examples a comparison must rest on to promote.", ge=1)
     candidate: str = setting("candidate", "Alias of the version that challenges the champion.")
     previous: Optional[str] = setting("previous", "Alias the replaced champion keeps (null: none).")
 

@@ -148,10 +148,11 @@ def score_candidates(cands: Sequence[Candidate], sets: Mapping[str, EvalSet], tr
         for name, ppl in scores.items():
             cand.scores[name], cand.cached[name] = ppl, False
             if write_cache and cand.version and cand.name:
-                _tag(cand, sets[name].tag, ppl)
+                store_score(cand, sets[name].tag, ppl)
 
 
-def _tag(cand: Candidate, key: str, value: float) -> None:
+def store_score(cand: Candidate, key: str, value: float) -> None:
+    """Cache a perplexity as the version tag ``key`` (``ppl.<fingerprint>``)."""
     text = "inf" if math.isinf(value) else f"{value:.6g}"
     tag_version(cand.name, cand.version, {key: text})
     cand.tags[key] = text

@@ -70,23 +70,24 @@ def _dataset(cfg: Any):
     """The built dataset the eval data comes from: eval.data (name, name/fingerprint, models:/ URI) or `data`."""
     from anima.data.dataset import ensure_dataset, resolve_rehearsal
 
-    ref = cfg.eval.get("data")
+    ref = cfg.eval.data
     if ref:
         try:
-            return resolve_rehearsal(str(ref), cfg.paths, cfg.tracking)
+            return resolve_rehearsal(ref, cfg.paths, cfg.tracking)
         except DataError as e:
             raise DataError(f"eval.data={ref}: {e}") from None
     return ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
 
 
 def load_eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, EvalSet]:
-    """The configured eval sets (eval.sets, or ``names``) of the eval dataset; empty splits are left out."""
+    """The configured eval sets (eval.sets, or ``names``) of the eval dataset; empty splits are left out.
+    ``cfg``: a stage config with the `eval` (EvalOptions), `data`, `paths` and `tracking` groups, typed or not."""
     names = list(names if names is not None else cfg.eval.sets)
     for n in names:
         if n not in SPLIT_OF:
             raise ConfigError(f"eval.sets: unknown set {n!r}; one of {', '.join(SPLIT_OF)}")
     built = _dataset(cfg)
-    limit = int(cfg.eval.max_examples)
+    limit = cfg.eval.max_examples
     out: dict[str, EvalSet] = {}
     for n in names:
         split = SPLIT_OF[n]
@@ -94,7 +95,7 @@ def load_eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, Ev
         if not examples:
             continue
         out[n] = make_eval_set(n, examples, built.kind, source=f"{built.name}@{built.fingerprint}:{split}",
-                               max_tokens=int(cfg.eval.max_tokens))
+                               max_tokens=cfg.eval.max_tokens)
     if not out:
         raise DataError(f"dataset {built.name}@{built.fingerprint} has no examples in {', '.join(names)}")
     return out

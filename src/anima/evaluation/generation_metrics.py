@@ -34,6 +34,14 @@ def load_metric(name: str) -> Any:
     return evaluate.load(str(metric_dir(name)), keep_in_memory=True)
 
 
+def metric_module(name: str) -> Any:
+    """The Python module of a loaded local metric script: its helper functions (per-pair scores, counts) are what
+    the bootstrap reuses, so a resampled value is computed by the very code that computes the point value."""
+    import sys
+
+    return sys.modules[type(load_metric(name)).__module__]
+
+
 def _check(predictions: Sequence[str], references: Sequence[str] | None) -> None:
     if references is not None and len(references) != len(predictions):
         raise DataError(f"{len(predictions)} predictions but {len(references)} references")

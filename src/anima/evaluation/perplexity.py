@@ -20,6 +20,8 @@ class Perplexity:
     ppl: float
     loss: float  # mean nats per scored token
     tokens: int
+    # per scored unit (a conversation; a packed window for text): (summed NLL in nats, scored tokens)
+    per_example: tuple[tuple[float, int], ...] = ()
 
 
 def model_template(model_dir: Path, tokenizer) -> str:
@@ -92,27 +94,35 @@ def perplexity(model, tokenizer, template: str, es: EvalSet, *, ctx: int, batch_
 
     batches = (_chat_batches(es, tokenizer, template, ctx, batch_size) if es.kind == "chat"
                else _text_batches(es, tokenizer, ctx, batch_size))
-    total, count = 0.0, 0
+    per: list[tuple[float, int]] = []
     with torch.inference_mode():
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             labels = b["labels"]
-            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                           ignore_index=-100, reduction="sum"))
-            count += int((labels != -100).sum())
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                  ignore_index=-100, reduction="none").view(labels.shape)
+            per.extend(zip(nll.sum(dim=1).tolist(), (labels != -100).sum(dim=1).tolist()))
+    per = [(float(s), int(c)) for s, c in per if c > 0]
+    total, count = sum(s for s, _ in per), sum(c for _, c in per)
     if count == 0:
         raise ModelError(f"eval set {es.name} has no token to score for this model (template {template})")
     loss = total / count
-    return Perplexity(math.exp(loss) if loss < 700 else math.inf, loss, count)
+    return Perplexity(math.exp(loss) if loss < 700 else math.inf, loss, count, tuple(per))
 
 
-def score_model_dir(model_dir: Path | str, sets: Mapping[str, EvalSet], batch_size: int = 8) -> dict[str, float]:
-    """Perplexity of one model dir on every set (the model is loaded once)."""
+def measure_model_dir(model_dir: Path | str, sets: Mapping[str, EvalSet], batch_size: int = 8
+                      ) -> dict[str, Perplexity]:
+    """Perplexity (with per-example NLL) of one model dir on every set (the model is loaded once)."""
     if not sets:
         return {}
     model, tokenizer, template, ctx = load_for_eval(model_dir)
     try:
-        return {name: perplexity(model, tokenizer, template, es, ctx=ctx, batch_size=batch_size).ppl
+        return {name: perplexity(model, tokenizer, template, es, ctx=ctx, batch_size=batch_size)
                 for name, es in sets.items()}
     finally:
         del model
+
+
+def score_model_dir(model_dir: Path | str, sets: Mapping[str, EvalSet], batch_size: int = 8) -> dict[str, float]:
+    """Perplexity of one model dir on every set (the model is loaded once)."""
+    return {name: p.ppl for name, p in measure_model_dir(model_dir, sets, batch_size).items()}

@@ -19,7 +19,10 @@ def distinct_n(predictions, n):
 class Distinct(ReplyMetric):
     DESCRIPTION = """distinct-n = number of unique n-grams / total number of n-grams, pooled over all predictions
 (corpus level; n-grams never cross reply boundaries). Tokens: lowercased whitespace-split words.
-0 when there is no n-gram at all. In [0, 1]; higher = more diverse."""
+0 when there is no n-gram at all. In [0, 1]; higher = more diverse. Li et al. (2016) count distinct
+unigrams/bigrams and scale by the number of generated tokens; for n = 1 that is this value, for n >= 2
+this divides by the n-gram count instead (n - 1 fewer per reply), so distinct_n = 1 exactly when no
+n-gram repeats."""
     INPUTS = """
 Args:
     predictions: list of generated replies (str).

@@ -1,10 +1,16 @@
 """ROUGE-L: longest-common-subsequence F-measure between a reply and its reference (local module)."""
 
+import re
+
 from anima.evaluation.metric_base import ReplyMetric
 
+_NON_ALPHANUM = re.compile(r"[^a-z0-9]+")
 
-def _tokens(text):
-    return text.lower().split()
+
+def tokens(text):
+    """rouge-score's default tokenizer without stemming (rouge_score/tokenize.py): lowercase, every run of
+    characters outside [a-z0-9] becomes a space (so punctuation and non-ASCII letters split words), split."""
+    return _NON_ALPHANUM.sub(" ", text.lower()).split()
 
 
 def lcs_length(a, b):
@@ -21,7 +27,7 @@ def lcs_length(a, b):
 
 
 def rouge_l_pair(prediction, reference):
-    p_tok, r_tok = _tokens(prediction), _tokens(reference)
+    p_tok, r_tok = tokens(prediction), tokens(reference)
     lcs = lcs_length(p_tok, r_tok)
     if lcs == 0:
         return 0.0, 0.0, 0.0
@@ -30,9 +36,11 @@ def rouge_l_pair(prediction, reference):
 
 
 class RougeL(ReplyMetric):
-    DESCRIPTION = """ROUGE-L F-measure (beta = 1, as in rouge_score's rougeL): tokens are whitespace-split, lowercased
-words; P = LCS/len(prediction), R = LCS/len(reference), F = 2PR/(P+R) (0 when either side is empty or
-LCS is 0). Reported as the mean over pairs, in [0, 1]. No stemming, no punctuation stripping."""
+    DESCRIPTION = """ROUGE-L F-measure, equal to rouge-score's RougeScorer(["rougeL"]).score(reference, prediction)
+.fmeasure with its default tokenizer and no stemming: text is lowercased, every run of characters outside
+[a-z0-9] becomes a space (punctuation never sticks to a word), tokens are the whitespace-separated pieces;
+P = LCS/len(prediction), R = LCS/len(reference), F = 2PR/(P+R) (0 when either side has no token or LCS is
+0). Reported as the mean over pairs, in [0, 1]."""
     INPUTS = """
 Args:
     predictions: list of generated replies (str).
