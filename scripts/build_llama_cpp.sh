@@ -28,9 +28,11 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
 fi
 start=$(date +%s)
 cmake -S "$src" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
+  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+  >"$cache/build.log" 2>&1 || { tail -n 30 "$cache/build.log" >&2; exit 1; }
 # shellcheck disable=SC2086
-cmake --build "$cache/build" --target $TARGETS -j "${LLAMA_CPP_JOBS:-2}" >/dev/null
+cmake --build "$cache/build" --target $TARGETS -j "${LLAMA_CPP_JOBS:-2}" >>"$cache/build.log" 2>&1 \
+  || { tail -n 30 "$cache/build.log" >&2; exit 1; }   # compiler output in the log, not in CI's
 mkdir -p "$cache/bin"
 for t in $TARGETS; do cp "$cache/build/bin/$t" "$cache/bin/$t"; done
 echo "llama.cpp: built $TARGETS (llama-cpp-python $VERSION's llama.cpp) in $(( $(date +%s) - start ))s into $cache/bin"
