@@ -168,7 +168,8 @@ def test_demo_journey(project, raw_dir, tmp_path):
     # A second study on the same store: another merge recipe re-runs merge and what follows (the rest is reused);
     # eval now compares the new candidate against the champion (skipped on the first run: none yet), and promote
     # decides between them.
-    pipeline(project, raw_dir, "demo", "merge.merge.method=uniform")
+    # min_examples below the demo's 16-18 held-out persona conversations, so promote decides on the evidence
+    pipeline(project, raw_dir, "demo", "merge.merge.method=uniform", "promote.promote.min_examples=5")
     steps2 = last_pipeline_steps(c)
     assert {s: st for s, (st, _) in steps2.items()} == {"pretrain": "cached", "sft": "cached", "distill": "cached",
                                                         "sweep": "cached", "merge": "ran", "eval": "ran",
@@ -183,8 +184,10 @@ def test_demo_journey(project, raw_dir, tmp_path):
         assert f"eval/{k}" in ev.data.metrics and f"compare/{k}" in ev.data.metrics
     p = c.get_run(steps2["promote"][1]).data.params
     assert p["decision.candidate_version"] == new and p["decision.champion_version"] == candidate
-    wins = float(p["decision.candidate_value"]) < float(p["decision.champion_value"])
-    assert p["decision"] == ("wins" if wins else "loses")
+    better = float(p["decision.difference"]) < 0  # persona_ppl: lower is better
+    wins = better and float(p["decision.ci_high"]) < 0  # ... and the interval of the difference excludes zero
+    assert p["decision"] == ("wins" if wins else "within noise" if better else "loses"), p
+    assert int(p["decision.n"]) >= 5 and float(p["decision.ci_low"]) <= float(p["decision.difference"])
     if wins:
         assert version_of(c, "champion") == new and version_of(c, "previous") == candidate
     else:

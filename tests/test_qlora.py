@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.helpers import require_module
 from tests.helpers.models import build_nano_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,8 +168,7 @@ def test_gradient_checkpointing_key_turns_it_on(hf_dir):
 
 def test_qlora_trains_adapters_on_a_4bit_base_and_saves_a_full_precision_merge(hf_dir):
     """Real bitsandbytes NF4 (its CPU kernels: no GPU needed for correctness, only for speed)."""
-    pytest.importorskip("bitsandbytes")
-    import bitsandbytes as bnb
+    bnb = require_module("bitsandbytes")  # a dev dependency: CI runs this on its CPU kernels
 
     from anima.model.build import count_parameters, load_model_dir
     from anima.train.initial_model import adapted_model

@@ -152,7 +152,8 @@ def score_candidates(cands: Sequence[Candidate], sets: Mapping[str, EvalSet], tr
 
 
 def store_score(cand: Candidate, key: str, value: float) -> None:
-    """Cache a perplexity as the version tag ``key`` (``ppl.<fingerprint>``)."""
-    text = "inf" if math.isinf(value) else f"{value:.6g}"
+    """Cache a perplexity as the version tag ``key`` (``ppl.<fingerprint>``), exactly (repr round-trips), so a
+    cached score compares equal to the same model measured again."""
+    text = "inf" if math.isinf(value) else repr(float(value))
     tag_version(cand.name, cand.version, {key: text})
     cand.tags[key] = text
