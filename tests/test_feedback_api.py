@@ -18,7 +18,7 @@ from anima.chat.repl import ChatSession
 from anima.data.feedback import feedback_to_chat_examples, read_feedback
 from anima.generation.sampling import SamplingParams
 from tests.helpers import REPO
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import nano_engine
 
 KEY = "fb-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -27,12 +27,7 @@ CONV = [{"role": "user", "content": "What is your name?"}, {"role": "assistant",
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+    return nano_engine(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

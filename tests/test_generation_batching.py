@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+
+from tests.helpers.models import nano_engine
 import torch
 
 from anima.generation import ChatEngine, SamplingParams
@@ -18,9 +20,7 @@ PROMPTS = ["Once upon a time", "the sea and the ships", "one two three four five
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> ChatEngine:
-    from tests.helpers.models import cached_nano_model_dir
-
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory), backend="fast")
+    return nano_engine(tmp_path_factory, threads=None, backend="fast")
 
 
 def _params() -> list[SamplingParams]:

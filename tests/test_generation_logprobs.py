@@ -10,15 +10,12 @@ import torch
 from anima.errors import ConfigError
 from anima.generation.detok import IncrementalDetokenizer
 from anima.generation.sampling import SamplingParams, apply_occurrence_penalties, token_logprobs
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import nano_engine
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+    return nano_engine(tmp_path_factory)
 
 
 def test_occurrence_penalties_follow_openai():

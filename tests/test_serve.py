@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import nano_engine
 
 API_KEY = "test-key-123"
 MSGS = [{"role": "user", "content": "What is your name?"}]
@@ -21,12 +21,7 @@ MODEL = "model"  # the nano model dir's name: what the server serves
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+    return nano_engine(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

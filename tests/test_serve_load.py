@@ -11,19 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import nano_engine
 
 MSGS = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory), backend="fast")
+    return nano_engine(tmp_path_factory, backend="fast")
 
 
 def _serve(engine, **limits):

@@ -11,7 +11,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import nano_engine
 
 MODEL = "model"  # the nano model dir's name
 MSGS = [{"role": "user", "content": "What is your name?"}]
@@ -24,12 +24,7 @@ DETAILS = {"parent_model": str, "format": str, "family": str, "families": list, 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+    return nano_engine(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

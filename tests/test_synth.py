@@ -12,19 +12,14 @@ from anima.errors import AnimaError, DataError
 from anima.generation.sampling import SamplingParams
 from anima.synth import HFTeacher, OpenAITeacher, TeacherClient, load_prompts, synthesize
 from anima.synth.teachers import redact_url
-from tests.helpers.models import cached_nano_model_dir
+from tests.helpers.models import cached_nano_model_dir, nano_engine
 
 SECRET = "sk-synth-secret-42"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import torch
-
-    from anima.generation.engine import ChatEngine
-
-    torch.set_num_threads(1)
-    return ChatEngine(cached_nano_model_dir(tmp_path_factory))
+    return nano_engine(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

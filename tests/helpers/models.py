@@ -105,6 +105,17 @@ def cached_nano_model_dir(tmp_path_factory) -> Path:
     return _CACHED["nano"]
 
 
+def nano_engine(tmp_path_factory, threads: int | None = 1, **kw):
+    """A ChatEngine on the session's nano model (`kw`: backend=...); `threads` pins torch's threads (None: leave)."""
+    import torch
+
+    from anima.generation.engine import ChatEngine
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return ChatEngine(cached_nano_model_dir(tmp_path_factory), **kw)
+
+
 def random_llama(**kw):
     """A small random LlamaForCausalLM (no tokenizer) for forward-pass comparisons; ``kw`` overrides its config."""
     import torch
