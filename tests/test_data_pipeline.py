@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
 from anima.config.data import DataConfig
+from anima.config.stage_schemas import DataStageConfig
+from anima.config.typed import typed
 from anima.data.dataset import ensure_dataset, load_dataset_ref
 from anima.errors import ConfigError, DataError
 from tests.helpers import compose_cfg
+from tests.helpers import paths_under as paths
 
 
-def paths(root: Path, raw: Path | None = None) -> SimpleNamespace:
-    return SimpleNamespace(processed_dir=str(root / "processed"), raw_dir=str(raw or root / "raw"),
-                           data_dir=str(root))
+def data_cfg(**kw) -> DataConfig:
+    return typed({"name": "t", "kind": "chat", **kw}, DataConfig)
 
 
-def data_cfg(**kw):
-    return OmegaConf.merge(OmegaConf.structured(DataConfig), {"name": "t", "kind": "chat", **kw})
+def composed_data(overrides: list[str], raw_dir: Path) -> DataStageConfig:
+    """`anima data <overrides>`'s config, typed as the stage hands it to the build."""
+    return typed(compose_cfg("data", overrides, raw_dir), DataStageConfig)
 
 
 def chat_line(q: str, a: str) -> str:
@@ -32,7 +34,7 @@ def chat_line(q: str, a: str) -> str:
 @pytest.fixture(scope="module")
 def chat_mix(raw_dir: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
-    cfg = compose_cfg("data", ["data=chat_mix"], raw_dir)
+    cfg = composed_data(["data=chat_mix"], raw_dir)
     return cfg, paths(root, raw_dir), ensure_dataset(cfg.data, paths(root, raw_dir))
 
 
@@ -68,7 +70,7 @@ def test_rebuild_reuses_and_latest(chat_mix) -> None:
 
 def test_weights_and_rehearsal(chat_mix, raw_dir: Path) -> None:
     cfg, p, base = chat_mix
-    cfg2 = compose_cfg("data", ["data=chat_mix", "data.sources.emotion.weight=3", "data.rehearsal.ratio=0.3"], raw_dir)
+    cfg2 = composed_data(["data=chat_mix", "data.sources.emotion.weight=3", "data.rehearsal.ratio=0.3"], raw_dir)
     ds = ensure_dataset(cfg2.data, p)
     assert ds.fingerprint != base.fingerprint
     emo = lambda d: sum(e["source"] == "emotion" for e in d.split("train"))  # noqa: E731
@@ -110,7 +112,7 @@ def test_bad_inputs_raise_one_line_and_skip_counts(tmp_path: Path) -> None:
 def test_config_errors(tmp_path: Path, override: dict, message: str) -> None:
     f = tmp_path / "c.jsonl"
     f.write_text(chat_line("a", "b") + "\n")
-    cfg = OmegaConf.merge(data_cfg(sources={"c": {"kind": "jsonl_chat", "path": str(f)}}), override)
+    cfg = typed(OmegaConf.merge(data_cfg(sources={"c": {"kind": "jsonl_chat", "path": str(f)}}), override), DataConfig)
     with pytest.raises((ConfigError, DataError), match="^" + message.replace("+", r"\+").replace(".", r"\.")):
         ensure_dataset(cfg, paths(tmp_path))
 
@@ -118,8 +120,8 @@ def test_config_errors(tmp_path: Path, override: dict, message: str) -> None:
 def test_composed_bad_weight_and_split(raw_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^data.sources.emotion.weight=0.0 must be > 0$"):
         compose_cfg("data", ["data=chat_mix", "data.sources.emotion.weight=0"], raw_dir)  # schema range
-    cfg = compose_cfg("data", ["data=chat_mix"], raw_dir)
-    cfg.data.sources.emotion.weight = 0.0  # set past validation: the builder checks too
+    cfg = composed_data(["data=chat_mix"], raw_dir)
+    cfg.data.sources["emotion"].weight = 0.0  # set past validation: the builder checks too
     with pytest.raises(ConfigError, match=r"^data.sources.emotion.weight=0.0 must be > 0$"):
         ensure_dataset(cfg.data, paths(tmp_path, raw_dir))
     with pytest.raises(ConfigError, match=r"data.split.val \+ data.split.test"):

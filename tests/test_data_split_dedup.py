@@ -8,18 +8,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
-from anima.config.data import DataConfig
+from anima.config.data import DataConfig, DedupConfig
+from anima.config.stage_schemas import DataStageConfig
+from anima.config.typed import typed
 from anima.data.dataset import ensure_dataset
 from anima.data.dedup import Deduper, MinHasher, SeenSet, jaccard, key64
 from anima.data.split import assign_split
+from tests.helpers import paths_under
 
 words = st.text(alphabet="abcdefghijklmnop ", min_size=3, max_size=30).filter(lambda s: s.strip())
 
@@ -28,12 +29,11 @@ def _build(tmp: Path, lines: list[str], tag: str):
     f = tmp / f"{tag}.jsonl"
     f.write_text("".join(json.dumps([{"role": "user", "content": q}, {"role": "assistant", "content": a}]) + "\n"
                          for q, a in lines))
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
+    cfg = typed({
         "name": tag, "kind": "chat", "sources": {"c": {"kind": "jsonl_chat", "path": str(f)}},
         "split": {"val": 0.3, "test": 0.2}, "filter": {"enabled": False}, "clean": {"min_example_chars": 0},
-    })
-    paths = SimpleNamespace(processed_dir=str(tmp / "processed"), raw_dir=str(tmp))
-    ds = ensure_dataset(cfg, paths)
+    }, DataConfig)
+    ds = ensure_dataset(cfg, paths_under(tmp, raw=tmp))
     return {e["id"]: s for s in ("train", "val", "test") for e in ds.split(s)}
 
 
@@ -99,8 +99,7 @@ def test_minhash_tracks_jaccard() -> None:
 
 
 def test_deduper_exact_and_near() -> None:
-    cfg = SimpleNamespace(exact=True, near=True, threshold=0.8, ngram=5, num_perm=64)
-    d = Deduper(cfg)
+    d = Deduper(DedupConfig(exact=True, near=True, threshold=0.8, ngram=5, num_perm=64))
     a = "the quick brown fox jumps over the lazy dog near the river bank at dawn"
     texts = [a, a, a.replace("dawn", "dusk"), "a completely unrelated sentence about tea"]
     assert d.check(texts, [key64(t) for t in texts]) == [None, "exact", "near", None]
@@ -121,7 +120,8 @@ def test_model_score_and_rehearsal_from_registered_model(project: Path, raw_dir:
     model_dir = cached_nano_model_dir(tmp_path_factory)
     cfg = compose_cfg("data", ["data=persona_hamlet", f"data.filter.model={model_dir}", "data.filter.drop_worst=0.2"],
                       raw_dir)
-    ds = ensure_dataset(cfg.data, cfg.paths, cfg.tracking)
+    spec = typed(cfg, DataStageConfig)
+    ds = ensure_dataset(spec.data, spec.paths, spec.tracking)
     scores = [e["score"] for e in ds.split("train")]
     assert all(isinstance(s, float) and s > 1 for s in scores)
     st_ = ds.manifest["counts"]["sources"]["hamlet"]
@@ -134,6 +134,7 @@ def test_model_score_and_rehearsal_from_registered_model(project: Path, raw_dir:
     register_model("hamlet-nano", run.info.run_id, f"{run.info.artifact_uri}/model", {})
     mix = compose_cfg("data", ["data=chat_mix", "data.rehearsal.source=models:/hamlet-nano/1",
                                "data.rehearsal.ratio=0.2", "data.rehearsal.top_ratio=0.5"], raw_dir)
+    mix = typed(mix, DataStageConfig)
     out = ensure_dataset(mix.data, mix.paths, mix.tracking)
     assert out.manifest["rehearsal"]["fingerprint"] == ds.fingerprint
     reh = [e for e in out.split("train") if e["source"].startswith("rehearsal:")]

@@ -338,9 +338,11 @@ def test_thread_tuner_prefers_faster_count_and_backs_off():
 
 
 @pytest.mark.parametrize("kw", [dict(top_p=0.9, scale=6.0), dict(top_p=0.9, scale=0.5), dict(top_k=5, top_p=0.8, scale=1.0),
-                                dict(top_k=0, top_p=1.0, scale=1.0), dict(top_k=100, top_p=1.0, scale=2.0)])
+                                dict(top_k=0, top_p=1.0, scale=1.0), dict(top_k=100, top_p=1.0, scale=2.0),
+                                dict(top_p=0.1, scale=0.5)])  # a nucleus rejection mostly misses: the sort fallback
 def test_fast_sampler_draws_from_the_processed_distribution(kw):
-    """sample_next (candidate shortcut or full fallback) samples exactly softmax(process_logits(...))."""
+    """sample_next (top-k shortcut, top-p by rejection or its sort fallback) samples exactly
+    softmax(process_logits(...))."""
     from anima.generation.sampling import make_generator, sample_next
 
     scale = kw.pop("scale")

@@ -111,3 +111,25 @@ def test_a_request_waiting_past_its_deadline_is_busy(engine):
         engine.backend.__dict__.pop("forward", None)
         engine.configure_batching(max_batch=8)
         engine.request_timeout_s = None
+
+
+def test_batched_sampling_draws_each_row_as_if_alone():
+    """sample_batch: a row's token depends only on its own logits, parameters and generator (a seeded request draws
+    the same alone or batched) on every path: greedy, top-k, top-p by rejection and its sort fallback, penalties."""
+    from anima.generation.sampling import make_generator, sample_batch
+
+    params = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=1.0, top_k=20, top_p=0.8), SamplingParams(temperature=1.2, top_p=1.0),
+              SamplingParams(temperature=0.7, top_k=300, top_p=0.5),  # k above the top-k shortcut: full path
+              SamplingParams(temperature=0.9, top_p=0.02, repetition_penalty=1.3)]  # tiny nucleus: sort fallback
+    rng = torch.Generator().manual_seed(0)
+    seen = [None] * 5 + [torch.rand(500, generator=rng) < 0.1]
+    for scale in (0.05, 1.0, 5.0):
+        logits = torch.randn(len(params), 500, generator=rng) * scale
+        for trial in range(10):
+            gens = [make_generator(trial * 10 + i) for i in range(len(params))]
+            together = sample_batch(logits, params, gens, seen, [None] * len(params))
+            alone = [sample_batch(logits[i:i + 1], [params[i]], [make_generator(trial * 10 + i)], [seen[i]], [None])[0]
+                     for i in range(len(params))]
+            assert together == alone
+            assert together[1] == int(logits[1].argmax())

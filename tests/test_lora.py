@@ -115,10 +115,12 @@ def test_sft_with_lora_saves_and_registers_the_merged_model(hf_dir, raw_dir, pro
 
 
 def test_lora_on_an_anima_preset_is_refused(project):
+    from anima.config.stage_schemas import TrainConfig
+    from anima.config.typed import typed
     from anima.train.initial_model import initial_model
     from tests.helpers import compose_cfg
 
-    cfg = compose_cfg("sft", ["model=nano", "model.lora.r=4"])
+    spec = typed(compose_cfg("sft", ["model=nano", "model.lora.r=4"]), TrainConfig)
     with pytest.raises(ModelError, match="model.lora.r=4 needs model=hf"):
-        initial_model(cfg, None)
+        initial_model(spec, None)
     assert os.environ["ANIMA_ROOT"] == str(project)

@@ -17,15 +17,15 @@ def pairs(raw_dir: Path, tmp_path_factory) -> list[tuple[str, str]]:
     """(prediction, reference) pairs from the held-out persona split: each assistant reply is the reference;
     the predictions are another conversation's reply and the user's own message (realistic text, with
     punctuation, case and contractions on both sides)."""
-    from types import SimpleNamespace
-
+    from anima.config.stage_schemas import DataStageConfig
+    from anima.config.typed import typed
     from anima.data.dataset import ensure_dataset
     from anima.evaluation.evalsets import SPLIT_OF
+    from tests.helpers import paths_under
 
     root = tmp_path_factory.mktemp("agree")
-    cfg = compose_cfg("data", ["data=chat_mix"], raw_dir)
-    paths = SimpleNamespace(processed_dir=str(root / "processed"), raw_dir=str(raw_dir), data_dir=str(root))
-    held_out = ensure_dataset(cfg.data, paths).split(SPLIT_OF["persona"])
+    spec = typed(compose_cfg("data", ["data=chat_mix"], raw_dir), DataStageConfig)
+    held_out = ensure_dataset(spec.data, paths_under(root, raw_dir)).split(SPLIT_OF["persona"])
     assert len(held_out) >= 10
     turns = []
     for ex in held_out:

@@ -8,10 +8,19 @@ from anima.errors import ConfigError
 from tests.helpers import compose_cfg
 
 
+def _spec(cfg):
+    from anima.pipeline.spec import pipeline_spec
+
+    return pipeline_spec(cfg)
+
+
 def _steps(overrides):
+    from omegaconf import OmegaConf
+
     from anima.pipeline.spec import parse_steps
 
-    return {s.name: s for s in parse_steps(compose_cfg("pipeline", overrides))}
+    cfg = compose_cfg("pipeline", overrides)
+    return {s.name: s for s in parse_steps(_spec(cfg), OmegaConf.to_container(cfg, resolve=False))}
 
 
 def test_per_step_override_from_command_line(project):
@@ -66,7 +75,7 @@ def test_overrides_render_as_hydra_command_line(project):
     from anima.pipeline.runner import step_overrides
     from anima.pipeline.spec import Step
 
-    cfg = compose_cfg("pipeline", ["pipeline.stages=[sweep]", "device.threads=1"])
+    cfg = _spec(compose_cfg("pipeline", ["pipeline.stages=[sweep]", "device.threads=1"]))
     step = Step("sweep", "sweep", {"sweep.overrides": ["model=nano", "init_from=${step:pretrain.model_uri}"],
                                    "merge.tags": {"stage": "sft"}, "optim.lr": 1e-3, "run_name": "a b"})
     ov = step_overrides(cfg, step, {"pretrain": {"model_uri": "models:/anima-nano/1"}})

@@ -23,6 +23,16 @@ def _cfg(*extra: str):
     return compose_cfg("pretrain", [*BASE, *extra])
 
 
+def _resume(*extra: str):
+    """find_resume as `anima pretrain ... resume=...` calls it: the composed config and its typed form."""
+    from anima.config.stage_schemas import TrainConfig
+    from anima.config.typed import typed
+    from anima.train.resume import find_resume
+
+    cfg = _cfg(*extra)
+    return find_resume(cfg, typed(cfg, TrainConfig))
+
+
 def _crashed(cfg, ckpt_dir: Path, tags: dict[str, str] | None = None) -> str:
     """A real pretrain-stage run that crashed (FAILED), as `anima pretrain` leaves it."""
     from anima.train.resume import CHECKPOINT_TAG
@@ -36,11 +46,9 @@ def _crashed(cfg, ckpt_dir: Path, tags: dict[str, str] | None = None) -> str:
 
 
 def test_auto_refuses_a_changed_config_in_one_line_naming_each_key(project):
-    from anima.train.resume import find_resume
-
     rid = _crashed(_cfg(), project / "a" / "checkpoints")
     with pytest.raises(AnimaError) as e:
-        find_resume(_cfg("optim.lr=0.002", "trainer.batch_size=4", "resume=auto"))
+        _resume("optim.lr=0.002", "trainer.batch_size=4", "resume=auto")
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(f"resume=auto: run {rid} was started with optim.lr=0.001, not 0.002; "
@@ -48,11 +56,8 @@ def test_auto_refuses_a_changed_config_in_one_line_naming_each_key(project):
 
 
 def test_auto_takes_allowed_keys_from_the_user(project):
-    from anima.train.resume import find_resume
-
     rid = _crashed(_cfg(), project / "a" / "checkpoints")
-    point = find_resume(_cfg("trainer.max_steps=99", "trainer.progress=rich", "tracking.log_every_n_steps=5",
-                             "resume=auto"))
+    point = _resume("trainer.max_steps=99", "trainer.progress=rich", "tracking.log_every_n_steps=5", "resume=auto")
     assert point.run_id == rid
     assert point.ckpt is None  # died before its first checkpoint: step 0, same run
     assert point.changed["trainer.max_steps"] == (4, 99)
@@ -62,7 +67,6 @@ def test_auto_takes_allowed_keys_from_the_user(project):
 def test_auto_never_picks_a_sweep_trial_pipeline_step_other_registry_name_or_live_run(project):
     import mlflow
 
-    from anima.train.resume import find_resume
     from anima.tracking.run import stage_run
 
     cfg = _cfg()
@@ -73,27 +77,25 @@ def test_auto_never_picks_a_sweep_trial_pipeline_step_other_registry_name_or_liv
     with stage_run(cfg, overrides=[], extra_tags={"anima.checkpoint_dir": str(project / "f")}) as run:
         finished = run.info.run_id
     with pytest.raises(AnimaError, match="no interrupted pretrain run of anima-nano"):
-        find_resume(_cfg("resume=auto"))
+        _resume("resume=auto")
     # a run still alive (held by this very process) is not a candidate either
     with stage_run(cfg, overrides=[], extra_tags={"anima.checkpoint_dir": str(project / "l")}) as live:
         with pytest.raises(AnimaError, match="no interrupted"):
-            find_resume(_cfg("resume=auto"))
+            _resume("resume=auto")
         assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
     assert mlflow.get_run(finished).info.status == "FINISHED"
 
 
 def test_resume_by_id_checks_the_config_unless_forced(project):
-    from anima.train.resume import find_resume
-
     rid = _crashed(_cfg(), project / "a" / "checkpoints")
     with pytest.raises(AnimaError, match=f"resume={rid}: run {rid} was started with optim.lr=0.001, not 0.003"):
-        find_resume(_cfg("optim.lr=0.003", f"resume={rid}"))
-    point = find_resume(_cfg("optim.lr=0.003", f"resume={rid}", "resume_force=true"))
+        _resume("optim.lr=0.003", f"resume={rid}")
+    point = _resume("optim.lr=0.003", f"resume={rid}", "resume_force=true")
     assert point.run_id == rid and point.changed["optim.lr"] == (0.001, 0.003)
     with pytest.raises(AnimaError, match="resume_force=true needs resume=<run_id>"):
-        find_resume(_cfg("resume=auto", "resume_force=true"))
+        _resume("resume=auto", "resume_force=true")
     with pytest.raises(AnimaError, match="resume=0123abc: no such run"):
-        find_resume(_cfg("resume=0123abc"))
+        _resume("resume=0123abc")
 
 
 HOLDER = """
@@ -111,7 +113,6 @@ def test_a_live_run_is_left_alone_and_a_killed_one_is_marked_killed_then_resumed
     import mlflow
 
     from anima.tracking.liveness import LOCK_TAG, mark_dead_runs
-    from anima.train.resume import find_resume
 
     from anima.tracking.store import setup_mlflow
 
@@ -130,14 +131,14 @@ def test_a_live_run_is_left_alone_and_a_killed_one_is_marked_killed_then_resumed
         assert lock.is_file()
         assert mark_dead_runs() == []
         with pytest.raises(AnimaError, match=f"run {rid} is still running"):
-            find_resume(_cfg(f"resume={rid}"))
+            _resume(f"resume={rid}")
         with pytest.raises(AnimaError, match="no interrupted"):
-            find_resume(_cfg("resume=auto"))
+            _resume("resume=auto")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     assert mlflow.get_run(rid).info.status == "RUNNING"  # nobody has looked yet
-    point = find_resume(_cfg("resume=auto"))  # the lookup notices the dead process
+    point = _resume("resume=auto")  # the lookup notices the dead process
     assert point.run_id == rid
     run = mlflow.get_run(rid)
     assert run.info.status == "KILLED" and "is gone" in run.data.tags["anima.killed"]

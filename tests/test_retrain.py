@@ -141,6 +141,8 @@ def test_retrain_rehearses_the_chat_champions_own_training_data(chat_champ, monk
     import mlflow
     from mlflow import MlflowClient
 
+    from anima.config.groups import PathsConfig
+    from anima.config.typed import typed
     from anima.data.dataset import load_dataset_ref
     from anima.data.mixing import rehearsal_count
     from anima.stages.retrain import retrain
@@ -155,7 +157,8 @@ def test_retrain_rehearses_the_chat_champions_own_training_data(chat_champ, monk
     assert "rehearsal: models:/anima-tiny/1" in out and "no rehearsal" not in out
 
     champ_fp = mlflow.get_run(sft.run_id).data.tags["anima.data_fingerprint"]
-    assert load_dataset_ref(f"chat_mix/{champ_fp}", cfg.paths).kind == "chat"  # the champion's data: chat_mix
+    paths = typed(cfg.paths, PathsConfig)
+    assert load_dataset_ref(f"chat_mix/{champ_fp}", paths).kind == "chat"  # the champion's data: chat_mix
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.rehearsal.source"] == "models:/anima-tiny/1"  # pinned, not the @champion alias
@@ -169,7 +172,7 @@ def test_retrain_rehearses_the_chat_champions_own_training_data(chat_champ, monk
     assert inputs["chat_mix"]["fingerprint"] == champ_fp and inputs["chat_mix"]["digest"] == champ_fp[:36]
 
     # the train mix that was built (data/processed/feedback/<fp>/) really holds replayed chat_mix examples
-    built = load_dataset_ref(f"feedback/{run.data.tags['anima.data_fingerprint']}", cfg.paths)
+    built = load_dataset_ref(f"feedback/{run.data.tags['anima.data_fingerprint']}", paths)
     assert built.path.parent == root / "data" / "processed" / "feedback"
     reh = built.manifest["rehearsal"]
     assert (reh["source"], reh["fingerprint"], reh["ratio"]) == (f"chat_mix/{champ_fp}", champ_fp, 0.5)
@@ -179,7 +182,7 @@ def test_retrain_rehearses_the_chat_champions_own_training_data(chat_champ, monk
     assert len(replayed) + len(fresh) == len(train) == built.count("train")
     assert len(fresh) + built.count("val") == len(PAIRS)  # every feedback example is in train or val
     assert reh["examples"] == len(replayed) == rehearsal_count(0.5, len(fresh)) == len(fresh) > 0
-    champion_train = {json.dumps(ex["messages"]) for ex in load_dataset_ref(f"chat_mix/{champ_fp}", cfg.paths)
+    champion_train = {json.dumps(ex["messages"]) for ex in load_dataset_ref(f"chat_mix/{champ_fp}", paths)
                       .split("train")}
     assert all(json.dumps(ex["messages"]) in champion_train for ex in replayed)
     assert not any(ex["persona"] for ex in replayed)

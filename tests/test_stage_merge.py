@@ -75,13 +75,15 @@ def test_dry_run_prints_ranking_writes_nothing_and_caches_scores(nano_registry, 
 
 def test_ranking_matches_training_perplexity_scale(nano_registry):
     from anima.evaluation.candidates import select_candidates, score_candidates
+    from anima.config.merge import MergeStageConfig
+    from anima.config.typed import typed
     from anima.evaluation.evalsets import load_eval_sets
     from anima.evaluation.ranking import rank_candidates
 
     reg = nano_registry
     cfg = reg.cfg("merge")
     cands = select_candidates(reg.name)
-    score_candidates(cands, load_eval_sets(cfg), cfg.tracking)
+    score_candidates(cands, load_eval_sets(typed(cfg, MergeStageConfig)), cfg.tracking)
     rows = rank_candidates(cands, "persona", top_k=2)
     assert [r.score for r in rows] == sorted(r.score for r in rows)
     assert [r.status for r in rows] == ["selected", "selected", "beyond top_k (2)"]

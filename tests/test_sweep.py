@@ -103,16 +103,24 @@ def test_unknown_key_on_the_command_line_stops_before_the_study(project, raw_dir
     assert not (project / "mlruns").exists()  # nothing started: no study, no MLflow run
 
 
+def _context(overrides: list[str], study: str, out: Path):
+    """The SweepContext the sweep stage builds: the composed config's typed `sweep` group and seed."""
+    from anima.config.sweep import SweepStageConfig
+    from anima.config.typed import typed
+    from anima.sweep.objective import SweepContext
+
+    spec = typed(compose_cfg("sweep", overrides), SweepStageConfig)
+    return SweepContext(spec.sweep, spec.seed, study, [], [], out)
+
+
 def test_preset_goes_to_the_user_conf_dir_and_composes(project, monkeypatch):
     """The best-trial preset is written under the user config dir (conf.local/, or $ANIMA_USER_CONF), never into
     the tracked conf/, and `+experiment=sweeps/<study>-best` composes it; `sweep.preset_dir` still wins."""
     import optuna
 
-    from anima.sweep.objective import SweepContext
     from anima.sweep.results import write_preset
 
-    cfg = compose_cfg("sweep", ["sweep=nano_test", "sweep.study_name=p1"])
-    ctx = SweepContext(cfg, "p1", [], [], project / "out")
+    ctx = _context(["sweep=nano_test", "sweep.study_name=p1"], "p1", project / "out")
     best = optuna.trial.create_trial(value=1.5, user_attrs={
         "overrides": ["seed=3", "model=nano", "trainer=smoke", "trainer.max_steps=8", "optim.lr=0.002"]})
     path = write_preset(ctx, best)
@@ -123,15 +131,12 @@ def test_preset_goes_to_the_user_conf_dir_and_composes(project, monkeypatch):
     assert again.seed == 3
     monkeypatch.setenv("ANIMA_USER_CONF", str(project / "mine"))
     assert write_preset(ctx, best) == project / "mine" / "experiment" / "sweeps" / "p1-best.yaml"
-    ctx = SweepContext(compose_cfg("sweep", ["sweep=nano_test", f"sweep.preset_dir={project}/presets"]), "p1", [],
-                       [], project / "out")
+    ctx = _context(["sweep=nano_test", f"sweep.preset_dir={project}/presets"], "p1", project / "out")
     assert write_preset(ctx, best) == project / "presets" / "p1-best.yaml"
 
 
 def test_trial_runs_are_named_study_t_number(project):
-    from anima.sweep.objective import SweepContext
-
-    ctx = SweepContext(compose_cfg("sweep", ["sweep=nano_test"]), "my-study", [], [], project / "out")
+    ctx = _context(["sweep=nano_test"], "my-study", project / "out")
     assert "run_name=my-study-t7" in ctx.trial_overrides(7, {"optim.lr": 0.01})
     cfg = compose_cfg("pretrain", ctx.trial_overrides(7, {"optim.lr": 0.01}))
     assert cfg.run_name == "my-study-t7" and cfg.optim.lr == 0.01

@@ -70,18 +70,20 @@ def make_corpus(raw_dir: Path, out: Path, size_mb: float, perturb: float, seed: 
 
 CHILD = r"""
 import json, resource, sys, time
-from types import SimpleNamespace
-from omegaconf import OmegaConf
 from anima.config.data import DataConfig
+from anima.config.groups import PathsConfig
+from anima.config.typed import typed
 from anima.data.dataset import ensure_dataset
 args = json.loads(sys.argv[1])
-cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {
+cfg = typed({
     "name": "scale", "kind": "text",
     "sources": {"corpus": {"kind": "text", "path": args["corpus"] + "/**/*.txt"}},
     "dedup": {"near": args["near"]}, "split": {"val": 0.01, "test": 0.0},
-})
+}, DataConfig)
 t0 = time.time()
-ds = ensure_dataset(cfg, SimpleNamespace(processed_dir=args["processed"], raw_dir=args["corpus"]))
+paths = PathsConfig(root=args["processed"], data_dir=args["processed"], raw_dir=args["corpus"],
+                    processed_dir=args["processed"], cache_dir=args["processed"], experiments_dir=args["processed"])
+ds = ensure_dataset(cfg, paths)
 print(json.dumps({"seconds": time.time() - t0, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "steps": ds.manifest["counts"]["steps"], "out": ds.manifest["counts"]["out"],
                   "source": ds.manifest["counts"]["sources"]["corpus"],

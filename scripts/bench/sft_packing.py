@@ -83,6 +83,8 @@ def main() -> None:
     args, extra = ap.parse_known_args()
     torch.set_num_threads(args.threads)
     os.environ["ANIMA_ROOT"] = tempfile.mkdtemp(prefix="anima-bench-")
+    from anima.config.stage_schemas import TrainConfig
+    from anima.config.typed import typed
     from anima.data.demo import fetch_demo_data
     from anima.data.text_corpus import load_text_corpus
     from anima.tokenizer.ensure import ensure_tokenizer
@@ -90,7 +92,7 @@ def main() -> None:
 
     raw = REPO / "data" / "raw"
     fetch_demo_data(raw)
-    pre = compose_cfg("pretrain", ["model=tiny"], raw)  # the demo's parent tokenizer: trained on the plays
+    pre = typed(compose_cfg("pretrain", ["model=tiny"], raw), TrainConfig)  # the demo's parent tokenizer: the plays
     tok_dir, _ = ensure_tokenizer(load_text_corpus(pre.data, raw), pre.tokenizer, "chatml", pre.paths.cache_dir)
     overrides = [f"device.threads={args.threads}", f"tokenizer.path={tok_dir}", "data.rehearsal.ratio=0.3", *extra]
     runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}

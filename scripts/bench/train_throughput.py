@@ -139,6 +139,8 @@ def main() -> None:
     args, overrides = ap.parse_known_args()
     torch.set_num_threads(args.threads)
     os.environ["ANIMA_ROOT"] = tempfile.mkdtemp(prefix="anima-bench-")
+    from anima.config.stage_schemas import TrainConfig
+    from anima.config.typed import typed
     from anima.data.demo import fetch_demo_data
     from anima.data.text_corpus import load_text_corpus
     from anima.tokenizer.ensure import ensure_tokenizer
@@ -151,7 +153,7 @@ def main() -> None:
     cfg = compose_cfg("pretrain", ["model=tiny", *overrides], raw)
     precision = str(cfg.device.matmul_precision)
     corpus = load_text_corpus(cfg.data, raw)
-    tok_dir, _ = ensure_tokenizer(corpus, cfg.tokenizer, "chatml", cfg.paths.cache_dir)
+    tok_dir, _ = ensure_tokenizer(corpus, typed(cfg, TrainConfig).tokenizer, "chatml", cfg.paths.cache_dir)
     tokens = build_token_cache(corpus, tok_dir, cfg.paths.cache_dir)[0]["train"].tokens
     exact, same, bf16, ours, startup = [], [], [], [], []
     for r in range(args.rounds):

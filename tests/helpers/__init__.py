@@ -82,3 +82,13 @@ def compose_cfg(stage: str, overrides: list[str], raw: Path | None = None):
 
     extra = [f"paths.raw_dir={raw}"] if raw else []
     return compose(stage, [*extra, *overrides])  # validates, as the CLI does
+
+
+def paths_under(root: Path, raw: Path | None = None):
+    """Typed `paths` rooted at `root` (raw data from `raw`, default root/raw): what the data functions take,
+    without composing a whole stage config."""
+    from anima.config.groups import PathsConfig
+
+    return PathsConfig(root=str(root), data_dir=str(root), raw_dir=str(raw or root / "raw"),
+                       processed_dir=str(root / "processed"), cache_dir=str(root / "cache"),
+                       experiments_dir=str(root / "experiments"))

@@ -97,7 +97,7 @@ def run_stage(stage: Stage, cfg: Any) -> Any:
     except Exception as e:  # the tracking server went away mid-run: one line naming it, not a traceback
         from anima.tracking.store import tracking_failure
 
-        failure = tracking_failure(e, str(cfg.tracking.uri)) if "tracking" in cfg else None
+        failure = tracking_failure(e, cfg.tracking.uri) if "tracking" in cfg else None
         if failure is None:
             raise
         raise failure from None

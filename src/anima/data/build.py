@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from anima.config.data import DataConfig
+from anima.config.groups import TrackingConfig
 from anima.data.clean import clean_document, clean_messages
 from anima.data.dedup import Deduper, key64, normalize_for_key
 from anima.data.manifest import ShardWriter, iter_jsonl
@@ -67,49 +69,27 @@ class BuildPlan:
     rehearsal: Any = None  # BuiltDataset | None
     rehearsal_ref: str | None = None
     scorer_uri: str | None = None
-    tracking: Any = None
+    tracking: TrackingConfig | None = None
 
 
-def _source_order(data_cfg: Any) -> list[str]:
+def _source_order(data_cfg: DataConfig) -> list[str]:
     names = list(data_cfg.sources.keys())
     persona = data_cfg.persona
     return ([persona] + [n for n in names if n != persona]) if persona in names else names
 
 
-class AttrDict(dict):
-    """A plain dict with attribute access: OmegaConf node access costs ~100 us, far too slow per record."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            value = self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-        return AttrDict(value) if isinstance(value, dict) and not isinstance(value, AttrDict) else value
-
-
-def plain(cfg: Any) -> AttrDict:
-    from anima.config.typed import plain_dict
-
-    return _wrap(plain_dict(cfg))
-
-
-def _wrap(v: Any) -> Any:
-    if isinstance(v, dict):
-        return AttrDict({k: _wrap(x) for k, x in v.items()})
-    if isinstance(v, list):
-        return [_wrap(x) for x in v]
-    return v
-
-
 class _Builder:
-    def __init__(self, data_cfg: Any, plan: BuildPlan, out: Path):
-        self.cfg = data_cfg = plain(data_cfg)
+    """One build's state. `data_cfg` is the typed `DataConfig`: plain attribute reads per record (an OmegaConf
+    node read costs ~100 us, far too slow there)."""
+
+    def __init__(self, data_cfg: DataConfig, plan: BuildPlan, out: Path):
+        self.cfg = data_cfg
         self.plan = plan
         self.out = out
-        self.kind = str(data_cfg.kind)
+        self.kind = data_cfg.kind
         self.work = out / "_work"
         self.work.mkdir()
-        self.dedup = Deduper(data_cfg.dedup, seed=int(data_cfg.seed))
+        self.dedup = Deduper(data_cfg.dedup, seed=data_cfg.seed)
         self.stats: dict[str, SourceStats] = {}
         self.errors: list[str] = []
         self.scorer = None
@@ -117,7 +97,7 @@ class _Builder:
             from anima.data.quality import PerplexityScorer
 
             f = data_cfg.filter
-            self.scorer = PerplexityScorer(str(f.model), plan.tracking, int(f.score_max_tokens), int(f.score_batch))
+            self.scorer = PerplexityScorer(f.model, plan.tracking, f.score_max_tokens, f.score_batch)
         self.scores: list[float] = []
 
     # ---------------------------------------------------------------------------------- pass 1
@@ -137,14 +117,14 @@ class _Builder:
     def _read_source(self, name: str) -> None:
         src = self.cfg.sources[name]
         st = self.stats.setdefault(name, SourceStats())
-        cats = {c.lower() for c in (src.categories or [])} if str(src.kind) != "chatterbot" else set()
+        cats = {c.lower() for c in (src.categories or [])} if src.kind != "chatterbot" else set()
         persona = name == self.cfg.persona
-        max_chars = int(self.cfg.clean.max_example_chars)
+        max_chars = self.cfg.clean.max_example_chars
         batch: list[dict] = []
         with open(self.work / f"{name}.jsonl", "w", encoding="utf-8") as spool:
             for item in read_source(name, src, self.kind, max_chars=max_chars):
                 if isinstance(item, Bad):
-                    if str(self.cfg.on_error) == "raise":
+                    if self.cfg.on_error == "raise":
                         raise DataError(item.message())
                     st.skipped += 1
                     if len(self.errors) < MAX_ERRORS_KEPT:
@@ -207,7 +187,7 @@ class _Builder:
                 ex["score"] = s
         max_ppl = self.cfg.filter.max_perplexity
         for ex in kept:
-            if self.scorer is not None and max_ppl is not None and ex["score"] > float(max_ppl):
+            if self.scorer is not None and max_ppl is not None and ex["score"] > max_ppl:
                 st.drops["perplexity"] += 1
                 continue
             if self.scorer is not None:
@@ -218,15 +198,15 @@ class _Builder:
     # ---------------------------------------------------------------------------------- pass 2
     def write_all(self) -> dict:
         split_cfg = self.cfg.split
-        val, test = float(split_cfg.val), float(split_cfg.test)
+        val, test = split_cfg.val, split_cfg.test
         held_out = holdout_matcher(split_cfg.holdout or [])
-        per_shard = int(self.cfg.shard_records)
+        per_shard = self.cfg.shard_records
         writers = {s: ShardWriter(self.out, s, per_shard) for s in SPLITS}
         worst = None
-        drop_worst = float(self.cfg.filter.drop_worst)
+        drop_worst = self.cfg.filter.drop_worst
         if self.scorer is not None and drop_worst > 0 and self.scores:
             worst = float(np.quantile(np.asarray(self.scores), 1 - drop_worst))
-        seed = int(self.cfg.seed)
+        seed = self.cfg.seed
         persona_counts = Counter()
         for name in _source_order(self.cfg):
             st = self.stats[name]
@@ -247,9 +227,9 @@ class _Builder:
                     persona_counts[f"persona_{split}"] += n
         rehearsed = 0
         if self.plan.rehearsal is not None:
-            n = rehearsal_count(float(self.cfg.rehearsal.ratio), writers["train"].count)
+            n = rehearsal_count(self.cfg.rehearsal.ratio, writers["train"].count)
             pool = self.plan.rehearsal.split("train")
-            for i, ex in enumerate(sample_rehearsal(pool, n, float(self.cfg.rehearsal.top_ratio), seed,
+            for i, ex in enumerate(sample_rehearsal(pool, n, self.cfg.rehearsal.top_ratio, seed,
                                                     str(self.plan.rehearsal_ref))):
                 # replayed examples are earlier data, not this dataset's persona seed set
                 rec = {**ex, "id": f"reh-{ex['id']}-{i}", "source": f"rehearsal:{self.plan.rehearsal_ref}",
@@ -283,8 +263,9 @@ def _public(ex: dict, kind: str) -> dict:
     return {"id": ex["id"], "text": ex["text"], "source": ex["source"], "domain": ex["domain"]}
 
 
-def build_dataset(data_cfg: Any, plan: BuildPlan, out: Path, resolved_cfg: dict) -> dict:
-    """Build into `out` (a staging folder) and return the manifest (also written to out/manifest.json)."""
+def build_dataset(data_cfg: DataConfig, plan: BuildPlan, out: Path, resolved_cfg: dict) -> dict:
+    """Build into `out` (a staging folder) and return the manifest (also written to out/manifest.json).
+    `resolved_cfg` is `plain_dict(data_cfg)`: the manifest records the same dict the fingerprint hashed."""
     import shutil
 
     from anima.data.manifest import write_json_atomic
@@ -294,7 +275,7 @@ def build_dataset(data_cfg: Any, plan: BuildPlan, out: Path, resolved_cfg: dict)
     b.read_all()
     result = b.write_all()
     if not any(result["out"][s] for s in SPLITS):
-        raise DataError(_empty_message(str(data_cfg.name), b.stats))
+        raise DataError(_empty_message(data_cfg.name, b.stats))
     shutil.rmtree(b.work)
     per_source = {n: s.as_dict() for n, s in b.stats.items()}
     total = lambda k: sum(s[k] for s in per_source.values())  # noqa: E731
@@ -305,12 +286,12 @@ def build_dataset(data_cfg: Any, plan: BuildPlan, out: Path, resolved_cfg: dict)
     }
     srcs = resolved_cfg.get("sources") or {}
     manifest = {
-        "name": str(data_cfg.name),
-        "kind": str(data_cfg.kind),
+        "name": data_cfg.name,
+        "kind": data_cfg.kind,
         "fingerprint": plan.fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_seconds": round(time.time() - t0, 3),
-        "seed": int(data_cfg.seed),
+        "seed": data_cfg.seed,
         "persona": data_cfg.persona,
         "sources": {
             n: {"kind": s.get("kind"), "path": s.get("path"), "content_hash": plan.source_hashes[n],
@@ -319,7 +300,7 @@ def build_dataset(data_cfg: Any, plan: BuildPlan, out: Path, resolved_cfg: dict)
             for n, s in srcs.items()
         },
         "rehearsal": ({"source": plan.rehearsal_ref, "fingerprint": plan.rehearsal.fingerprint,
-                       "ratio": float(data_cfg.rehearsal.ratio), "top_ratio": float(data_cfg.rehearsal.top_ratio),
+                       "ratio": data_cfg.rehearsal.ratio, "top_ratio": data_cfg.rehearsal.top_ratio,
                        "examples": result["rehearsal"]} if plan.rehearsal is not None else None),
         "filter_model": plan.scorer_uri,
         "worst_score_threshold": result["worst_threshold"],

@@ -1,8 +1,11 @@
 """Built datasets: what training stages consume by name. `ensure_dataset` reuses or builds; `load_dataset_ref`
 finds an earlier build ("name" = latest, "name/fingerprint").
 
-    ds = ensure_dataset(cfg.data, cfg.paths, cfg.tracking)     # data/processed/<name>/<fingerprint>/
+    spec = typed(cfg, DataStageConfig)                           # once, at the stage boundary
+    ds = ensure_dataset(spec.data, spec.paths, spec.tracking)    # data/processed/<name>/<fingerprint>/
     ds.fingerprint, ds.manifest["counts"], ds.split("train"), ds.split("persona_val")
+
+The functions take the typed groups (`DataConfig`, `PathsConfig`, `TrackingConfig`), not raw DictConfigs.
 
 An example: {"id", "messages": [{"role", "content"}...], "source", "domain", "persona", "score"} (chat) or
 {"id", "text", "source", "domain"} (kind=text).
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from anima.config.typed import plain_dict
+from anima.config.data import DataConfig
+from anima.config.groups import PathsConfig, TrackingConfig
+from anima.config.typed import plain_dict, typed
 from anima.data.manifest import (
     fingerprint,
     get_latest,
@@ -75,10 +80,10 @@ def _open(path: Path) -> BuiltDataset:
     return BuiltDataset(str(manifest.get("name", path.parent.name)), path.name, path, manifest)
 
 
-def load_dataset_ref(ref: str, paths_cfg: Any) -> BuiltDataset:
+def load_dataset_ref(ref: str, paths_cfg: PathsConfig) -> BuiltDataset:
     """"name" (its latest build) or "name/fingerprint" under paths.processed_dir."""
-    processed = Path(str(paths_cfg.processed_dir))
-    ref = str(ref).strip().strip("/")
+    processed = Path(paths_cfg.processed_dir)
+    ref = ref.strip().strip("/")
     name, _, fp = ref.partition("/")
     name_dir = processed / name
     if not fp:
@@ -94,15 +99,16 @@ def load_dataset_ref(ref: str, paths_cfg: Any) -> BuiltDataset:
     return _open(path)
 
 
-def find_fingerprint(fp: str, paths_cfg: Any) -> BuiltDataset | None:
-    hits = sorted(Path(str(paths_cfg.processed_dir)).glob(f"*/{fp}/manifest.json"))
+def find_fingerprint(fp: str, paths_cfg: PathsConfig) -> BuiltDataset | None:
+    hits = sorted(Path(paths_cfg.processed_dir).glob(f"*/{fp}/manifest.json"))
     return _open(hits[0].parent) if hits else None
 
 
-def resolve_rehearsal(ref: str, paths_cfg: Any, tracking_cfg: Any = None) -> BuiltDataset:
+def resolve_rehearsal(ref: str, paths_cfg: PathsConfig, tracking_cfg: TrackingConfig | None = None
+                      ) -> BuiltDataset:
     """A dataset name, name/fingerprint, or a models:/ (runs:/) URI whose training run recorded the
     `anima.data_fingerprint` tag. A bare name with no build yet is built from conf/data/<name>.yaml."""
-    ref = str(ref).strip()
+    ref = ref.strip()
     if ref.startswith(("models:/", "runs:/")):
         from anima.model.resolve import resolve_model
 
@@ -134,11 +140,12 @@ def resolve_rehearsal(ref: str, paths_cfg: Any, tracking_cfg: Any = None) -> Bui
         if preset is None:
             raise
         print(f"anima: building rehearsal dataset {ref!r} from conf/data/{ref}.yaml (once)")
-        return ensure_dataset(preset, paths_cfg, tracking_cfg)
+        return ensure_dataset(typed(preset, DataConfig), paths_cfg, tracking_cfg)
 
 
-def _preset(name: str, paths_cfg: Any) -> Any:
-    """data/<name>.yaml (user config dir or conf/) composed with the same paths (None when there is none)."""
+def _preset(name: str, paths_cfg: PathsConfig) -> Any:
+    """data/<name>.yaml (user config dir or conf/) composed with the same paths: its `data` group as a
+    DictConfig (the pipeline reads its sources from it), None when there is none."""
     from anima.paths import conf_dir, user_conf_dir
 
     if not any((d / "data" / f"{name}.yaml").is_file() for d in (user_conf_dir(), conf_dir())):
@@ -150,7 +157,7 @@ def _preset(name: str, paths_cfg: Any) -> Any:
     return cfg.data
 
 
-def plan_build(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None):
+def plan_build(data_cfg: DataConfig, paths_cfg: PathsConfig, tracking_cfg: TrackingConfig | None = None):
     """Resolve everything the fingerprint depends on; checks config before any reading."""
     from anima.data.build import BuildPlan
     from anima.data.mixing import check_weights
@@ -161,28 +168,28 @@ def plan_build(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None):
         raise ConfigError(f"data.sources: dataset {data_cfg.name!r} has no sources")
     check_weights(data_cfg.sources)
     split = data_cfg.split
-    if float(split.val) + float(split.test) >= 1:
-        raise ConfigError(f"data.split.val + data.split.test = {float(split.val) + float(split.test)} must be < 1")
+    if split.val + split.test >= 1:
+        raise ConfigError(f"data.split.val + data.split.test = {split.val + split.test} must be < 1")
     if data_cfg.persona is not None and data_cfg.persona not in data_cfg.sources:
         raise ConfigError(f"data.persona={data_cfg.persona}: not a source name "
                           f"(sources: {', '.join(data_cfg.sources.keys())})")
-    if str(data_cfg.kind) == "text" and float(data_cfg.rehearsal.ratio) > 0:
+    if data_cfg.kind == "text" and data_cfg.rehearsal.ratio > 0:
         raise ConfigError("data.rehearsal.ratio: rehearsal mixes chat datasets only (data.kind=chat)")
-    raw_dir = Path(str(paths_cfg.raw_dir))
+    raw_dir = Path(paths_cfg.raw_dir)
     hashes: dict[str, str] = {}
     for name, src in data_cfg.sources.items():
-        if str(src.kind) in DEMO_KINDS and not any(c in str(src.path) for c in "*?["):
-            _ensure_demo(Path(str(src.path)), raw_dir)  # the demo corpora are fetched on first use
+        if src.kind in DEMO_KINDS and not any(c in src.path for c in "*?["):
+            _ensure_demo(Path(src.path), raw_dir)  # the demo corpora are fetched on first use
         files = source_files(name, src)
         hashes[name] = source_content_hash(files, f"{src.path}:{src.split}:{dict(src.options or {})}")
     extras: dict[str, Any] = {}
     rehearsal = None
     ref = data_cfg.rehearsal.source
-    if float(data_cfg.rehearsal.ratio) > 0:
+    if data_cfg.rehearsal.ratio > 0:
         if not ref:
             raise ConfigError("data.rehearsal.source: set it (dataset name, name/fingerprint or models:/ URI) "
                               "when data.rehearsal.ratio > 0")
-        rehearsal = resolve_rehearsal(str(ref), paths_cfg, tracking_cfg)
+        rehearsal = resolve_rehearsal(ref, paths_cfg, tracking_cfg)
         if rehearsal.kind != "chat":
             raise ConfigError(f"data.rehearsal.source={ref}: {rehearsal.ref} is a {rehearsal.kind} dataset, not chat")
         extras["rehearsal"] = rehearsal.fingerprint
@@ -190,26 +197,27 @@ def plan_build(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None):
     if data_cfg.filter.model:
         from anima.model.resolve import resolve_model
 
-        scorer_uri = resolve_model(str(data_cfg.filter.model), tracking_cfg).canonical_uri
+        scorer_uri = resolve_model(data_cfg.filter.model, tracking_cfg).canonical_uri
         from anima.fingerprint import hash_files
 
         extras["filter_model"] = scorer_uri
-        extras["filter_weights"] = hash_files(sorted(resolve_model(str(data_cfg.filter.model), tracking_cfg)
+        extras["filter_weights"] = hash_files(sorted(resolve_model(data_cfg.filter.model, tracking_cfg)
                                                      .path.glob("*.safetensors")))
     fp = fingerprint(plain_dict(data_cfg), hashes, extras)
     return BuildPlan(fp, hashes, rehearsal, rehearsal.ref if rehearsal else None, scorer_uri, tracking_cfg)
 
 
-def ensure_dataset(data_cfg: Any, paths_cfg: Any, tracking_cfg: Any = None) -> BuiltDataset:
+def ensure_dataset(data_cfg: DataConfig, paths_cfg: PathsConfig, tracking_cfg: TrackingConfig | None = None
+                   ) -> BuiltDataset:
     """The dataset `data_cfg` describes: reused when its fingerprint is already built, else built in a
     staging folder and renamed into place (nothing half-written is ever visible)."""
     from anima.data.build import build_dataset
 
     plan = plan_build(data_cfg, paths_cfg, tracking_cfg)
-    name = str(data_cfg.name)
+    name = data_cfg.name
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"data.name={name!r}: must be a plain folder name")
-    name_dir = Path(str(paths_cfg.processed_dir)) / name
+    name_dir = Path(paths_cfg.processed_dir) / name
     final = name_dir / plan.fingerprint
     if (final / "manifest.json").is_file():
         set_latest(name_dir, plan.fingerprint)

@@ -18,9 +18,11 @@ import hashlib
 import re
 import unicodedata
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from anima.config.data import DedupConfig
 
 _WS = re.compile(r"\s+")
 
@@ -199,16 +201,16 @@ class Deduper:
     signature + 16 bytes per band + 8 bytes of exact hash.
     """
 
-    def __init__(self, cfg: Any, seed: int = 1):
-        self.exact = bool(cfg.exact)
-        self.near = bool(cfg.near)
-        self.threshold = float(cfg.threshold)
+    def __init__(self, cfg: DedupConfig, seed: int = 1):
+        self.exact = cfg.exact
+        self.near = cfg.near
+        self.threshold = cfg.threshold
         self.exact_seen = SeenSet()
         if self.near:
-            self.hasher = MinHasher(int(cfg.num_perm), int(cfg.ngram), seed)
-            self.bands, self.rows = lsh_params(self.threshold, int(cfg.num_perm))
+            self.hasher = MinHasher(cfg.num_perm, cfg.ngram, seed)
+            self.bands, self.rows = lsh_params(self.threshold, cfg.num_perm)
             self.index = [KeyIndex() for _ in range(self.bands)]
-            self.store = np.empty((1024, int(cfg.num_perm)), dtype=np.uint8)
+            self.store = np.empty((1024, cfg.num_perm), dtype=np.uint8)
             self.n_stored = 0
 
     def check(self, texts: Sequence[str], keys: Sequence[int]) -> list[str | None]:

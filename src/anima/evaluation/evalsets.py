@@ -81,7 +81,8 @@ def _dataset(cfg: Any):
 
 def load_eval_sets(cfg: Any, names: Sequence[str] | None = None) -> dict[str, EvalSet]:
     """The configured eval sets (eval.sets, or ``names``) of the eval dataset; empty splits are left out.
-    ``cfg``: a stage config with the `eval` (EvalOptions), `data`, `paths` and `tracking` groups, typed or not."""
+    ``cfg``: a typed stage config (its schema's dataclass) with the `eval` (EvalOptions), `data`, `paths` and
+    `tracking` groups: the data library takes those groups typed."""
     names = list(names if names is not None else cfg.eval.sets)
     for n in names:
         if n not in SPLIT_OF:

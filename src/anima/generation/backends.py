@@ -83,14 +83,14 @@ class HFBackend:
 
 def fast_llama_unsupported(model) -> str | None:
     """Why the hand-written forward cannot run this model (None when it can)."""
-    cfg = model.config
-    if getattr(cfg, "model_type", None) != "llama":
-        return f"model_type={getattr(cfg, 'model_type', None)!r} is not llama"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act={cfg.hidden_act!r}"
-    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+    hf = model.config
+    if getattr(hf, "model_type", None) != "llama":
+        return f"model_type={getattr(hf, 'model_type', None)!r} is not llama"
+    if getattr(hf, "hidden_act", "silu") != "silu":
+        return f"hidden_act={hf.hidden_act!r}"
+    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
         return "attention/mlp bias"
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rope = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type not in _STATIC_ROPE:
         return f"rope_type={rope_type!r}"
@@ -108,13 +108,13 @@ class FastLlamaBackend:
         why = fast_llama_unsupported(model)
         if why:
             raise ValueError(f"fast backend unsupported: {why}")
-        cfg = model.config
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.hidden = cfg.hidden_size
-        self.eps = float(cfg.rms_norm_eps)
-        self.max_positions = int(max_positions or cfg.max_position_embeddings)
+        hf = model.config  # transformers' LlamaConfig from the model's config.json, not an anima config
+        self.n_heads = hf.num_attention_heads
+        self.n_kv = getattr(hf, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // self.n_heads
+        self.hidden = hf.hidden_size
+        self.eps = float(hf.rms_norm_eps)
+        self.max_positions = int(max_positions or hf.max_position_embeddings)
         self.dtype = next(model.parameters()).dtype
         hd, nq, nkv = self.head_dim, self.n_heads, self.n_kv
         self.q_dim, self.kv_dim = nq * hd, nkv * hd

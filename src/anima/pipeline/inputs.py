@@ -27,6 +27,10 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from anima.config.data import DataConfig, SourceConfig
+from anima.config.groups import PathsConfig
+from anima.config.sweep import SweepConfig
+from anima.config.typed import plain_dict, typed
 from anima.fingerprint import hash_obj, hash_paths, hash_tree
 
 MISSING = "missing"
@@ -58,7 +62,7 @@ def content_inputs(stage_cfg: DictConfig, fetch: bool = True) -> dict[str, dict[
     download the demo corpora, a source not fetched yet is `missing`."""
     out: dict[str, dict[str, str]] = {}
     _collect(stage_cfg, "", out, fetch)
-    if str(stage_cfg.get("stage")) == "sweep":
+    if stage_cfg.get("stage") == "sweep":
         trial = _trial_config(stage_cfg)
         if trial is not None:
             _collect(trial, "trial ", out, fetch)
@@ -73,7 +77,8 @@ def fingerprints(inputs: dict[str, dict[str, str]]) -> dict[str, str]:
 def _collect(cfg: DictConfig, prefix: str, out: dict[str, dict[str, str]], fetch: bool) -> None:
     data = cfg.get("data") if "data" in cfg else None
     if isinstance(data, DictConfig) and "sources" in data:
-        _data_sources(data, cfg, prefix, out, fetch)
+        paths = typed(cfg.paths, PathsConfig) if "paths" in cfg else None
+        _data_sources(typed(data, DataConfig), paths, prefix, out, fetch)
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key, label in LOCAL_KEYS.items():
         for where, value in _values(plain, key.split(".")):
@@ -112,49 +117,50 @@ def _local_path(value: Any) -> Path | None:
     return None
 
 
-def _data_sources(data: DictConfig, cfg: DictConfig, prefix: str, out: dict[str, dict[str, str]],
+def _data_sources(data: DataConfig, paths: PathsConfig | None, prefix: str, out: dict[str, dict[str, str]],
                   fetch: bool, label: str = "data source") -> None:
+    """The files behind each source of `data`; `paths` (the step's) locates the demo corpora and the
+    rehearsal datasets, None when the config has no paths."""
     from anima.data.readers import source_files
 
-    name = str(data.get("name") or "data")
-    raw_dir = Path(str(cfg.paths.raw_dir)) if "paths" in cfg else None
-    for src_name, src in (data.sources or {}).items():
+    name = data.name or "data"
+    for src_name, src in data.sources.items():
         where = f"{prefix}{label} {name}.sources.{src_name}"
-        if fetch and raw_dir is not None:
-            _fetch_demo(src, raw_dir)
+        if fetch and paths is not None:
+            _fetch_demo(src, Path(paths.raw_dir))
         try:
-            files = source_files(str(src_name), src)
+            files = source_files(src_name, src)
         except Exception:  # noqa: BLE001 - a missing source fails the step itself, with its own message
             files = None
         if files is None:
             fp = MISSING
         elif not files:  # a Hub dataset name: its identity is the name (+ split/options, in the config hash)
-            fp = hash_obj({"remote": str(src.path)})
+            fp = hash_obj({"remote": src.path})
         else:
             import os
 
             root = Path(os.path.commonpath([str(f.parent) for f in files]))
             fp = hash_paths(files, root=root)
-        out[where] = {"path": str(src.path), "fp": fp}
-    rehearsal = data.get("rehearsal")
-    if rehearsal is not None and float(rehearsal.get("ratio") or 0) > 0 and rehearsal.get("source"):
-        _rehearsal(str(rehearsal.source), cfg, prefix, out, fetch)
+        out[where] = {"path": src.path, "fp": fp}
+    rehearsal = data.rehearsal
+    if rehearsal.ratio > 0 and rehearsal.source:
+        _rehearsal(rehearsal.source, paths, prefix, out, fetch)
 
 
-def _fetch_demo(src: Any, raw_dir: Path) -> None:
+def _fetch_demo(src: SourceConfig, raw_dir: Path) -> None:
     """The demo corpora are fetched on first use by the step itself; fetch them first so that the key of the
     first run already holds their content (else the second invocation would see a changed input)."""
     from anima.data.dataset import DEMO_KINDS
     from anima.data.text_corpus import _ensure_demo
 
-    if str(src.kind) in DEMO_KINDS and not any(c in str(src.path) for c in "*?["):
+    if src.kind in DEMO_KINDS and not any(c in src.path for c in "*?["):
         try:
-            _ensure_demo(Path(str(src.path)), raw_dir)
+            _ensure_demo(Path(src.path), raw_dir)
         except Exception:  # noqa: BLE001 - offline: the step reports it
             pass
 
 
-def _rehearsal(ref: str, cfg: DictConfig, prefix: str, out: dict[str, dict[str, str]], fetch: bool) -> None:
+def _rehearsal(ref: str, paths: PathsConfig, prefix: str, out: dict[str, dict[str, str]], fetch: bool) -> None:
     """A rehearsal dataset by name: the sources of its conf/data preset (how it is built on first use), else the
     build `latest` points at. `name/fingerprint` and registry URIs are content-addressed already."""
     if ref.startswith(REGISTRY_PREFIXES) or "/" in ref:
@@ -162,17 +168,18 @@ def _rehearsal(ref: str, cfg: DictConfig, prefix: str, out: dict[str, dict[str, 
     from anima.data.dataset import _preset
     from anima.data.manifest import get_latest
 
-    memo_key = (ref, str(cfg.paths.raw_dir), str(cfg.paths.processed_dir))
+    memo_key = (ref, paths.raw_dir, paths.processed_dir)
     if memo_key not in _PRESETS:
         try:
-            _PRESETS[memo_key] = _preset(ref, cfg.paths)
+            preset = _preset(ref, paths)
+            _PRESETS[memo_key] = None if preset is None else typed(preset, DataConfig)
         except Exception:  # noqa: BLE001 - a broken preset fails the step with its own message
             _PRESETS[memo_key] = None
     preset = _PRESETS[memo_key]
     if preset is not None:
-        _data_sources(preset, cfg, prefix, out, fetch, label="rehearsal source")
+        _data_sources(preset, paths, prefix, out, fetch, label="rehearsal source")
         return
-    name_dir = Path(str(cfg.paths.processed_dir)) / ref
+    name_dir = Path(paths.processed_dir) / ref
     out[f"{prefix}rehearsal dataset {ref}"] = {"path": str(name_dir), "fp": get_latest(name_dir) or MISSING}
 
 
@@ -183,9 +190,9 @@ def _trial_config(cfg: DictConfig) -> DictConfig | None:
     from anima.sweep.objective import base_overrides
     from anima.tracking.run import flatten
 
-    paths = flatten({"paths": OmegaConf.to_container(cfg.paths, resolve=True)})
+    paths = flatten({"paths": plain_dict(cfg.paths)})
+    sweep = typed(cfg.sweep, SweepConfig)
     try:
-        return compose(str(cfg.sweep.stage), [f"{k}={v}" for k, v in paths.items()] + base_overrides(cfg.sweep),
-                       validate=False)
+        return compose(sweep.stage, [f"{k}={v}" for k, v in paths.items()] + base_overrides(sweep), validate=False)
     except Exception:  # noqa: BLE001 - the sweep step reports a bad trial config itself
         return None

@@ -5,17 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from omegaconf import DictConfig
-
+from anima.config.pipeline import PipelineStageConfig
 from anima.tracking.registry import model_uri
 
 MODEL_VERSION = re.compile(r"^models:/([^/@]+)/(\d+)$")
 SHOWN_PREFIXES = ("val/", "persona/", "eval/", "test/")
 
 
-def _registry_name(cfg: DictConfig, outcomes: list) -> str | None:
-    if cfg.get("registry_name"):
-        return str(cfg.registry_name)
+def _registry_name(spec: PipelineStageConfig, outcomes: list) -> str | None:
+    if spec.registry_name:
+        return spec.registry_name
     for o in reversed(outcomes):
         if o.outputs.get("registered_name"):
             return str(o.outputs["registered_name"])
@@ -25,13 +24,13 @@ def _registry_name(cfg: DictConfig, outcomes: list) -> str | None:
     return None
 
 
-def champion_summary(cfg: DictConfig, steps: list, outcomes: list) -> dict[str, Any] | None:
+def champion_summary(spec: PipelineStageConfig, outcomes: list) -> dict[str, Any] | None:
     """{uri, alias_uri, name, version, metrics, run_id} of the alias's model, else of the last model produced."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    name = _registry_name(cfg, outcomes)
-    alias = str(cfg.get("champion_alias") or "champion")
+    name = _registry_name(spec, outcomes)
+    alias = spec.champion_alias or "champion"
     mv = None
     if name:
         try:
@@ -66,11 +65,12 @@ def champion_summary(cfg: DictConfig, steps: list, outcomes: list) -> dict[str, 
             "run_id": mv.run_id}
 
 
-def print_report(console: Any, cfg: DictConfig, result: Any, champ: dict[str, Any] | None, seconds: float) -> None:
+def print_report(console: Any, spec: PipelineStageConfig, result: Any, champ: dict[str, Any] | None,
+                 seconds: float) -> None:
     ran = [o.step + (" (resumed)" if o.status == "resumed" else "") for o in result.steps
            if o.status in ("ran", "resumed")]
     cached = [o.step for o in result.steps if o.status == "cached"]
-    console.print(f"\n[bold green]✓ pipeline {cfg.pipeline.name}[/] finished in {seconds / 60:.1f} min "
+    console.print(f"\n[bold green]✓ pipeline {spec.pipeline.name}[/] finished in {seconds / 60:.1f} min "
                   f"(run {result.run_id}): ran {', '.join(ran) or 'nothing'}; reused {', '.join(cached) or 'nothing'}")
     if champ:
         head = champ["alias_uri"] + " = " + champ["uri"] if champ.get("alias_uri") else champ["uri"]

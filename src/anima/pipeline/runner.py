@@ -11,9 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anima.config.pipeline import PipelineStageConfig
 from anima.errors import AnimaError, ConfigError
 from anima.pipeline import cache, refs
-from anima.pipeline.spec import Step, forced, parse_steps, propagated, to_override_list
+from anima.pipeline.spec import Step, forced, parse_steps, pipeline_spec, propagated, to_override_list
 
 
 @dataclass
@@ -34,18 +35,18 @@ class PipelineResult:
     champion: dict[str, Any] | None = None
 
 
-def step_overrides(cfg: DictConfig, step: Step, outputs: dict[str, dict[str, Any]]) -> list[str]:
+def step_overrides(spec: PipelineStageConfig, step: Step, outputs: dict[str, dict[str, Any]]) -> list[str]:
     """The command line of `anima <stage>` this step amounts to: pipeline-wide keys, then the step's own."""
     own = {k: refs.substitute(v, outputs, f"{step.name}.{k}") for k, v in step.overrides.items()}
     groups = {k.lstrip("+~").split(".")[0] for k in own}
-    base = {k: v for k, v in propagated(cfg).items() if k.split(".")[0] not in groups and k not in own}
+    base = {k: v for k, v in propagated(spec).items() if k.split(".")[0] not in groups and k not in own}
     if "run_name" not in groups:  # the step's MLflow run reads `<pipeline>/<step>` (demo/sft)
-        base["run_name"] = step_run_name(cfg, step)
+        base["run_name"] = step_run_name(spec, step)
     return to_override_list(base) + to_override_list(own)
 
 
-def step_run_name(cfg: DictConfig, step: Step) -> str:
-    return f"{cfg.pipeline.name}/{step.name}"
+def step_run_name(spec: PipelineStageConfig, step: Step) -> str:
+    return f"{spec.pipeline.name}/{step.name}"
 
 
 def compose_step(step: Step, overrides: list[str]) -> DictConfig:
@@ -59,8 +60,9 @@ def compose_step(step: Step, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
-    """The pipeline's own run, created through the client so that no fluent run is active while steps run."""
+def _start_parent(cfg: DictConfig, spec: PipelineStageConfig, exp_id: str, steps: list[Step]) -> str:
+    """The pipeline's own run, created through the client so that no fluent run is active while steps run;
+    `cfg` (raw) is what its params, config.yaml and config hash are logged from."""
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
@@ -73,13 +75,13 @@ def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
 
     overrides = list(current().overrides)
     sha, dirty = git_state(project_root())
-    name = cfg.get("run_name") or f"pipeline-{cfg.pipeline.name}"
+    name = spec.run_name or f"pipeline-{spec.pipeline.name}"
     client = MlflowClient()
-    run = client.create_run(exp_id, run_name=str(name), tags={**process_tags(),
+    run = client.create_run(exp_id, run_name=name, tags={**process_tags(),
         "anima.stage": "pipeline", "anima.command": shlex.join(["anima", "pipeline", *redact({"o": overrides})["o"]]),
         "anima.config_hash": config_hash(cfg), "mlflow.source.git.commit": sha, "anima.git_dirty": str(dirty).lower(),
-        "anima.pipeline.name": str(cfg.pipeline.name), "anima.pipeline.stages": " ".join(s.name for s in steps),
-        "mlflow.note.content": str(cfg.pipeline.description or ""),
+        "anima.pipeline.name": spec.pipeline.name, "anima.pipeline.stages": " ".join(s.name for s in steps),
+        "mlflow.note.content": spec.pipeline.description,
     })
     run_id = run.info.run_id
     data = redact(resolved_config(cfg))
@@ -93,11 +95,15 @@ def _start_parent(cfg: DictConfig, exp_id: str, steps: list[Step]) -> str:
 
 class Runner:
     def __init__(self, cfg: DictConfig, console: Any = None):
+        """`cfg`, the composed pipeline config, is converted once to `PipelineStageConfig` (`self.spec`); the
+        raw one stays for what needs it: the steps' overrides (keys outside the schema) and the parent run's
+        logged config and hash."""
         from rich.console import Console
 
         self.cfg = cfg
+        self.spec = pipeline_spec(cfg)
         self.console = console or Console(highlight=False, soft_wrap=True)
-        self.steps = parse_steps(cfg)
+        self.steps = parse_steps(self.spec, OmegaConf.to_container(cfg, resolve=False))
         self._ran: list[str] = []  # steps that ran in this invocation (the reason a later step's key differs)
 
     def preflight(self) -> None:
@@ -105,7 +111,7 @@ class Runner:
         stand_ins = refs.placeholder_outputs([s.name for s in self.steps])
         for i, step in enumerate(self.steps):
             earlier = {s.name: stand_ins[s.name] for s in self.steps[:i]}
-            compose_step(step, step_overrides(self.cfg, step, earlier))
+            compose_step(step, step_overrides(self.spec, step, earlier))
 
     def run(self) -> PipelineResult:
         from mlflow import MlflowClient
@@ -115,18 +121,18 @@ class Runner:
         from anima.tracking.context import stage_output_dir
         from anima.tracking.store import setup_mlflow
 
-        cfg, c = self.cfg, self.console
+        spec, c = self.spec, self.console
         self.preflight()
-        exp_id = setup_mlflow(cfg.tracking)
+        exp_id = setup_mlflow(spec.tracking)
         mark_dead(exp_id)  # a pipeline killed -9 earlier (and its step run) end KILLED: its step can be continued
-        desc = str(cfg.pipeline.description or "").strip().splitlines()
-        c.print(f"[bold]pipeline {cfg.pipeline.name}[/]: {' → '.join(s.name for s in self.steps)}"
+        desc = spec.pipeline.description.strip().splitlines()
+        c.print(f"[bold]pipeline {spec.pipeline.name}[/]: {' → '.join(s.name for s in self.steps)}"
                 + (f"  — {desc[0]}" if desc else ""))
-        if cfg.dry_run:
+        if spec.dry_run:
             return self._dry_run(exp_id)
-        out_dir = stage_output_dir(cfg)
-        parent = _start_parent(cfg, exp_id, self.steps)
-        lock = RunLock(parent, cfg.tracking)  # while held, no later command takes this pipeline for dead
+        out_dir = stage_output_dir(spec)
+        parent = _start_parent(self.cfg, spec, exp_id, self.steps)
+        lock = RunLock(parent, spec.tracking)  # while held, no later command takes this pipeline for dead
         lock.acquire()
         client = MlflowClient()
         outcomes: list[StepOutcome] = []
@@ -175,7 +181,7 @@ class Runner:
         """One line: what differs from this step's newest finished run (inputs, config keys, earlier steps)."""
         from anima.tracking.run import resolved_config
 
-        prev = cache.previous_run(exp_id, str(self.cfg.pipeline.name), step.name)
+        prev = cache.previous_run(exp_id, self.spec.pipeline.name, step.name)
         fed = {k.lstrip("+~") for k, v in step.overrides.items() if refs.find_refs(v)}
         why = cache.explain(prev, inputs, paths, resolved_config(stage_cfg), rerun, fed)
         return "; ".join(why) or "the run with this key is gone (its registered model was deleted)"
@@ -191,13 +197,13 @@ class Runner:
         c, n = self.console, len(self.steps)
         label = f"[{i}/{n}] {step.name}" + (f" ({step.stage})" if step.stage != step.name else "")
         try:
-            overrides = step_overrides(self.cfg, step, outputs)
+            overrides = step_overrides(self.spec, step, outputs)
             stage_cfg = compose_step(step, overrides)
         except ConfigError as e:
             raise ConfigError(f"pipeline stopped at step {step.name!r} (stage {step.stage}): {e}") from None
         inputs, key, paths = self._key(step, stage_cfg, upstream, fetch=True)
         h = inputs["config_hash"]
-        if forced(self.cfg, step.name):
+        if forced(self.spec, step.name):
             hit, why_not = None, "forced"
         else:
             hit = cache.find_cached(exp_id, key)
@@ -210,7 +216,7 @@ class Runner:
             c.print(f"[cyan]↺ {label}: skipped[/] — same config (hash {h}) and inputs as finished run "
                     f"{hit.info.run_id[:12]}" + (f"; reusing {shown}" if shown else ""))
             return StepOutcome(step.name, step.stage, "cached", hit.info.run_id, outs, "cache hit")
-        pipeline = str(self.cfg.pipeline.name)
+        pipeline = self.spec.pipeline.name
         resumed = None if why_not == "forced" else find_interrupted(exp_id, pipeline, step.name, step.stage, key)
         status = "ran"
         if resumed is not None:
@@ -253,7 +259,7 @@ class Runner:
         n = len(self.steps)
         for i, step in enumerate(self.steps, 1):
             earlier = outputs if certain else {**{s.name: stand_ins[s.name] for s in self.steps[:i - 1]}, **outputs}
-            stage_cfg = compose_step(step, step_overrides(self.cfg, step, earlier))
+            stage_cfg = compose_step(step, step_overrides(self.spec, step, earlier))
             inputs, key, paths = self._key(step, stage_cfg, upstream, fetch=False)
             if not certain:
                 own = [w for w in self._why(exp_id, step, stage_cfg, inputs, paths, set()).split("; ")
@@ -262,15 +268,15 @@ class Runner:
                                    + "".join(f"; {w}" for w in own) + ")")
                 outcomes.append(StepOutcome(step.name, step.stage, "planned", reason="; ".join(own)))
                 continue
-            hit = None if forced(self.cfg, step.name) else cache.find_cached(exp_id, key)
+            force = forced(self.spec, step.name)
+            hit = None if force else cache.find_cached(exp_id, key)
             if hit is None:
                 certain = False
-                why = "forced" if forced(self.cfg, step.name) else self._why(exp_id, step, stage_cfg, inputs, paths,
-                                                                            set())
-                if not forced(self.cfg, step.name):
+                why = "forced" if force else self._why(exp_id, step, stage_cfg, inputs, paths, set())
+                if not force:
                     from anima.pipeline.interrupted import find_interrupted
 
-                    resumable = find_interrupted(exp_id, str(self.cfg.pipeline.name), step.name, step.stage, key)
+                    resumable = find_interrupted(exp_id, self.spec.pipeline.name, step.name, step.stage, key)
                     if resumable is not None:
                         why = f"continues interrupted run {resumable.info.run_id[:12]}; {why}"
                 self.console.print(f"  [{i}/{n}] {step.name}: re-run ({why})")
@@ -285,6 +291,6 @@ class Runner:
     def _report(self, result: PipelineResult, seconds: float) -> dict[str, Any] | None:
         from anima.pipeline.report import champion_summary, print_report
 
-        champ = champion_summary(self.cfg, self.steps, result.steps)
-        print_report(self.console, self.cfg, result, champ, seconds)
+        champ = champion_summary(self.spec, result.steps)
+        print_report(self.console, self.spec, result, champ, seconds)
         return champ

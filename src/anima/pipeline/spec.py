@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
-
+from anima.config.pipeline import PipelineStageConfig
+from anima.config.typed import plain_dict, typed
 from anima.errors import ConfigError
 
 # Keys of the pipeline config itself (the schema); every other top-level key is a step's overrides.
-OWN_KEYS = {"stage", "seed", "run_name", "paths", "tracking", "device", "pipeline", "force", "dry_run",
-            "champion_alias", "registry_name"}
+OWN_KEYS = {f.name for f in fields(PipelineStageConfig)}
 
 
 @dataclass
@@ -71,9 +70,21 @@ def available_stages() -> set[str]:
     return {s for s in STEP_STAGES if (conf_dir() / f"{s}.yaml").is_file()}
 
 
-def parse_steps(cfg: DictConfig) -> list[Step]:
-    """Read `pipeline.stages` and each step's overrides; names the key at fault when something is off."""
-    names = [str(s) for s in (cfg.pipeline.stages or [])]
+def pipeline_spec(cfg: Any) -> PipelineStageConfig:
+    """The pipeline's own keys of the composed config (a DictConfig), converted once to the schema's dataclass.
+    The step bodies are left out: they are overrides, resolved only when their step runs."""
+    from omegaconf import OmegaConf
+
+    return typed(OmegaConf.masked_copy(cfg, sorted(OWN_KEYS & set(cfg.keys()))), PipelineStageConfig)
+
+
+def parse_steps(spec: PipelineStageConfig, raw: Mapping[str, Any]) -> list[Step]:
+    """Read `pipeline.stages` and each step's overrides; names the key at fault when something is off.
+
+    `raw`: the composed config as a plain, unresolved container (`OmegaConf.to_container(cfg)`): a step's
+    overrides are top-level keys outside the schema, and their `${step:...}` references are substituted only
+    when the step runs."""
+    names = list(spec.pipeline.stages)
     if not names:
         raise ConfigError("pipeline.stages is empty: pick a study (experiment=demo, experiment=arianna, "
                           "experiment=persona_distill) or list the steps: pipeline.stages=[pretrain,sft]")
@@ -81,12 +92,11 @@ def parse_steps(cfg: DictConfig) -> list[Step]:
     if dupes:
         raise ConfigError(f"pipeline.stages lists {dupes[0]!r} twice: give the second one its own name and map "
                           f"it in pipeline.stage_of (e.g. {dupes[0]}_2: {dupes[0]})")
-    stage_of = OmegaConf.to_container(cfg.pipeline.stage_of) or {}
+    stage_of = spec.pipeline.stage_of
     known = available_stages()
-    raw = OmegaConf.to_container(cfg, resolve=False)
     steps: list[Step] = []
     for name in names:
-        stage = str(stage_of.get(name, name))
+        stage = stage_of.get(name, name)
         if stage not in known:
             where = f"pipeline.stage_of.{name}={stage}" if name in stage_of else f"pipeline.stages: {name!r}"
             raise ConfigError(f"{where} is not a stage a pipeline can run (available: {', '.join(sorted(known))})")
@@ -102,32 +112,26 @@ def parse_steps(cfg: DictConfig) -> list[Step]:
             continue  # an unused step slot (every stage name has one)
         raise ConfigError(f"{key}: overrides given for {key!r}, which is not a step of pipeline.stages "
                           f"({', '.join(names)})")
-    unknown_force = [f for f in _force(cfg) if f != "all" and f not in names]
+    unknown_force = [f for f in spec.force if f != "all" and f not in names]
     if unknown_force:
         raise ConfigError(f"force=[{unknown_force[0]}]: not a step of this pipeline ({', '.join(names)})")
     return steps
 
 
-def _force(cfg: DictConfig) -> list[str]:
-    force = cfg.get("force") or []
-    return [str(force)] if isinstance(force, str) else [str(f) for f in force]
+def forced(spec: PipelineStageConfig, step: str) -> bool:
+    """`force=[<step>]` or `force=[all]`: re-run the step even when a finished run matches."""
+    return "all" in spec.force or step in spec.force
 
 
-def forced(cfg: DictConfig, step: str) -> bool:
-    f = _force(cfg)
-    return "all" in f or step in f
-
-
-def propagated(cfg: DictConfig) -> dict[str, Any]:
+def propagated(spec: PipelineStageConfig) -> dict[str, Any]:
     """What the pipeline passes to every step (before the step's own overrides): where data and runs live,
     the device, the seed."""
     from anima.tracking.run import flatten
 
-    data = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
-    for group in ("paths", "device"):
-        out.update(flatten({group: data.get(group) or {}}))
-    for key in ("uri", "artifact_root", "experiment"):
-        out[f"tracking.{key}"] = data["tracking"][key]
-    out["seed"] = data["seed"]
+    for group, node in (("paths", spec.paths), ("device", spec.device)):
+        out.update(flatten({group: plain_dict(node)}))
+    tracking = spec.tracking
+    out.update({"tracking.uri": tracking.uri, "tracking.artifact_root": tracking.artifact_root,
+                "tracking.experiment": tracking.experiment, "seed": spec.seed})
     return {k: v for k, v in out.items() if not isinstance(v, dict)}

@@ -207,9 +207,10 @@ def main(argv: Sequence[str]) -> int:
     if len(uris) != 1:
         raise ConfigError(f"give exactly one model URI (got {len(uris)}); {USAGE}")
     from anima.config.compose import compose
+    from anima.config.stage_schemas import StatusConfig
+    from anima.config.typed import typed
     from anima.tracking.store import setup_mlflow
 
-    cfg = compose("status", overrides)
-    setup_mlflow(cfg.tracking)
+    setup_mlflow(typed(compose("status", overrides), StatusConfig).tracking)
     Console().print(lineage_tree(uris[0], depth))
     return 0

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
+from anima.config.merge import MergeConfig, MergeStageConfig
+from anima.config.typed import plain_dict, typed
 from anima.errors import ConfigError, ModelError
 from anima.tracking.registry import model_uri
 
@@ -53,14 +55,14 @@ def check_method(method: str) -> MergeMethod:
     return methods[method]
 
 
-def check_base(m: Any, spec: MergeMethod) -> None:
+def check_base(m: MergeConfig, spec: MergeMethod) -> None:
     """merge.base is given exactly when the method needs a base model."""
     from anima.merge import registered
 
-    if spec.needs_base and not m.get("base"):
+    if spec.needs_base and not m.base:
         raise ConfigError(f"merge.method={spec.name} needs merge.base=<model URI> (the model the candidates were "
                           f"fine-tuned from)")
-    if m.get("base") and not spec.needs_base:
+    if m.base and not spec.needs_base:
         takes = ", ".join(name for name, other in registered().items() if other.needs_base)
         raise ConfigError(f"merge.base={m.base}: merge.method={spec.name} takes no base model (only {takes})")
 
@@ -76,12 +78,12 @@ def fit_ingredients(spec: MergeMethod, chosen: list[Any]) -> list[Any]:
     return chosen[:n]
 
 
-def method_params(m: Any, spec: MergeMethod, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
-    """(params passed to the method, the weight each ingredient gets, for the version's tags)."""
-    given = m.get("weights")
-    if given is not None and len(given) != len(scores):
-        raise ConfigError(f"merge.weights has {len(given)} values for {len(scores)} ingredients")
-    return spec.from_config(m, len(scores), scores)
+def method_params(m: MergeConfig, spec: MergeMethod, scores: Sequence[float]) -> tuple[dict[str, Any], list[float]]:
+    """(params passed to the method, the weight each ingredient gets, for the version's tags). A method reads
+    its parameters from the `merge` group as a plain mapping (`MergeMethod.from_config`)."""
+    if m.weights is not None and len(m.weights) != len(scores):
+        raise ConfigError(f"merge.weights has {len(m.weights)} values for {len(scores)} ingredients")
+    return spec.from_config(plain_dict(m), len(scores), scores)
 
 
 def _candidate(uri: str, tracking: Any, what: str) -> Any:
@@ -93,18 +95,17 @@ def _candidate(uri: str, tracking: Any, what: str) -> Any:
         raise ModelError(f"{what}: {e}") from None
 
 
-def _candidates(cfg: DictConfig) -> tuple[list[Any], Any]:
+def _candidates(spec: MergeStageConfig) -> tuple[list[Any], Any]:
     """The candidates (merge.models, else the registry filters) and the base model (None without one)."""
     from anima.evaluation.candidates import select_candidates
 
-    m, name = cfg.merge, str(cfg.registry.name)
+    m, name, tracking = spec.merge, spec.registry.name, spec.tracking
     if m.models:
-        cands = [_candidate(str(uri), cfg.tracking, "merge.models") for uri in m.models]
+        cands = [_candidate(uri, tracking, "merge.models") for uri in m.models]
     else:
-        cands = select_candidates(name, tags=dict(m.tags or {}), aliases=list(m.aliases or []),
-                                  study=m.get("study"), versions=list(m.versions or []),
-                                  include_merges=bool(m.include_merges))
-    base = _candidate(_alias_or_uri(str(m.base), name), cfg.tracking, "merge.base") if m.get("base") else None
+        cands = select_candidates(name, tags=m.tags, aliases=m.aliases, study=m.study, versions=m.versions,
+                                  include_merges=m.include_merges)
+    base = _candidate(_alias_or_uri(m.base, name), tracking, "merge.base") if m.base else None
     return cands, base
 
 
@@ -127,7 +128,6 @@ def _ingredient_dirs(chosen: list[Any], tracking: Any) -> list[Path]:
 
 
 def _alias_or_uri(spec: str, name: str) -> str:
-    spec = str(spec)
     if spec.startswith(("models:/", "runs:/")) or "/" in spec or Path(spec).exists():
         return spec
     return model_uri(name, alias=spec)
@@ -142,6 +142,8 @@ def run(cfg: DictConfig) -> MergeResult | None:
 
 
 def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> MergeResult | None:
+    """Rank, select, merge, register; `cfg` is converted once to `MergeStageConfig` and stays as the run's
+    logged (and hashed) config."""
     from rich.console import Console
 
     from anima.evaluation.candidates import score_candidates
@@ -150,49 +152,49 @@ def merge_stage(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Merg
     from anima.tracking.store import setup_mlflow
 
     console = Console()
-    m = cfg.merge
-    spec = check_method(str(m.method))
+    stage = typed(cfg, MergeStageConfig)
+    m, tracking = stage.merge, stage.tracking
+    spec = check_method(m.method)
     check_base(m, spec)
-    setup_mlflow(cfg.tracking)
+    setup_mlflow(tracking)
 
     # 1. candidates
-    cands, base = _candidates(cfg)
+    cands, base = _candidates(stage)
 
     # 2. rank (perplexities cached on the versions as ppl.<fingerprint> tags)
-    sets = load_eval_sets(cfg)
-    rank_on = _rank_set(str(m.rank_on), sets, console)
+    sets = load_eval_sets(stage)
+    rank_on = _rank_set(m.rank_on, sets, console)
     to_score = cands + ([base] if base is not None and base.uri not in {c.uri for c in cands} else [])
-    score_candidates(to_score, sets, cfg.tracking, batch_size=int(cfg.eval.batch_size), cache=bool(cfg.eval.cache),
+    score_candidates(to_score, sets, tracking, batch_size=stage.eval.batch_size, cache=stage.eval.cache,
                      on_progress=lambda c: console.print(f"  scoring {c.uri} ...", style="dim"))
     exclude = [base.uri] if base is not None else []
     shown = to_score  # the base is listed (status "base model") so its perplexity can be compared, never merged
-    rows = rank_candidates(shown, rank_on, top_k=int(m.top_k), max_perplexity=m.get("max_perplexity"),
-                           exclude=exclude)
+    rows = rank_candidates(shown, rank_on, top_k=m.top_k, max_perplexity=m.max_perplexity, exclude=exclude)
     set_names = list(sets)
     es0 = sets[rank_on]
     plus = " + base" if len(shown) > len(cands) else ""
     console.print(ranking_table(rows, set_names, rank_on,
                                 f"Ranking of {len(cands)} candidate(s){plus} on {es0.source} ({len(es0)} examples, "
                                 f"ppl.{es0.fingerprint}; * = cached)"))
-    if bool(m.dry_run):
+    if m.dry_run:
         console.print("[bold]dry run[/]: nothing merged, no run, no version.")
         return None
 
     # 3. select, check, resolve: all before the run starts
-    chosen = require_selection(rows, rank_on, m.get("max_perplexity"))
+    chosen = require_selection(rows, rank_on, m.max_perplexity)
     if m.models:  # explicit ingredients keep the order they were given in (slerp: t=0 is the first)
         keep = {c.uri for c in chosen}
         chosen = [c for c in cands if c.uri in keep]
     chosen = fit_ingredients(spec, chosen)
     params, weights = method_params(m, spec, [c.scores[rank_on] for c in chosen])
-    dirs = _ingredient_dirs(chosen, cfg.tracking)
-    base_dir = base.local_path(cfg.tracking) if base is not None else None
+    dirs = _ingredient_dirs(chosen, tracking)
+    base_dir = base.local_path(tracking) if base is not None else None
     from anima.merge import check_compatible
 
     check_compatible(dirs + ([base_dir] if base_dir else []))
     spec.resolve_params(len(dirs), params)
-    return _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
-                               ranking_records(rows, set_names), rows, overrides)
+    return _merge_and_register(cfg, stage, console, spec, chosen, dirs, base, base_dir, params, weights, sets,
+                               rank_on, ranking_records(rows, set_names), rows, overrides)
 
 
 def _trial_scorer(dirs: list[Path], chosen: list[Any], sets: dict[str, Any], rank_on: str,
@@ -217,8 +219,10 @@ def _trial_scorer(dirs: list[Path], chosen: list[Any], sets: dict[str, Any], ran
     return evaluate
 
 
-def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params, weights, sets, rank_on,
-                        records, rows, overrides) -> MergeResult:
+def _merge_and_register(cfg: DictConfig, stage: MergeStageConfig, console, spec, chosen, dirs, base, base_dir, params,
+                        weights, sets, rank_on, records, rows, overrides) -> MergeResult:
+    """The MLflow run: merge, score, log and register. `cfg` (the composed DictConfig) is what the run logs and
+    hashes; `stage` is its typed view."""
     import mlflow
 
     from anima.evaluation.perplexity import score_model_dir
@@ -229,11 +233,11 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
     from anima.tracking.registry import log_model_dir, register_model
     from anima.tracking.run import config_hash, stage_run
 
-    m = cfg.merge
+    m = stage.merge
     method = spec.name
-    out_dir = stage_output_dir(cfg) / "model"
-    name = str(m.get("register_name") or (chosen[0].name if m.models and chosen[0].name else cfg.registry.name))
-    bs = int(cfg.eval.batch_size)
+    out_dir = stage_output_dir(stage) / "model"
+    name = m.register_name or (chosen[0].name if m.models and chosen[0].name else stage.registry.name)
+    bs = stage.eval.batch_size
     with stage_run(cfg, overrides=overrides, extra_tags={"anima.merge.method": method}) as active:
         run_id = active.info.run_id
         for es in sets.values():
@@ -245,7 +249,7 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
         if spec.procedure:  # it kept some of the ingredients (greedy soup)
             kept_set = {str(d) for d in kept}
             chosen = [c for d, c in zip(dirs, chosen) if str(d) in kept_set]
-            weights = spec.from_config(m, len(chosen), [c.scores[rank_on] for c in chosen])[1]
+            weights = spec.from_config(plain_dict(m), len(chosen), [c.scores[rank_on] for c in chosen])[1]
             console.print(f"{method.replace('_', ' ')} kept {len(chosen)}: {', '.join(c.uri for c in chosen)}")
         peak = _peak_rss_mb()
         merged = score_model_dir(out_dir, sets, bs)
@@ -271,7 +275,7 @@ def _merge_and_register(cfg, console, spec, chosen, dirs, base, base_dir, params
             "chat_template": chosen[0].tags.get("chat_template"),
             **{es.tag: f"{merged[s]:.6g}" for s, es in sets.items() if s in merged},
         }
-        mv = register_model(name, run_id, source, tags, alias=m.get("alias"),
+        mv = register_model(name, run_id, source, tags, alias=m.alias,
                             description=f"{method} merge of {', '.join(uris)}")
     result = MergeResult(run_id, out_dir, method, uris, weights, merged, dict(best), records, mv.version, mv.name)
     _print_summary(console, result, rank_on)

@@ -13,39 +13,46 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from anima.config.serve import ServeOptions, ServeStageConfig
+from anima.config.typed import typed
 from anima.errors import ConfigError
 
 
-def api_key(cfg: DictConfig) -> str | None:
-    env = cfg.serve.api_key_env
+def api_key(opts: ServeOptions) -> str | None:
+    """The key in the variable `serve.api_key_env` names; None without one, an error when it is unset."""
+    env = opts.api_key_env
     if not env:
         return None
-    key = os.environ.get(str(env), "")
+    key = os.environ.get(env, "")
     if not key:
         raise ConfigError(f"serve.api_key_env={env}: the environment variable {env} is not set or empty "
                           f"(export it, or drop serve.api_key_env to serve without a key)")
     return key
 
 
-def model_name(cfg: DictConfig, resolved) -> str:
-    return str(cfg.serve.model_name or resolved.name or resolved.path.name)
+def model_name(opts: ServeOptions, resolved: Any) -> str:
+    """The id /v1/models reports: `serve.model_name`, else the registry name, else the model dir's name."""
+    return opts.model_name or resolved.name or resolved.path.name
 
 
-def build_app(cfg: DictConfig):
-    """(app, resolved model, served name): what `run` serves; tests start it with start_server_thread."""
+def build_app(cfg: DictConfig | ServeStageConfig):
+    """(app, resolved model, served name): what `run` serves; tests start it with start_server_thread.
+    `cfg` is converted once to `ServeStageConfig` (a server logs no run, so nothing needs the DictConfig)."""
     from anima.generation.sampling import sampling_from_config
     from anima.serve.app import create_app
     from anima.serve.feedback_api import FeedbackSink
     from anima.serve.limits import ServeLimits
     from anima.stages.chat import load_engine
 
-    key = api_key(cfg)  # before loading the model: a missing key fails at once
-    defaults = sampling_from_config(cfg.sampling)
-    resolved, engine = load_engine(cfg, str(cfg.serve.backend), bool(cfg.serve.compile))
-    name = model_name(cfg, resolved)
-    feedback = FeedbackSink.at(cfg.serve.get("feedback"), resolved.canonical_uri, resolved.version)
-    app = create_app(engine, api_key=key, limits=ServeLimits.from_config(cfg.serve.limits), defaults=defaults,
-                     model_name=name, workers=int(cfg.serve.workers), feedback=feedback)
+    spec = typed(cfg, ServeStageConfig)
+    opts = spec.serve
+    key = api_key(opts)  # before loading the model: a missing key fails at once
+    defaults = sampling_from_config(spec.sampling)
+    resolved, engine = load_engine(spec, opts.backend, opts.compile)
+    name = model_name(opts, resolved)
+    feedback = FeedbackSink.at(opts.feedback, resolved.canonical_uri, resolved.version)
+    app = create_app(engine, api_key=key, limits=ServeLimits.from_config(opts.limits), defaults=defaults,
+                     model_name=name, workers=opts.workers, feedback=feedback)
     app.state.feedback = feedback
     return app, resolved, name
 
@@ -79,12 +86,13 @@ def run(cfg: DictConfig) -> None:
     from anima.serve.server import _check_bind
     from anima.stages.chat import describe
 
-    host = str(cfg.serve.host)
-    key_env = cfg.serve.api_key_env
-    _check_bind(host, int(cfg.serve.port), "set" if key_env else None)  # warns: public address, no key
-    sock = bind(host, int(cfg.serve.port))
+    spec = typed(cfg, ServeStageConfig)
+    opts = spec.serve
+    host, key_env = opts.host, opts.api_key_env
+    _check_bind(host, opts.port, "set" if key_env else None)  # warns: public address, no key
+    sock = bind(host, opts.port)
     try:
-        app, resolved, name = build_app(cfg)
+        app, resolved, name = build_app(spec)
         port = sock.getsockname()[1]
         base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         print(f"serving {describe(resolved)} as {name!r} on {base}/v1 (OpenAI: /v1/chat/completions, "
@@ -95,7 +103,7 @@ def run(cfg: DictConfig) -> None:
         print(f"  try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
               flush=True)
-        level = str(cfg.serve.log_level)
+        level = opts.log_level
         server = uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=level == "debug", lifespan="on"))
         server.run(sockets=[sock])
     finally:

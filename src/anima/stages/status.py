@@ -8,6 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from anima.config.groups import PathsConfig
+from anima.config.stage_schemas import StatusConfig
+from anima.config.typed import typed
+
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -21,15 +25,16 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def dataset_rows(cfg: DictConfig) -> list[tuple[str, str, str, str]]:
+def dataset_rows(paths: PathsConfig) -> list[tuple[str, str, str, str]]:
+    """(name, fingerprint, size, contents) of every built dataset and token cache under `paths`."""
     rows = []
-    processed = Path(str(cfg.paths.processed_dir))
+    processed = Path(paths.processed_dir)
     for manifest in sorted(processed.glob("*/*/manifest.json")):
         info = json.loads(manifest.read_text())
         counts = info.get("counts", {}).get("out") or info.get("splits") or ""
         rows.append((manifest.parent.parent.name, manifest.parent.name, _human(_size(manifest.parent)),
                      json.dumps(counts)[:60]))
-    tokens = Path(str(cfg.paths.cache_dir)) / "tokens"
+    tokens = Path(paths.cache_dir) / "tokens"
     for meta in sorted(tokens.glob("*/meta.json")):
         info = json.loads(meta.read_text())
         split = info["splits"]
@@ -39,6 +44,7 @@ def dataset_rows(cfg: DictConfig) -> list[tuple[str, str, str, str]]:
 
 
 def run(cfg: DictConfig) -> None:
+    """Print the tables; `cfg` is converted once to `StatusConfig` (status logs no run)."""
     import mlflow
     from mlflow import MlflowClient
     from rich.console import Console
@@ -46,21 +52,22 @@ def run(cfg: DictConfig) -> None:
 
     from anima.tracking.store import setup_mlflow
 
+    spec = typed(cfg, StatusConfig)
     console = Console()
     datasets = Table(title="Datasets", title_justify="left")
     for col in ("name", "fingerprint", "size", "contents"):
         datasets.add_column(col)
-    for row in dataset_rows(cfg):
+    for row in dataset_rows(spec.paths):
         datasets.add_row(*row)
     console.print(datasets)
 
-    exp_id = setup_mlflow(cfg.tracking)
+    exp_id = setup_mlflow(spec.tracking)
     from anima.tracking.liveness import mark_dead_runs
 
     mark_dead_runs()  # a run whose process was killed shows KILLED here, not RUNNING forever
-    runs = mlflow.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=int(cfg.limit),
+    runs = mlflow.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=spec.limit,
                               output_format="list")
-    table = Table(title=f"Recent runs ({cfg.tracking.uri})", title_justify="left")
+    table = Table(title=f"Recent runs ({spec.tracking.uri})", title_justify="left")
     for col in ("started", "stage", "status", "run id", "metrics"):
         table.add_column(col)
     for r in runs:

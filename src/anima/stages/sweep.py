@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+from anima.config.sweep import SweepStageConfig
+from anima.config.typed import plain_dict, typed
 from anima.errors import ConfigError
 from anima.tracking.context import stage_output_dir
 
@@ -30,19 +32,17 @@ class SweepResult:
     interrupted: bool = False
 
 
-def propagated_overrides(cfg: DictConfig) -> list[str]:
+def propagated_overrides(spec: SweepStageConfig) -> list[str]:
     """The sweep's paths, tracking store, and device become every trial's: children log where the parent does."""
+    from anima.sweep.objective import base_overrides
     from anima.sweep.space import to_overrides
 
-    data = OmegaConf.to_container(cfg, resolve=True)
+    groups: dict[str, Any] = {"paths": spec.paths, "tracking": spec.tracking}
+    if not any(o.lstrip("+~").startswith("device") for o in base_overrides(spec.sweep)):
+        groups["device"] = spec.device
     out: dict[str, Any] = {}
-    groups = ["paths", "tracking"]
-    from anima.sweep.objective import base_overrides
-
-    if not any(o.lstrip("+~").startswith("device") for o in base_overrides(cfg.sweep)):
-        groups.append("device")
-    for g in groups:
-        for k, v in (data.get(g) or {}).items():
+    for g, group in groups.items():
+        for k, v in plain_dict(group).items():
             if not isinstance(v, (dict, list)):
                 out[f"{g}.{k}"] = v
     return to_overrides(out)
@@ -51,7 +51,7 @@ def propagated_overrides(cfg: DictConfig) -> list[str]:
 PINNED_KEYS = ("init_from", "teacher")
 
 
-def pin_models(cfg: DictConfig, study: Any, base: list[str]) -> list[str]:
+def pin_models(tracking: Any, study: Any, base: list[str]) -> list[str]:
     """Resolve `init_from`/`teacher` aliases (models:/x@latest) to fixed versions once per study.
 
     Aliases move: the sweep itself registers new versions, so a resumed study (or the preset) would otherwise
@@ -67,7 +67,7 @@ def pin_models(cfg: DictConfig, study: Any, base: list[str]) -> list[str]:
             continue
         pin = stored.get(key)
         if not pin or pin[0] != uri:
-            pin = [uri, resolve_model(uri, cfg.tracking).canonical_uri]
+            pin = [uri, resolve_model(uri, tracking).canonical_uri]
             stored[key] = pin
             study.set_user_attr("pins", stored)
         out.append(f"{key}={pin[1]}")
@@ -75,6 +75,8 @@ def pin_models(cfg: DictConfig, study: Any, base: list[str]) -> list[str]:
 
 
 def run(cfg: DictConfig) -> SweepResult:
+    """Run (or join) the study. `cfg` is converted once to `SweepStageConfig`; the raw config stays for the
+    sweep's own MLflow run (its logged params and config hash)."""
     import mlflow
     import optuna
     from rich.console import Console
@@ -92,19 +94,19 @@ def run(cfg: DictConfig) -> SweepResult:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # once per trial otherwise
     console = Console(highlight=False, soft_wrap=True)
-    sw = cfg.sweep
-    stage = str(sw.stage)
-    space, propagated = _checked_space(cfg)
-    storage = make_storage(sw.storage, int(sw.heartbeat))
-    name = str(sw.study_name or default_study_name(storage, str(sw.name)))
+    spec = typed(cfg, SweepStageConfig)
+    sw, stage = spec.sweep, spec.sweep.stage
+    space, propagated = _checked_space(spec)
+    storage = make_storage(sw.storage, sw.heartbeat)
+    name = sw.study_name or default_study_name(storage, sw.name)
     study = open_study(sw, storage, name, space)
     budget = sw.n_trials
     if sw.sampler == "grid":
-        budget = min(int(budget or 10**9), grid_size(space))
-    out_dir = stage_output_dir(cfg)
-    tags = {"anima.sweep.study": name, "anima.sweep.storage": safe_url(sw.storage), "anima.sweep.space": str(sw.name),
+        budget = min(budget or 10**9, grid_size(space))
+    out_dir = stage_output_dir(spec)
+    tags = {"anima.sweep.study": name, "anima.sweep.storage": safe_url(sw.storage), "anima.sweep.space": sw.name,
             "anima.sweep.stage": stage}
-    if not cfg.get("run_name"):
+    if not spec.run_name:
         with open_dict(cfg):
             cfg.run_name = f"sweep-{name}"  # its trials are <study>-t<N>
     # Ctrl-C asks to stop (between steps, or before the next trial) instead of landing inside a write
@@ -118,9 +120,9 @@ def run(cfg: DictConfig) -> SweepResult:
                       f"{before}/{budget if budget else '∞'} trials done"
                       + (f", {requeued} requeued" if requeued else "")
                       + (f", trial {', '.join(map(str, died))} of a dead worker failed and requeued" if died else ""))
-        ctx = SweepContext(cfg, name, space, propagated, out_dir, console, run_id=parent.info.run_id,
+        ctx = SweepContext(sw, spec.seed, name, space, propagated, out_dir, console, run_id=parent.info.run_id,
                            study_run_id=study_run(study, storage, parent.info.run_id))
-        ctx.pins = pin_models(cfg, study, base_overrides(sw))
+        ctx.pins = pin_models(spec.tracking, study, base_overrides(sw))
         if ctx.pins:
             console.print(f"  pinned for this study: {' '.join(ctx.pins)}")
         start = time.monotonic()
@@ -154,20 +156,20 @@ def study_run(study: Any, storage: Any, own_run_id: str) -> str:
     return run_id
 
 
-def _checked_space(cfg: DictConfig) -> tuple[list, list[str]]:
+def _checked_space(spec: SweepStageConfig) -> tuple[list, list[str]]:
     """The search space and the overrides trials inherit, every key checked before any trial runs."""
     from anima.paths import conf_dir
     from anima.sweep.objective import base_overrides
     from anima.sweep.space import check_space, parse_space
 
-    sw = cfg.sweep
-    stage = str(sw.stage)
+    sw = spec.sweep
+    stage = sw.stage
     if not (conf_dir() / f"{stage}.yaml").is_file():
         raise ConfigError(f"sweep.stage={stage}: no conf/{stage}.yaml in {conf_dir()} (stage not available)")
     if sw.n_trials is None and sw.timeout is None:
         raise ConfigError("sweep.n_trials=null needs sweep.timeout (seconds), or the sweep would never end")
-    space = parse_space(OmegaConf.to_container(sw.params, resolve=True))
-    propagated = propagated_overrides(cfg)
+    space = parse_space(sw.params)
+    propagated = propagated_overrides(spec)
     check_space(stage, [*propagated, *base_overrides(sw)], space)  # a wrong key fails before any trial
     if sw.sampler == "grid":
         for p in space:
@@ -189,9 +191,9 @@ def _run_trials(study: Any, storage: Any, objective: Any, budget: int | None, ti
         while True:
             stop.raise_if_requested()
             fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
-            if timeout and time.monotonic() - start >= float(timeout):
+            if timeout and time.monotonic() - start >= timeout:
                 return False
-            if budget and used_budget(study) >= int(budget):
+            if budget and used_budget(study) >= budget:
                 return False
             if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
                 return False
@@ -225,7 +227,7 @@ def _finish(ctx: Any, study: Any, run_id: str, interrupted: bool) -> SweepResult
     table = results.trials_table(study, ctx.out_dir / "trials.csv")
     if table:
         mlflow.log_artifact(str(table))
-    if top and int(ctx.sweep.top_k):
+    if top and ctx.sweep.top_k:
         res.registered = results.register_top_k(ctx, top)
         if res.registered:
             mlflow.set_tag("anima.sweep.registered", " ".join(res.registered))

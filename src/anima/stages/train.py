@@ -174,7 +174,7 @@ def _lead(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Se
 
     run_id, ckpt_path, point = None, None, None
     if spec.resume != "none":
-        point = find_resume(cfg)  # before any work: a config that differs from the run's fails here
+        point = find_resume(cfg, spec)  # before any work: a config that differs from the run's fails here
         run_id, ckpt_path = point.run_id, point.ckpt
     bundle, model, parent_uri, compile_model, limit = _build(spec)
     out_dir = point.ckpt_dir.parent if point else stage_output_dir(cfg)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Sequence
 
 import optuna
 
+from anima.config.sweep import SweepConfig
 from anima.errors import AnimaError, ConfigError
 from anima.sweep.space import Param, to_overrides
 from anima.sweep.study import INTERRUPTED, retry_of
@@ -33,7 +34,8 @@ class MetricMissing(ConfigError):
 
 @dataclass
 class SweepContext:
-    cfg: Any  # the sweep's composed config
+    sweep: SweepConfig  # the sweep's `sweep` group, typed
+    seed: int  # the sweep's seed: a trial that sets none reproduces with it
     study_name: str
     space: Sequence[Param]
     propagated: list[str]  # paths/tracking/device/seed of the sweep, so trials log into the same store
@@ -44,15 +46,11 @@ class SweepContext:
     study_run_id: str | None = None  # the study's one parent run (the first worker's): trials are its children
     trial_lines: list[str] = field(default_factory=list)
 
-    @property
-    def sweep(self) -> Any:
-        return self.cfg.sweep
-
     def preset_overrides(self, values: dict[str, Any]) -> list[str]:
         """What reproduces a trial on its own: the base overrides and the suggested values (+ the seed)."""
         base = base_overrides(self.sweep)
         seed = [] if any(o.split("=")[0].lstrip("+~") == "seed" for o in base) or "seed" in values \
-            else [f"seed={int(self.cfg.seed)}"]
+            else [f"seed={self.seed}"]
         return [*seed, *base, *self.pins, *to_overrides(values)]
 
     def trial_overrides(self, number: int, values: dict[str, Any]) -> list[str]:
@@ -66,14 +64,11 @@ def trial_run_name(study: str, number: int) -> str:
     return f"{study}-t{number}"
 
 
-def base_overrides(sweep: Any) -> list[str]:
+def base_overrides(sweep: SweepConfig) -> list[str]:
     """`sweep.overrides` then `sweep.set` (nested keys flattened): what every trial of the study shares."""
-    from omegaconf import OmegaConf
-
     from anima.tracking.run import flatten
 
-    extra = flatten(OmegaConf.to_container(sweep.set, resolve=True) or {})
-    return [*map(str, sweep.overrides), *to_overrides(extra)]
+    return [*sweep.overrides, *to_overrides(flatten(sweep.set))]
 
 
 def _tag(run_id: str | None, tags: dict[str, Any], status: str | None = None) -> None:
@@ -93,7 +88,7 @@ def _record_failed_run(ctx: SweepContext, trial: optuna.Trial, error: str) -> st
     import mlflow
 
     with mlflow.start_run(run_name=trial_run_name(ctx.study_name, trial.number), nested=True,
-                          tags={"anima.stage": str(ctx.sweep.stage), "anima.error": error[:5000]}) as run:
+                          tags={"anima.stage": ctx.sweep.stage, "anima.error": error[:5000]}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in trial.params.items()})
     return run.info.run_id
 
@@ -124,7 +119,7 @@ def make_objective(ctx: SweepContext, train: TrainFn):
     from anima.sweep.pruning import StepPruningCallback
 
     sweep = ctx.sweep
-    metric = str(sweep.metric)
+    metric = sweep.metric
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in ctx.space}
@@ -142,8 +137,8 @@ def make_objective(ctx: SweepContext, train: TrainFn):
         start = time.perf_counter()
         state, value, error = "FAIL", float("nan"), None
         try:
-            cfg = compose(str(sweep.stage), overrides)
-            trial.set_user_attr("registered_name", str(sweep.register_name or cfg.registry.name))
+            cfg = compose(sweep.stage, overrides)
+            trial.set_user_attr("registered_name", sweep.register_name or cfg.registry.name)
             with run_context(output_dir=ctx.out_dir / f"trial-{trial.number:03d}", overrides=overrides):
                 result = train(cfg, callbacks=[cb], overrides=overrides, nested=True)
             trial.set_user_attr("run_id", result.run_id)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from anima.atomic import PRIVATE, atomic_write_text
+from anima.config.sweep import SweepConfig
 from anima.sweep.objective import SweepContext
 
 
@@ -113,12 +114,12 @@ def preset_text(ctx: SweepContext, best: FrozenTrial, stage: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def preset_dir(sweep: Any) -> Path:
+def preset_dir(sweep: SweepConfig) -> Path:
     """`sweep.preset_dir`, else `<user conf dir>/experiment/sweeps`: on Hydra's search path (so
     `+experiment=sweeps/<study>-best` works) but outside the tracked `conf/`, so a sweep leaves the checkout clean."""
     from anima.paths import user_conf_dir
 
-    return Path(str(sweep.preset_dir)) if sweep.preset_dir else user_conf_dir() / "experiment" / "sweeps"
+    return Path(sweep.preset_dir) if sweep.preset_dir else user_conf_dir() / "experiment" / "sweeps"
 
 
 def write_preset(ctx: SweepContext, best: FrozenTrial) -> Path:
@@ -126,7 +127,7 @@ def write_preset(ctx: SweepContext, best: FrozenTrial) -> Path:
     folder = preset_dir(ctx.sweep)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ctx.study_name}-best.yaml"
-    return atomic_write_text(path, preset_text(ctx, best, str(ctx.sweep.stage)), mode=PRIVATE)
+    return atomic_write_text(path, preset_text(ctx, best, ctx.sweep.stage), mode=PRIVATE)
 
 
 def _registered(name: str, study: str) -> dict[int, str]:
@@ -151,7 +152,7 @@ def register_top_k(ctx: SweepContext, trials: Sequence[FrozenTrial]) -> list[str
 
     client = MlflowClient()
     uris: list[str] = []
-    for rank, t in enumerate(trials[: int(ctx.sweep.top_k)], start=1):
+    for rank, t in enumerate(trials[: ctx.sweep.top_k], start=1):
         run_id, name = t.user_attrs.get("run_id"), t.user_attrs.get("registered_name")
         if not run_id or not name:
             continue

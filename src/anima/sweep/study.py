@@ -13,6 +13,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from anima.config.sweep import SweepConfig
 from anima.errors import ConfigError
 from anima.sweep.space import Param
 from anima.sweep.tags import SWEEP_RUN
@@ -69,23 +70,23 @@ def safe_url(url: str | None) -> str:
     return str(redact({"u": url})["u"]) if url else "memory"
 
 
-def make_sampler(cfg: Any, space: Sequence[Param]) -> optuna.samplers.BaseSampler:
-    seed = cfg.sampler_seed
-    if cfg.sampler == "random":
+def make_sampler(sweep: SweepConfig, space: Sequence[Param]) -> optuna.samplers.BaseSampler:
+    seed = sweep.sampler_seed
+    if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if cfg.sampler == "grid":
+    if sweep.sampler == "grid":
         return optuna.samplers.GridSampler({p.key: p.grid() for p in space}, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(cfg.n_startup_trials), multivariate=True,
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.n_startup_trials, multivariate=True,
                                       constant_liar=True)  # constant liar: parallel workers spread out
 
 
-def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.pruner_startup_trials),
-                                           n_warmup_steps=int(cfg.pruner_warmup_steps))
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, int(cfg.pruner_warmup_steps)),
-                                              reduction_factor=int(cfg.reduction_factor))
+def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
+                                           n_warmup_steps=sweep.pruner_warmup_steps)
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, sweep.pruner_warmup_steps),
+                                              reduction_factor=sweep.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -104,30 +105,30 @@ def default_study_name(storage: RDBStorage | None, space_name: str) -> str:
     return f"{prefix}-{max(used, default=0) + 1}"
 
 
-def open_study(cfg: Any, storage: RDBStorage | None, name: str, space: Sequence[Param]) -> optuna.Study:
+def open_study(sweep: SweepConfig, storage: RDBStorage | None, name: str, space: Sequence[Param]) -> optuna.Study:
     """Create the study or load it (same name = resume / join); refuse to resume with another objective."""
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if storage is not None else {}
     if name in existing:
         old = existing[name]
-        want = optuna.study.StudyDirection.MINIMIZE if cfg.direction == "minimize" else \
+        want = optuna.study.StudyDirection.MINIMIZE if sweep.direction == "minimize" else \
             optuna.study.StudyDirection.MAXIMIZE
         if old.direction != want:
-            raise ConfigError(f"sweep.direction={cfg.direction}: study {name!r} was created to "
+            raise ConfigError(f"sweep.direction={sweep.direction}: study {name!r} was created to "
                               f"{old.direction.name.lower()}")
-        for key in ("metric", "stage"):
+        for key, now in (("metric", sweep.metric), ("stage", sweep.stage)):
             was = old.user_attrs.get(key)
-            if was is not None and was != str(cfg[key]):
-                raise ConfigError(f"sweep.{key}={cfg[key]}: study {name!r} was created with {key}={was}; "
+            if was is not None and was != now:
+                raise ConfigError(f"sweep.{key}={now}: study {name!r} was created with {key}={was}; "
                                   f"pick another sweep.study_name")
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=str(cfg.direction),
-                                    sampler=make_sampler(cfg, space), pruner=make_pruner(cfg), load_if_exists=True)
+        study = optuna.create_study(storage=storage, study_name=name, direction=sweep.direction,
+                                    sampler=make_sampler(sweep, space), pruner=make_pruner(sweep), load_if_exists=True)
     except Exception as e:
         raise ConfigError(f"sweep.study_name={name}: cannot open study: {str(e).splitlines()[0][:200]}") from None
     if name not in existing:
-        study.set_user_attr("metric", str(cfg.metric))
-        study.set_user_attr("stage", str(cfg.stage))
-        study.set_user_attr("space", str(cfg.name))
+        study.set_user_attr("metric", sweep.metric)
+        study.set_user_attr("stage", sweep.stage)
+        study.set_user_attr("space", sweep.name)
     return study
 
 

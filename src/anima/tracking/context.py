@@ -50,11 +50,12 @@ def run_context(output_dir: str | Path | None = None, overrides: Sequence[str] |
         _CURRENT.reset(token)
 
 
-def stage_output_dir(cfg: Any) -> Path:
-    """The stage's output dir: the context's, else a new `<paths.experiments_dir>/<stage>/<timestamp>`."""
+def stage_output_dir(spec: Any) -> Path:
+    """The stage's output dir: the context's, else a new `<paths.experiments_dir>/<stage>/<timestamp>`.
+    ``spec``: the stage's config (its typed dataclass, or the DictConfig composed onto it: strings either way)."""
     out = current().output_dir
     if out is None:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{time.time_ns() % 1_000_000:06d}"
-        out = Path(str(cfg.paths.experiments_dir)) / str(cfg.stage) / stamp
+        out = Path(spec.paths.experiments_dir) / spec.stage / stamp
     out.mkdir(parents=True, exist_ok=True)
     return out

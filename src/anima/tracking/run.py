@@ -63,7 +63,9 @@ def stage_run(
     nested: bool = False,
     extra_tags: dict[str, str] | None = None,
 ) -> Iterator[Any]:
-    """Start (or continue, given `run_id`) the stage's MLflow run; end it FINISHED, FAILED or KILLED."""
+    """Start (or continue, given `run_id`) the stage's MLflow run; end it FINISHED, FAILED or KILLED.
+    ``cfg`` is the composed DictConfig (or a resolved copy of it): the run logs and hashes it whole, and its
+    schema already made `stage` and `run_name` strings."""
     import mlflow
 
     from anima.tracking.liveness import RunLock, mark_dead_runs, process_tags
@@ -73,8 +75,8 @@ def stage_run(
     context = current()
     overrides = list(context.overrides if overrides is None else overrides)
     sha, dirty = git_state(SOURCE_ROOT)  # the code that ran, wherever the project's data lives
-    stage = str(cfg.stage)
-    name = redact_text(str(cfg.get("run_name") or run_name(cfg, overrides)))  # explicit run_name wins
+    stage = cfg.stage
+    name = redact_text(cfg.get("run_name") or run_name(cfg, overrides))  # explicit run_name wins
     parent = mlflow.active_run() if nested else None
     tags = {
         **context.tags,

@@ -48,7 +48,7 @@ def initial_model(spec: TrainConfig, tokenizer) -> tuple[Any, str | None]:
                          f"model={model_cfg.name} trains all weights")
     if not spec.init_from:
         if model_cfg.arch == "hf":
-            path = Path(str(model_cfg.path))
+            path = Path(model_cfg.path)  # set: validation refuses model=hf without model.path
             return adapted_model(model_cfg, tokenizer, path, str(path)), str(path.resolve())
         return checkpointed(build_model(model_cfg, tokenizer), model_cfg), None
     from anima.model.resolve import resolve_model

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anima.config.stage_schemas import TrainConfig
 from anima.errors import AnimaError
 from anima.tracking.run import flatten
 
@@ -114,22 +115,23 @@ def _mismatch(what: str, run_id: str, bad: dict[str, tuple[Any, Any]], shown: in
                       f"(repeat its settings, or resume=<run_id> resume_force=true to continue with yours)")
 
 
-def find_resume(cfg: DictConfig) -> ResumePoint:
-    """The run `cfg.resume` names (auto: the matching interrupted run), checked against the user's config."""
+def find_resume(cfg: DictConfig, spec: TrainConfig) -> ResumePoint:
+    """The run `spec.resume` names (auto: the matching interrupted run), checked against the user's config.
+    `spec` is `cfg` typed; `cfg` itself is what is compared with the run's saved config.yaml."""
     import mlflow
 
     from anima.tracking.liveness import dead_reason, mark_dead_runs
     from anima.tracking.store import setup_mlflow
 
-    exp_id = setup_mlflow(cfg.tracking)
+    exp_id = setup_mlflow(spec.tracking)
     mark_dead_runs([exp_id])
-    stage, what, force = str(cfg.stage), str(cfg.resume), bool(cfg.get("resume_force", False))
+    stage, what, force = spec.stage, spec.resume, spec.resume_force
     current = _current_view(cfg)
     if what != "auto":
         try:
             run = mlflow.get_run(what)
         except Exception:
-            raise AnimaError(f"resume={what}: no such run in {cfg.tracking.uri}") from None
+            raise AnimaError(f"resume={what}: no such run in {spec.tracking.uri}") from None
         tags = run.data.tags
         if tags.get("anima.stage") != stage or CHECKPOINT_TAG not in tags:
             raise AnimaError(f"resume={what}: run {what} is a {tags.get('anima.stage', 'non-anima')} run, "
@@ -148,7 +150,7 @@ def find_resume(cfg: DictConfig) -> ResumePoint:
         raise AnimaError("resume_force=true needs resume=<run_id>: name the run to continue")
     runs = mlflow.search_runs([exp_id], filter_string=f"tags.`anima.stage` = '{stage}'",
                               order_by=["attributes.start_time DESC"], output_format="list", max_results=200)
-    registry_name = str(cfg.registry.name)
+    registry_name = spec.registry.name
     first_mismatch: tuple[str, dict[str, tuple[Any, Any]]] | None = None
     for run in runs:
         tags = run.data.tags
@@ -166,7 +168,7 @@ def find_resume(cfg: DictConfig) -> ResumePoint:
             first_mismatch = (run.info.run_id, bad)
     if first_mismatch is not None:
         raise _mismatch("auto", *first_mismatch)
-    raise AnimaError(f"resume=auto: no interrupted {stage} run of {registry_name} to resume in {cfg.tracking.uri} "
+    raise AnimaError(f"resume=auto: no interrupted {stage} run of {registry_name} to resume in {spec.tracking.uri} "
                      "(sweep trials and pipeline steps resume through their sweep or pipeline)")
 
 
