@@ -37,6 +37,11 @@ def test_files_and_functions_stay_small(report):
     assert report["long_functions"] == []
 
 
+def test_stages_hand_libraries_typed_configs(report):
+    """Issue 14: a stage converts its config once (config/typed.py); no library re-types `int(cfg.x)` per use."""
+    assert report["config_casts"] == 0
+
+
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     """The rules above could pass vacuously if the checker missed imports: feed it a known bad graph."""
     spec = importlib.util.spec_from_file_location("arch_report_probe", SCRIPT)
