@@ -37,6 +37,8 @@ from anima.generation.backends import FastLlamaBackend
 from anima.procs import pid_alive
 
 MIN_CACHE_LEN = 2  # shorter caches take the eager step (export specializes lengths 0 and 1)
+#: Bumped when the exported graph or its build settings change, so packages built the old way are not reused.
+GRAPH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class StepSpec:
 
     def key(self) -> str:
         """Architecture + torch + CPU: a package built for one never loads on another."""
-        ident = {**asdict(self), "torch": torch.__version__, "machine": platform.machine(), "cpu": _cpu_flags()}
+        ident = {**asdict(self), "graph": GRAPH_VERSION, "torch": torch.__version__, "machine": platform.machine(),
+                 "cpu": _cpu_flags()}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         return f"llama-{self.n_layers}x{self.hidden}-v{self.vocab}-p{self.max_positions}-t{self.threads}-{digest}"
 
@@ -120,7 +123,10 @@ def step_weights(backend: FastLlamaBackend) -> list[torch.Tensor]:
 
 
 def example_inputs(spec: StepSpec) -> tuple:
-    """Zero tensors with the shapes and strides the engine passes (cache views into a (.., P) buffer)."""
+    """Zero tensors with the shapes and strides the engine passes (cache views into a (.., P) buffer).
+
+    The example cache length is half the context, not the minimum: Inductor sizes its parallel loops by it, and
+    with a length of 3 it ran every attention loop on one thread while the other waited at the barrier."""
     dt = getattr(torch, spec.dtype)
     nl, nkv, hd, p = spec.n_layers, spec.n_kv, spec.head_dim, spec.max_positions
     qkv_rows = (spec.n_heads + 2 * nkv) * hd
@@ -128,7 +134,7 @@ def example_inputs(spec: StepSpec) -> tuple:
     for _ in range(nl):
         weights += [torch.zeros(qkv_rows, spec.hidden, dtype=dt), torch.zeros(spec.hidden, spec.n_heads * hd, dtype=dt),
                     torch.zeros(2 * spec.inter, spec.hidden, dtype=dt), torch.zeros(spec.hidden, spec.inter, dtype=dt)]
-    t = MIN_CACHE_LEN + 1
+    t = max(MIN_CACHE_LEN + 1, p // 2)
     k_cache, v_cache = torch.zeros(nl, nkv, hd, p, dtype=dt), torch.zeros(nl, nkv, p, hd, dtype=dt)
     return (torch.tensor([1]), torch.tensor([t]), k_cache.narrow(3, 0, t), v_cache.narrow(2, 0, t),
             torch.zeros(spec.vocab, spec.hidden, dtype=dt), torch.zeros(p, hd, dtype=dt), torch.zeros(p, hd, dtype=dt),
