@@ -5,9 +5,10 @@ per-op overhead and by reading the weights, not by FLOPs), so requests that take
 Each step the scheduler
   1. admits waiting requests while there are free cache slots (prefills the new prompt into its slot, reusing
      the longest prefix an idle slot still holds, e.g. the previous turn of the same chat);
-  2. lets every active sequence sample its next token from its own row of logits (sequence.py: sampling,
-     penalties, seeds, stop strings and streaming stay per request) and retires the finished, cancelled and
-     timed-out ones (their slot is free for the next admission);
+  2. samples every active sequence's next token with one batched op over their rows of logits
+     (``sample_batch``: each row under its own parameters, penalties and seeded generator), hands each sequence
+     its token (sequence.py: stop strings and streaming stay per request) and retires the finished, cancelled
+     and timed-out ones (their slot is free for the next admission);
   3. runs ONE forward over the rest: ``backend.step_batch`` (each row at its own position, masked attention
      over its own cache slot), or the single-sequence step (the compiled one when built) when one is left.
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from anima.generation.sampling import sample_batch
 from anima.generation.sequence import CANCEL, Busy, Sequence
 
 __all__ = ["CANCEL", "BatchScheduler", "Busy"]
@@ -135,23 +137,31 @@ class BatchScheduler:
         self._active.append(seq)
 
     def _sample_and_retire(self) -> None:
-        done: list[tuple[int, str]] = []
-        for i, seq in enumerate(self._active):
+        """Every active sequence's next token in one batched sampling op; retire those that ended."""
+        active = self._active
+        reasons = [_guard(seq, seq.check) for seq in active]
+        live = [active[i] for i, reason in enumerate(reasons) if reason is None]
+        if live:
             try:
-                reason = seq.advance()
-            except BaseException as e:  # noqa: BLE001 - e.g. a detokenizer failure: this request only
-                seq.stream.fail(e)
-                reason = "error"
-            if reason is not None:
-                done.append((i, reason))
-        for i, reason in reversed(done):
-            seq = self._active[i]
-            if reason != "error":
-                seq.finish(reason)
-            last = len(self._active) - 1
+                toks = sample_batch(torch.stack([seq.logits for seq in live]), [seq.params for seq in live],
+                                    [seq.generator for seq in live], [seq.seen for seq in live],
+                                    [seq.counts for seq in live])
+                ended = [_guard(seq, seq.accept, tok) for seq, tok in zip(live, toks)]
+            except BaseException as e:  # noqa: BLE001 - the sampled requests fail; the scheduler goes on
+                for seq in live:
+                    seq.stream.fail(e)
+                ended = ["error"] * len(live)
+            it = iter(ended)
+            reasons = [next(it) if reason is None else reason for reason in reasons]
+        for i in reversed(range(len(active))):
+            if reasons[i] is None:
+                continue
+            if reasons[i] != "error":
+                active[i].finish(reasons[i])
+            last = len(active) - 1
             self._swap(i, last)
-            self._active[i] = self._active[last]
-            self._active.pop()
+            active[i] = active[last]
+            active.pop()
 
     def _swap(self, a: int, b: int) -> None:
         if a != b:
@@ -181,6 +191,15 @@ class BatchScheduler:
                 rows = list(backend.step_batch([seq.next_tok for seq in active]))
         for seq, logits in zip(active, rows):
             seq.fed_token(logits)
+
+
+def _guard(seq: Sequence, fn: Any, *args: Any) -> str | None:
+    """``fn(*args)``'s finish reason, or "error" once the request failed (e.g. its detokenizer): this one only."""
+    try:
+        return fn(*args)
+    except BaseException as e:  # noqa: BLE001
+        seq.stream.fail(e)
+        return "error"
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Iterator
 
 from anima.errors import AnimaError, ConfigError, ModelError
 from anima.generation.detok import TokenTexts, hold_token_ids, make_decoder

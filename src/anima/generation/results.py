@@ -77,6 +77,7 @@ class TextStream(Iterator[str]):
         self._listener: Callable[[str, Any, list], None] | None = None
         self._listen_lock = threading.Lock()
         self._done = False
+        self._ended = threading.Event()  # the producer sent its last event ("done" or "error")
 
     def __iter__(self) -> "TextStream":
         return self
@@ -123,11 +124,19 @@ class TextStream(Iterator[str]):
                 callback(kind, value, entries)
             self._listener = callback
 
+    def wait_end(self) -> None:
+        """Block until the producer sent its last event (then iterating never blocks): a consumer that wants only
+        the whole reply wakes once, not once per piece."""
+        if self._events is not None:
+            self._ended.wait()
+
     def _put(self, kind: str, value: Any, entries: list) -> None:
         with self._listen_lock:
             listener = self._listener
             if listener is None:
                 self._events.put((kind, value, entries))  # type: ignore[union-attr]
+                if kind != "piece":
+                    self._ended.set()
                 return
         self._record(entries)
         listener(kind, value, entries)
@@ -142,6 +151,7 @@ def collect(stream: TextStream) -> Completion:
     streaming server sends them (tokens cut by a stop string add none), so streamed and whole replies agree."""
     pieces: list[str] = []
     upto = 0
+    stream.wait_end()
     for piece in stream:
         if piece:
             pieces.append(piece)

@@ -1,7 +1,10 @@
 """Sampling settings and the logits processors of one decode step.
 
-The processors work on a 1-D logits vector (one sequence, batch 1): the chat engine decodes one
-request at a time, so there is no batch dimension to carry and every op stays small.
+The processors work on a 1-D logits vector (one sequence). ``sample_batch`` draws the next token of every
+sequence of a batched decode step with one set of ops over the (B, vocab) logits: per-row Python sampling cost
+more than the batched forward itself. Each row's numbers depend only on its own logits, parameters and
+generator (rows are grouped by the path their parameters select), so a seeded request draws the same token
+alone or batched.
 Order and semantics follow transformers' ``generate``: repetition penalty, temperature, top-k, top-p; OpenAI's
 presence and frequency penalties (over the tokens generated so far) come right after the repetition penalty.
 """
@@ -129,15 +132,21 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     Same rule as transformers' TopPLogitsWarper: drop a token when the mass of all tokens *less*
     likely than it is <= 1 - p; the most likely token always survives.
     """
-    import torch
-
     if p >= 1.0:
         return logits
+    return _drop_tail(logits, 1.0 - p)
+
+
+def _drop_tail(logits: torch.Tensor, tail: float | torch.Tensor) -> torch.Tensor:
+    """Top-p over the last dim: -inf for tokens whose less likely rivals hold <= ``tail`` (= 1 - p) of the mass;
+    ``tail``: a number, or one per row ((B, 1), float32; < 0 keeps the whole row)."""
+    import torch
+
     sorted_logits, order = torch.sort(logits, descending=False)
     cum = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cum <= (1.0 - p)
-    drop_sorted[-1] = False
-    drop = torch.empty_like(drop_sorted).scatter_(0, order, drop_sorted)
+    drop_sorted = cum <= tail
+    drop_sorted[..., -1] = False
+    drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
@@ -169,20 +178,113 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
-# How many top candidates the fast sampler looks at before falling back to the full-vocabulary path.
-CANDIDATES = 64
+#: Top-k rows with k up to this sample among their k best logits; a larger k takes the full-vocabulary path.
+TOP_K_SHORTCUT = 256
 
 
-def _draw(cum: torch.Tensor, generator: torch.Generator | None) -> int:
-    """Inverse-CDF draw from unnormalized cumulative weights (one uniform number, one binary search;
-    ~20x cheaper than torch.multinomial or a full-vocabulary exponential race on CPU)."""
+def _draw(cum: torch.Tensor, keep: torch.Tensor, generators: list) -> torch.Tensor:
+    """Inverse-CDF draws, one per row of unnormalized cumulative weights ``cum`` (B, N), among each row's first
+    ``keep`` (B, 1) entries: one uniform number from the row's own generator and one binary search (~20x cheaper
+    than torch.multinomial on CPU). Returns (B, 1) column indices."""
     import torch
 
-    u = torch.rand(1, generator=generator, dtype=cum.dtype).mul_(cum[-1])
-    i = int(torch.searchsorted(cum, u, right=True))
-    if i >= cum.numel():  # u rounded up to the total: take the last token with nonzero weight
-        i = int(torch.searchsorted(cum, cum[-1:]))
-    return i
+    total = cum.gather(1, keep - 1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=cum.dtype) for g in generators]).view(-1, 1)
+    i = torch.searchsorted(cum, u.mul_(total), right=True)
+    # u rounded up to the total: take the last token with nonzero weight
+    return torch.where(i >= keep, torch.searchsorted(cum, total), i)
+
+
+def _sample_top_k(x: torch.Tensor, k: int, params: list[SamplingParams], generators: list) -> list[int]:
+    """Rows of ``x`` with top-k = ``k``: top-p acts on the renormalized top-k distribution (as transformers does)."""
+    import torch
+
+    vals, idx = torch.topk(x, k)  # sorted, largest first
+    probs = torch.softmax(vals, -1)
+    cum = probs.cumsum(-1)
+    top_p = torch.tensor([[p.top_p if p.top_p < 1.0 else 2.0] for p in params], dtype=cum.dtype)
+    # keep a token while the mass of strictly more likely tokens is < top_p
+    keep = ((cum - probs) < top_p).sum(-1, keepdim=True).clamp_(min=1)
+    return idx.gather(1, _draw(cum, keep, generators)).view(-1).tolist()
+
+
+#: Draws the full-vocabulary path tries before it sorts (a row keeping mass m needs 1/m draws on average).
+FULL_DRAWS = 8
+
+
+def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list) -> list[int]:
+    """The full-vocabulary path for rows of ``x``: top-k (per row, rare here), then top-p by rejection: draw from
+    the whole softmax and keep the token when the tokens strictly more likely than it hold < top_p of the mass
+    (exactly the nucleus, renormalized). No sort of the vocabulary (about 0.6 ms a row on CPU) unless a row's
+    nucleus is so small that ``FULL_DRAWS`` draws all miss it."""
+    import torch
+
+    if any(0 < p.top_k < x.shape[-1] for p in params):
+        x = torch.stack([apply_top_k(row, p.top_k) for row, p in zip(x, params)])
+    probs = torch.softmax(x, -1)
+    cum = probs.cumsum(-1)
+    top_p = torch.tensor([[p.top_p if p.top_p < 1.0 else 2.0] for p in params], dtype=x.dtype)
+    out: list[int | None] = [None] * len(params)
+    rows = list(range(len(params)))
+    for _ in range(FULL_DRAWS):
+        sub = (x, probs, cum, top_p) if len(rows) == len(params) else (x[rows], probs[rows], cum[rows], top_p[rows])
+        keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
+        toks = _draw(sub[2], keep, [generators[r] for r in rows])
+        above = sub[1].masked_fill(sub[0] <= sub[0].gather(1, toks), 0.0).sum(-1, keepdim=True)
+        for r, tok, ok in zip(rows, toks.view(-1).tolist(), (above < sub[3]).view(-1).tolist()):
+            if ok:
+                out[r] = tok
+        rows = [r for r in rows if out[r] is None]
+        if not rows:
+            return out  # type: ignore[return-value]
+    tail = torch.tensor([[1.0 - params[r].top_p] for r in rows], dtype=x.dtype)
+    cum = torch.softmax(_drop_tail(x[rows], tail), -1).cumsum(-1)
+    keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
+    for r, tok in zip(rows, _draw(cum, keep, [generators[r] for r in rows]).view(-1).tolist()):
+        out[r] = tok
+    return out  # type: ignore[return-value]
+
+
+def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators: list,
+                 seen: list | None = None, counts: list | None = None) -> list[int]:
+    """The next token of each row of ``logits`` (B, vocab) under its own parameters, generator, repetition mask
+    (``seen[i]``) and occurrence counts (``counts[i]``), with one set of ops over all rows.
+
+    Same distribution as ``process_logits`` + softmax + multinomial (transformers' semantics), without sorting
+    the vocabulary: top-k rows sample among their k best logits, top-p rows by rejection (``_sample_full``)."""
+    import torch
+
+    x, b = logits.float(), len(params)
+    penalized = [i for i in range(b) if (seen and seen[i] is not None) or (counts and counts[i] is not None)]
+    if penalized:
+        x = x.clone() if x is logits else x
+        for i in penalized:
+            p, row = params[i], x[i]
+            if seen and seen[i] is not None:
+                row = apply_repetition_penalty(row, seen[i], p.repetition_penalty)
+            x[i] = apply_occurrence_penalties(row, counts[i] if counts else None, p.presence_penalty,
+                                              p.frequency_penalty)
+    out = [0] * b
+    greedy = [i for i in range(b) if params[i].greedy]
+    if greedy:
+        picks = x.argmax(-1) if len(greedy) == b else x[greedy].argmax(-1)
+        for i, tok in zip(greedy, picks.tolist()):
+            out[i] = tok
+    if len(greedy) == b:
+        return out
+    rows = [i for i in range(b) if not params[i].greedy]
+    temps = torch.tensor([[params[i].temperature] for i in rows], dtype=x.dtype)
+    x = (x if len(rows) == b else x[rows]) / temps
+    groups: dict[int, list[int]] = {}  # top-k (0: the full-vocabulary path) -> positions in ``rows``
+    for j, i in enumerate(rows):
+        k = params[i].top_k
+        groups.setdefault(k if 0 < k <= TOP_K_SHORTCUT and k < x.shape[-1] else 0, []).append(j)
+    for k, js in groups.items():
+        sub = x if len(js) == len(rows) else x[js]
+        ps, gens = [params[rows[j]] for j in js], [generators[rows[j]] for j in js]
+        for j, tok in zip(js, _sample_top_k(sub, k, ps, gens) if k else _sample_full(sub, ps, gens)):
+            out[rows[j]] = tok
+    return out
 
 
 def sample_next(
@@ -192,39 +294,5 @@ def sample_next(
     seen: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token id from one step's logits.
-
-    Same distribution as ``process_logits`` + softmax + multinomial (transformers' semantics), but
-    top-p/top-k look at the best ``CANDIDATES`` logits first: when the nucleus lies inside them (the
-    usual case for a trained model) no full-vocabulary sort or multinomial is needed. Otherwise it
-    falls back to the exact full-vocabulary path.
-    """
-    import torch
-
-    logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    logits = apply_occurrence_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
-    if params.greedy:
-        return int(torch.argmax(logits))
-    if params.temperature != 1.0:
-        logits = logits / params.temperature
-    vocab = logits.numel()
-    top_k = params.top_k if 0 < params.top_k < vocab else 0
-    top_p = params.top_p
-    k = top_k or (CANDIDATES if top_p < 1.0 else 0)
-    if 0 < k < vocab and k <= max(CANDIDATES, top_k if top_k <= 4 * CANDIDATES else 0):
-        vals, idx = torch.topk(logits, k)  # sorted, largest first
-        if top_k:  # top-p then acts on the renormalized top-k distribution (as transformers does)
-            probs = torch.softmax(vals, 0)
-        else:
-            probs = (vals - torch.logsumexp(logits, 0)).exp_()
-        cum = probs.cumsum(0)
-        if top_p >= 1.0:
-            return int(idx[_draw(cum, generator)])
-        if top_k or float(cum[-1]) >= top_p:
-            # keep a token while the mass of strictly more likely tokens is < top_p
-            keep = max(1, int(((cum - probs) < top_p).sum()))
-            return int(idx[_draw(cum[:keep], generator)])
-    logits = apply_top_p(apply_top_k(logits, top_k), top_p)
-    return int(_draw(torch.softmax(logits, 0).cumsum(0), generator))
+    """Pick the next token id from one step's 1-D logits (``sample_batch`` over one row)."""
+    return sample_batch(logits.unsqueeze(0), [params], [generator], [seen], [counts])[0]

@@ -1,10 +1,11 @@
 """One request's decode state inside the batch: its sampler, penalties, detokenizer, stop strings, limits.
 
-The batch scheduler (batch.py) owns the model; every step it hands each active sequence its own row of logits
-and asks it for the next token (``advance``). Everything that makes a request's output its own stays here, per
-request: the sampling parameters, a private ``torch.Generator`` (so a seeded request draws the same numbers
-whether it runs alone or among others), repetition/presence/frequency penalties, log-probabilities, stop
-strings and the text deltas sent to the request's stream.
+The batch scheduler (batch.py) owns the model; every step it samples every active sequence's next token from
+its own row of logits in one batched op (``sampling.sample_batch``) and hands each sequence its token
+(``accept``). Everything that makes a request's output its own stays here, per request: the sampling
+parameters, a private ``torch.Generator`` (so a seeded request draws the same numbers whether it runs alone or
+among others), repetition/presence/frequency penalties, log-probabilities, stop strings and the text deltas sent
+to the request's stream.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from anima.generation.detok import IncrementalDetokenizer, StopHolder
 from anima.generation.results import TextStream
-from anima.generation.sampling import SamplingParams, make_generator, sample_next
+from anima.generation.sampling import SamplingParams, make_generator
 
 if TYPE_CHECKING:  # torch is imported where it is used: the engine imports this module before loading a model
     import torch
@@ -63,7 +64,6 @@ class Sequence:
         self.seen = ctx._seen_mask(params, prompt_ids)
         penalties = params.presence_penalty or params.frequency_penalty
         self.counts = torch.zeros(ctx.vocab_size) if penalties else None
-        self.plain_greedy = params.greedy and self.seen is None and self.counts is None
         context = prompt_ids[-CONTINUATION_CONTEXT:] if continuation else ()
         self.detok = IncrementalDetokenizer(ctx._decode, ctx._hold_ids, context)
         self.holder = StopHolder(params.stop)
@@ -77,23 +77,26 @@ class Sequence:
     def cancelled(self) -> bool:
         return self.stream.cancel.is_set()
 
-    def advance(self) -> str | None:
-        """Sample the next token from ``logits``; None while the reply goes on (``next_tok`` is then to be fed),
-        else its finish reason ("stop" or "length"; "cancelled" when the consumer went away)."""
+    def check(self) -> str | None:
+        """Before sampling: a finish reason if the reply ends without another token (the consumer went away, the
+        token or time limit is reached), else None."""
         if self.cancelled:
             return "cancelled"
         if self.n >= self.max_new or (self.deadline is not None and time.monotonic() > self.deadline):
             return self._end("length")
-        logits, params, stream = self.logits, self.params, self.stream
-        tok = (int(logits.argmax()) if self.plain_greedy
-               else sample_next(logits, params, self.generator, self.seen, self.counts))
+        return None
+
+    def accept(self, tok: int) -> str | None:
+        """Take the sampled token: None while the reply goes on (``next_tok`` is then to be fed), else its finish
+        reason ("stop" or "length")."""
+        params, stream = self.params, self.stream
         self.n += 1
         stream.completion_tokens = self.n
         stream.token_ids.append(tok)
         if tok in self.ctx.stop_ids:
             return self._end("stop")
         if stream.logprobs is not None:
-            self._entries.append(self.ctx._token_logprob(logits, tok, params.logprobs or 0))
+            self._entries.append(self.ctx._token_logprob(self.logits, tok, params.logprobs or 0))
         if self.counts is not None and 0 <= tok < self.ctx.vocab_size:
             self.counts[tok] += 1
         delta = self.detok.push(tok)
