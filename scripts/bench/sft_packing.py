@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from scripts.bench.train_throughput import cpu_name  # noqa: E402
+from scripts.bench.train_throughput import STORIES, cpu_name  # noqa: E402
 
 
 class TargetClock(L.Callback):
@@ -60,7 +60,7 @@ def sft_run(overrides: list[str], raw: Path, steps: int, warmup: int, packing: b
     from tests.helpers import compose_cfg
 
     clock = TargetClock(warmup)
-    cfg = compose_cfg("sft", ["model=tiny", f"trainer.max_steps={steps}", f"trainer.packing={packing}",
+    cfg = compose_cfg("sft", [*STORIES, f"trainer.max_steps={steps}", f"trainer.packing={packing}",
                               "trainer.val_every=100000", "trainer.num_samples=0", "trainer.progress=none",
                               "trainer.ckpt_every=100000", "registry.register=false",
                               "tracking.log_checkpoints=false", *overrides], raw)
@@ -92,7 +92,7 @@ def main() -> None:
 
     raw = REPO / "data" / "raw"
     fetch_demo_data(raw)
-    pre = typed(compose_cfg("pretrain", ["model=tiny"], raw), TrainConfig)  # the demo's parent tokenizer: the plays
+    pre = typed(compose_cfg("pretrain", STORIES, raw), TrainConfig)  # the demo's parent tokenizer: the plays
     tok_dir, _ = ensure_tokenizer(load_text_corpus(pre.data, raw), pre.tokenizer, "chatml", pre.paths.cache_dir)
     overrides = [f"device.threads={args.threads}", f"tokenizer.path={tok_dir}", "data.rehearsal.ratio=0.3", *extra]
     runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
@@ -107,8 +107,8 @@ def main() -> None:
     def med(packing: bool, key: str) -> float:
         return statistics.median(m[key] for m in runs[packing])
 
-    cfg = compose_cfg("sft", ["model=tiny", *overrides], raw)
-    print(f"\n{cpu_name()}, {args.threads} threads; sft model=tiny, {cfg.trainer.batch_size} rows x <= "
+    cfg = compose_cfg("sft", [*STORIES, *overrides], raw)
+    print(f"\n{cpu_name()}, {args.threads} threads; sft model=tiny at 288x6, {cfg.trainer.batch_size} rows x <= "
           f"{cfg.model.max_seq_len} tokens per step, {args.steps - args.warmup} timed steps by wall clock, "
           f"median of {args.rounds} rounds; overrides: {extra}")
     for packing, name in ((False, "padded (one conversation/row)"), (True, "packed (trainer.packing=true)")):
