@@ -61,7 +61,7 @@ def test_bad_overrides_fail_before_work_naming_the_key(project, override, expect
 def test_cfg_job_prints_composed_config(project):
     proc = _anima("pretrain", "model=nano", "--cfg", "job", env_root=project)
     assert proc.returncode == 0, proc.stderr
-    assert "dim: 64" in proc.stdout and "lr: 0.0009" in proc.stdout
+    assert "dim: 64" in proc.stdout and "lr: 0.005" in proc.stdout and "name: muon" in proc.stdout
     assert not (project / "mlruns").exists()
 
 

@@ -118,7 +118,7 @@ def test_sigkill_at_several_points_then_resume_auto_equals_an_uninterrupted_run(
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     (line,) = [x for x in text.splitlines() if x.strip()]  # one line, no progress bars or log noise
-    assert line.startswith(f"anima: error: resume=auto: run {run.info.run_id} was started with optim.lr=0.0009, "
+    assert line.startswith(f"anima: error: resume=auto: run {run.info.run_id} was started with optim.lr=0.005, "
                            "not 0.002")
     assert _ckpt_step(last) == 8, text[-3000:]
 

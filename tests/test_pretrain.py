@@ -37,7 +37,7 @@ def test_run_logs_the_tracking_contract(pretrained):
     root, cfg, result = pretrained
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.dim"] == "64" and run.data.params["optim.lr"] == "0.0009"
+    assert run.data.params["model.dim"] == "64" and run.data.params["optim.lr"] == "0.005" and run.data.params["optim.name"] == "muon"
     assert int(run.data.params["model.n_parameters"]) > 0
     tags = run.data.tags
     assert tags["anima.stage"] == "pretrain" and len(tags["mlflow.source.git.commit"]) >= 7

@@ -29,13 +29,14 @@ def _weights(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
-def test_resume_auto_matches_an_uninterrupted_run(project, raw_dir):
+@pytest.mark.parametrize("optim", ["adamw", "muon"])  # muon: two optimizers' state in one checkpoint
+def test_resume_auto_matches_an_uninterrupted_run(project, raw_dir, optim):
     import mlflow
 
     from anima.stages.train import train
 
     overrides = [*NANO_FAST, "trainer.max_steps=6", "trainer.ckpt_every=3", "trainer.val_every=3",
-                 "registry.register=false", "optim.warmup_steps=2"]
+                 "registry.register=false", "optim.warmup_steps=2", f"optim={optim}"]
     with pytest.raises(AnimaError, match="nothing|no interrupted"):
         train(compose_cfg("pretrain", [*overrides, "resume=auto"], raw_dir))
 

@@ -14,8 +14,8 @@ SECRET = "hunter2-sentinel"
 TABLE = [
     ("sft", ["optim.lr=3e-4"], "sft-tiny-chat_mix-lr=3e-4"),
     ("sft", [], "sft-tiny-chat_mix-lr=3e-4"),
-    ("pretrain", [], "pretrain-tiny-shakespeare-lr=9e-4"),
-    ("pretrain", ["model=nano", "trainer=smoke", "seed=7"], "pretrain-nano-shakespeare-lr=9e-4-steps=4-bs=2-seed=7"),
+    ("pretrain", [], "pretrain-tiny-shakespeare-lr=5e-3"),
+    ("pretrain", ["model=nano", "trainer=smoke", "seed=7"], "pretrain-nano-shakespeare-lr=5e-3-steps=4-bs=2-seed=7"),
     ("pretrain", ["optim.lr=0.001", "trainer.max_steps=50", "seed=1337"], "pretrain-tiny-shakespeare-lr=1e-3-steps=50"),
     ("sft", ["init_from=models:/anima-tiny/3", "data.rehearsal.ratio=0.3"],
      "sft-tiny-chat_mix-from=anima-tiny/3-lr=3e-4-rehearsal=0.3"),

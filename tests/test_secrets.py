@@ -181,7 +181,7 @@ def test_no_secret_under_the_project_pretrain_synth_multirun(project, raw_dir, m
         by_stage.setdefault(r.data.tags["anima.stage"], []).append(r)
     assert {"pretrain", "synth", "promote"} <= set(by_stage), set(by_stage)
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert by_stage["pretrain"][0].info.run_name == "pretrain-nano-shakespeare-lr=9e-4-steps=4-bs=2"
+    assert by_stage["pretrain"][0].info.run_name == "pretrain-nano-shakespeare-lr=5e-3-steps=4-bs=2"
     assert by_stage["pretrain"][0].data.params["tracking.uri"] == f"http://anima:***@127.0.0.1:{port}"
     synth = by_stage["synth"][0]
     assert synth.data.tags["anima.teacher.base_url"].startswith("http://anima:***@127.0.0.1:")

@@ -123,7 +123,7 @@ class TrainerConfig:
     batch_size: int = setting(8, "Sequences per micro-batch.", ge=1)
     grad_accum: int = setting(1, "Micro-batches per optimizer step.", ge=1)
     grad_clip: float = setting(1.0, "Clip gradient norm to this (0 disables).", ge=0)
-    val_every: int = setting(50, "Validate every N optimizer steps.", ge=1)
+    val_every: int = setting(100, "Validate every N optimizer steps.", ge=1)
     val_every_s: float = setting(0, "Validate every N seconds of training instead (0 = off: use val_every).", ge=0)
     val_batches: int = setting(16, "Validation batches per evaluation (0 = the whole split).", ge=0)
     ckpt_every: int = setting(100, "Write the `last` checkpoint every N steps (resume point).", ge=1)
@@ -141,7 +141,8 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = setting("adamw", "Optimizer.", choices=["adamw"])
+    name: str = setting("adamw", "Optimizer: adamw, or muon (Muon on hidden matrices, AdamW on the rest).",
+                        choices=["adamw", "muon"])
     lr: float = setting(9e-4, "Peak learning rate.", gt=0)
     min_lr_ratio: float = setting(0.1, "Cosine floor as a fraction of lr.", ge=0, le=1)
     warmup_steps: int = setting(60, "Linear warm-up steps.", ge=0)
@@ -150,6 +151,7 @@ class OptimConfig:
     beta1: float = setting(0.9, "Adam beta1.", ge=0, lt=1)
     beta2: float = setting(0.95, "Adam beta2.", ge=0, lt=1)
     eps: float = setting(1e-8, "Adam epsilon.", gt=0)
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (optim=muon only).", ge=0, lt=1)
     fused: str = setting("auto", "Fused AdamW kernel: auto (when supported), true, false.",
                          choices=["auto", "true", "false"])
     compile: str = setting("auto", "torch.compile the training forward: auto (bf16 on a CPU, text batches, long "

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Timer
 
 from anima.config.groups import OptimConfig
 from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
+from anima.train.optimizers import build_optimizer
 from anima.train.schedule import lr_factor
 
 
@@ -140,14 +141,11 @@ class CausalLMModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = {"auto": None, "true": True, "false": False}[cfg.fused.lower()]  # `true` from argv arrives as "True"
         if fused is None:  # not under fp16's GradScaler: Lightning cannot clip a fused optimizer's gradients there
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params) and \
                 str(getattr(self._trainer, "precision", "")) not in ("16-mixed", "16")
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        optimizer = build_optimizer(self.model, cfg, fused)
         factor = partial(lr_factor, warmup=cfg.warmup_steps, total=self.max_steps, schedule=cfg.schedule,
                          min_ratio=cfg.min_lr_ratio)
         if self.time_budget_s:

@@ -1,0 +1,110 @@
+"""Optimizers by `optim.name`: AdamW everywhere, or Muon on the hidden matrices with AdamW for the rest.
+
+Muon (torch.optim.Muon) orthogonalises each hidden weight matrix's momentum by a few Newton-Schulz steps; at
+a fixed time budget it learns more per step than AdamW. It applies to 2-D hidden weights only, so the
+embedding (tied to the output head), norms and biases stay on AdamW. Lightning's automatic optimisation wants
+one optimizer, so `MuonAdamW` presents both as one: one list of param groups (the LR schedule scales them all),
+one state, one state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Callable
+
+import torch
+
+from anima.config.groups import OptimConfig
+from anima.errors import ConfigError
+
+
+def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Decoupled weight decay on matrices only (not on norms or biases)."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+class _JointState(MutableMapping):
+    """Both optimizers' per-parameter state as one mapping, each key read from and written to its owner's
+    (a ChainMap would not do: reading a missing key from a defaultdict inserts it into the first map)."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+        self.muon, self.adamw = muon, adamw
+        self.muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+
+    def _owner(self, key: Any) -> dict:
+        return self.muon.state if id(key) in self.muon_ids else self.adamw.state
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._owner(key)[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._owner(key)[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._owner(key)[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.muon.state
+        yield from self.adamw.state
+
+    def __len__(self) -> int:
+        return len(self.muon.state) + len(self.adamw.state)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for `hidden` (2-D matrices inside the blocks), AdamW for `other`, stepped together."""
+
+    def __init__(self, hidden: list[torch.nn.Parameter], other: list[torch.nn.Parameter], cfg: OptimConfig,
+                 fused: bool | None) -> None:
+        self.muon = torch.optim.Muon([{"params": hidden, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
+                                     momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(decay_groups(other, cfg.weight_decay), lr=cfg.lr,
+                                       betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        super().__init__([*hidden, *other], {"lr": cfg.lr})
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # the same dicts: one schedule
+        self.state = _JointState(self.muon, self.adamw)  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
+        self.state = _JointState(self.muon, self.adamw)  # type: ignore[assignment]
+
+
+def hidden_matrices(model: torch.nn.Module) -> set[int]:
+    """Ids of the 2-D weights inside the transformer blocks (not the embedding / output head)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    heads = {id(p) for n, p in model.named_parameters() if n.endswith(("lm_head.weight", "output.weight"))}
+    return {id(p) for p in model.parameters() if p.dim() == 2 and id(p) not in embeddings | heads}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool | None) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` names over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "muon":
+        hidden = hidden_matrices(model)
+        if not any(id(p) in hidden for p in params):
+            raise ConfigError("optim=muon: the model has no trainable 2-D block weights for Muon (flattened by "
+                              "a sharding strategy, or frozen); use optim=adamw")
+        return MuonAdamW([p for p in params if id(p) in hidden], [p for p in params if id(p) not in hidden],
+                         cfg, fused)
+    return torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps, fused=fused)

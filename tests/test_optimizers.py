@@ -1,0 +1,83 @@
+"""optim=muon: Muon on the hidden matrices and AdamW on the rest, presented to Lightning as one optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anima.config.groups import OptimConfig
+from anima.model.build import build_model
+from anima.train.optimizers import MuonAdamW, build_optimizer, hidden_matrices
+from tests.helpers import compose_cfg
+
+
+def _nano(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(compose_cfg("pretrain", ["model=nano"]).model)
+
+
+def _step(model, optimizer, scheduler=None) -> None:
+    x = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    model(input_ids=x, labels=x).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_embedding_and_norms():
+    model = _nano()
+    hidden = hidden_matrices(model)
+    names = {n for n, p in model.named_parameters() if id(p) in hidden}
+    assert names and all(".layers." in n and n.endswith(".weight") for n in names)
+    assert not any("embed" in n or "norm" in n for n in names)
+    optimizer = build_optimizer(model, OptimConfig(name="muon"), fused=False)
+    assert isinstance(optimizer, MuonAdamW)
+    assert {id(p) for p in optimizer.muon.param_groups[0]["params"]} == hidden
+    assert all(p.dim() == 2 for p in optimizer.muon.param_groups[0]["params"])
+    assert isinstance(build_optimizer(model, OptimConfig(), fused=False), torch.optim.AdamW)
+
+
+def test_one_optimizer_steps_exactly_as_torch_muon_and_adamw_side_by_side():
+    cfg = OptimConfig(name="muon", lr=3e-3)
+    a, b = _nano(), _nano()
+    combined = build_optimizer(a, cfg, fused=False)
+    hidden = hidden_matrices(b)
+    muon = torch.optim.Muon([p for p in b.parameters() if id(p) in hidden], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    rest = [p for p in b.parameters() if id(p) not in hidden]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=False)
+    for _ in range(3):
+        _step(a, combined)
+        x = torch.randint(0, b.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+        b(input_ids=x, labels=x).loss.backward()
+        muon.step()
+        adamw.step()
+        muon.zero_grad()
+        adamw.zero_grad()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+
+
+def test_the_schedule_scales_both_rules_and_the_state_round_trips():
+    model = _nano()
+    optimizer = build_optimizer(model, OptimConfig(name="muon", lr=1e-2), fused=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    for _ in range(2):
+        _step(model, optimizer, scheduler)
+    assert [g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups] == \
+        pytest.approx([2.5e-3] * 3)
+    assert len(optimizer.state) == sum(1 for p in model.parameters())  # every parameter has its state
+    for p in model.parameters():  # reading the joint state never plants a key in the other optimizer's
+        assert optimizer.state[p] is (optimizer.muon if p in optimizer.muon.state else optimizer.adamw).state[p]
+    assert len(optimizer.muon.state) == len(optimizer.muon.param_groups[0]["params"])
+
+    saved = optimizer.state_dict()
+    again = build_optimizer(model, OptimConfig(name="muon", lr=1e-2), fused=False)
+    again.load_state_dict(saved)
+    for p in model.parameters():
+        for k, v in optimizer.state[p].items():
+            assert torch.equal(torch.as_tensor(again.state[p][k]), torch.as_tensor(v)), k
+    assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in optimizer.param_groups]
