@@ -46,8 +46,8 @@ def test_synth_against_a_live_anima_serve(champ, tmp_path, monkeypatch):
     serve_cfg = compose_cfg("serve", ["serve.api_key_env=ANIMA_SYNTH_TEST_KEY", "device.threads=1", "serve.compile=false"])
     app, _, _ = build_app(serve_cfg)
     with start_server_thread(app) as srv:
-        # the barely trained champion's most likely first token is the end of turn (greedy replies are empty), and
-        # every prompt gets the same seed: seed 3 ended all five at once under the batched sampler; 1, 2, 4, 5 do not
+        # the barely trained champion's most likely first token is the end of turn (greedy replies are empty); sampled
+        # replies are not, and prompt i gets seed 1 + i, so the five do not share their first draw
         cfg = compose_cfg("synth", ["teacher.kind=openai", f"teacher.base_url={srv.url}/v1", "teacher.model=anima-tiny",
                                     "teacher.api_key_env=ANIMA_SYNTH_TEST_KEY", f"synth.prompts={prompts}",
                                     "synth.name=from_serve", "sampling.max_new_tokens=8", "sampling.seed=1"])

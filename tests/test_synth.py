@@ -98,6 +98,21 @@ def test_hf_teacher_local_model(tmp_path_factory, tmp_path):
     assert rows[0]["teacher"].startswith("hf:") and rows[0]["messages"][0]["content"] == "You are anima."
 
 
+def test_a_seeded_run_gives_each_prompt_its_own_seed(tmp_path):
+    class Recorder:
+        name = "recorder"
+        seeds: list = []
+
+        def reply(self, messages, params):
+            self.seeds.append(params.seed)
+            return "ok"
+
+    teacher = Recorder()
+    synthesize(["a", "b", "c"], teacher, SamplingParams(seed=7), tmp_path / "seeded.jsonl")
+    synthesize(["a", "b"], teacher, SamplingParams(), tmp_path / "unseeded.jsonl")
+    assert teacher.seeds == [7, 8, 9, None, None]  # reproducible, yet no two prompts share their random draws
+
+
 def test_bad_prompts_and_prompt_files(tmp_path):
     class Echo:
         name = "echo"

@@ -122,6 +122,8 @@ class TextStream(Iterator[str]):
                 kind, value, entries = self._events.get()
                 self._record(entries)
                 callback(kind, value, entries)
+                if kind != "piece":
+                    self._ended.set()
             self._listener = callback
 
     def wait_end(self) -> None:
@@ -140,6 +142,8 @@ class TextStream(Iterator[str]):
                 return
         self._record(entries)
         listener(kind, value, entries)
+        if kind != "piece":
+            self._ended.set()  # wait_end() returns whoever consumed the events
 
     def _record(self, entries: list) -> None:
         if entries and self.logprobs is not None:

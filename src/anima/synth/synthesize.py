@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,12 @@ def _as_messages(prompt: Any, i: int, system_prompt: str | None) -> Messages:
     return msgs
 
 
+def _for_prompt(params: SamplingParams, i: int) -> SamplingParams:
+    """A seeded run gives prompt i the seed `seed + i`: reproducible, but not the same random draws for every
+    prompt (which would make every reply start alike)."""
+    return params if params.seed is None else replace(params, seed=params.seed + i)
+
+
 def synthesize(
     prompts: Sequence[str] | Sequence[Messages],
     teacher: TeacherClient,
@@ -73,7 +79,7 @@ def synthesize(
     with atomic_path(out_path, mode=PRIVATE) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, msgs in enumerate(convs):
             try:
-                reply = teacher.reply(msgs, params)
+                reply = teacher.reply(msgs, _for_prompt(params, i))
             except AnimaError:
                 raise
             except Exception as e:  # noqa: BLE001 - one prompt failed; count it and go on
