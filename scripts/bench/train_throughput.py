@@ -126,7 +126,10 @@ def anima_run(overrides, raw_dir, steps: int, warmup: int) -> tuple[float, float
     from tests.helpers import compose_cfg
 
     clock = WallClock(warmup)
-    cfg = compose_cfg("pretrain", [*STORIES, f"trainer.max_steps={steps}", "trainer.val_every=100000",
+    # The bare loops step AdamW, so anima does too unless told otherwise (`optim=muon`, pretraining's default,
+    # adds its Newton-Schulz steps): the ratios measure the training loop, not the choice of optimizer.
+    same_optimizer = [] if any(o.startswith("optim=") for o in overrides) else ["optim=adamw"]
+    cfg = compose_cfg("pretrain", [*STORIES, *same_optimizer, f"trainer.max_steps={steps}", "trainer.val_every=100000",
                                    "trainer.num_samples=0", "trainer.progress=none", "registry.register=false",
                                    "tracking.log_checkpoints=false", "trainer.ckpt_every=100000", *overrides],
                       raw_dir)
