@@ -18,10 +18,11 @@ from anima.config.groups import OptimConfig
 from anima.errors import ConfigError
 
 
-def decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """Decoupled weight decay on matrices only (not on norms or biases)."""
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+def adamw(params: list[torch.nn.Parameter], cfg: OptimConfig, fused: bool | None) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only (not on norms or biases)."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
 class _JointState(MutableMapping):
@@ -59,8 +60,7 @@ class MuonAdamW(torch.optim.Optimizer):
                  fused: bool | None) -> None:
         self.muon = torch.optim.Muon([{"params": hidden, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
                                      momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(decay_groups(other, cfg.weight_decay), lr=cfg.lr,
-                                       betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        self.adamw = adamw(other, cfg, fused)
         super().__init__([*hidden, *other], {"lr": cfg.lr})
         self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # the same dicts: one schedule
         self.state = _JointState(self.muon, self.adamw)  # type: ignore[assignment]
@@ -91,9 +91,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def hidden_matrices(model: torch.nn.Module) -> set[int]:
     """Ids of the 2-D weights inside the transformer blocks (not the embedding / output head)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    heads = {id(p) for n, p in model.named_parameters() if n.endswith(("lm_head.weight", "output.weight"))}
-    return {id(p) for p in model.parameters() if p.dim() == 2 and id(p) not in embeddings | heads}
+    excluded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    excluded |= {id(p) for n, p in model.named_parameters() if n.endswith("lm_head.weight")}
+    return {id(p) for p in model.parameters() if p.dim() == 2 and id(p) not in excluded}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool | None) -> torch.optim.Optimizer:
@@ -106,5 +106,4 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool | None
                               "a sharding strategy, or frozen); use optim=adamw")
         return MuonAdamW([p for p in params if id(p) in hidden], [p for p in params if id(p) not in hidden],
                          cfg, fused)
-    return torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=fused)
+    return adamw(params, cfg, fused)
