@@ -133,3 +133,26 @@ def test_batched_sampling_draws_each_row_as_if_alone():
                      for i in range(len(params))]
             assert together == alone
             assert together[1] == int(logits[1].argmax())
+
+
+@pytest.mark.parametrize("listen_first", [True, False])
+def test_wait_end_returns_for_a_stream_consumed_by_a_listener(listen_first):
+    import threading
+
+    from anima.generation.results import TextStream
+
+    stream, kinds = TextStream(None, [1]), []
+
+    def produce():
+        stream.emit("a", [])
+        stream.end("stop", [])
+
+    if not listen_first:  # the end was queued before the listener came: listen() delivers it
+        produce()
+    stream.listen(lambda kind, value, entries: kinds.append(kind))
+    if listen_first:
+        threading.Thread(target=produce).start()
+    waiter = threading.Thread(target=stream.wait_end, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive() and kinds == ["piece", "done"]
