@@ -7,7 +7,8 @@ import torch
 
 from anima.config.groups import OptimConfig
 from anima.model.build import build_model
-from anima.train.optimizers import MuonAdamW, build_optimizer, hidden_matrices
+from anima.train import optimizers
+from anima.train.optimizers import MuonAdamW, build_optimizer, hidden_matrices, newton_schulz_dtype, orthogonalize
 from tests.helpers import compose_cfg
 
 
@@ -42,6 +43,7 @@ def test_one_optimizer_steps_exactly_as_torch_muon_and_adamw_side_by_side():
     cfg = OptimConfig(name="muon", lr=3e-3)
     a, b = _nano(), _nano()
     combined = build_optimizer(a, cfg, fused=False)
+    combined.muon.ns_dtype = torch.bfloat16  # torch's Muon always iterates in bf16
     hidden = hidden_matrices(b)
     muon = torch.optim.Muon([p for p in b.parameters() if id(p) in hidden], lr=cfg.lr, weight_decay=cfg.weight_decay,
                             momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
@@ -59,6 +61,27 @@ def test_one_optimizer_steps_exactly_as_torch_muon_and_adamw_side_by_side():
         adamw.zero_grad()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), name
+
+
+def test_newton_schulz_runs_in_bf16_only_where_the_hardware_has_bf16_units(monkeypatch):
+    monkeypatch.setattr(optimizers, "cpu_has_bf16_matrix_units", lambda: False)
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.float32
+    assert build_optimizer(_nano(), OptimConfig(name="muon"), fused=False).muon.ns_dtype == torch.float32
+    monkeypatch.setattr(optimizers, "cpu_has_bf16_matrix_units", lambda: True)
+    assert newton_schulz_dtype(torch.device("cpu")) == torch.bfloat16
+
+
+def test_fp32_newton_schulz_orthogonalizes_like_torchs_bf16_one():
+    g = torch.randn(96, 32, generator=torch.Generator().manual_seed(0))
+    coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
+    in_fp32, in_bf16 = (orthogonalize(g, coefficients, steps, eps, dtype) for dtype in (torch.float32, torch.bfloat16))
+    assert in_fp32.dtype == torch.float32 and in_fp32.shape == g.shape
+    singular = torch.linalg.svdvals(in_fp32)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # near-orthogonal: what the update is for
+    assert torch.allclose(in_fp32, in_bf16.float(), atol=0.05)
+    before = g.clone()
+    orthogonalize(g, coefficients, steps, eps, torch.float32)
+    assert torch.equal(g, before)  # the momentum buffer it is given stays as it was
 
 
 def test_the_schedule_scales_both_rules_and_the_state_round_trips():

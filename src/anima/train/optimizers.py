@@ -1,7 +1,9 @@
 """Optimizers by `optim.name`: AdamW everywhere, or Muon on the hidden matrices with AdamW for the rest.
 
 Muon (torch.optim.Muon) orthogonalises each hidden weight matrix's momentum by a few Newton-Schulz steps; at
-a fixed time budget it learns more per step than AdamW. It applies to 2-D hidden weights only, so the
+a fixed time budget it learns more per step than AdamW. torch runs those steps in bf16 always; a CPU without
+bf16 units (AMD EPYC Zen 2 here) emulates bf16 matmuls ~60x slower than fp32 ones, which made a `tiny` step
+take 3 s there, so `Muon` below runs them in bf16 only where the hardware has bf16 units, else in fp32. It applies to 2-D hidden weights only, so the
 embedding (tied to the output head), norms and biases stay on AdamW. Lightning's automatic optimisation wants
 one optimizer, so `MuonAdamW` presents both as one: one list of param groups (the LR schedule scales them all),
 one state, one state dict.
@@ -9,6 +11,7 @@ one state, one state dict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable
 
@@ -16,6 +19,7 @@ import torch
 
 from anima.config.groups import OptimConfig
 from anima.errors import ConfigError
+from anima.train.precision import cpu_has_bf16_matrix_units
 
 
 def adamw(params: list[torch.nn.Parameter], cfg: OptimConfig, fused: bool | None) -> torch.optim.AdamW:
@@ -23,6 +27,61 @@ def adamw(params: list[torch.nn.Parameter], cfg: OptimConfig, fused: bool | None
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where `device` multiplies bf16 matrices natively (as torch's Muon assumes), fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matrix_units() else torch.float32
+
+
+def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration (the same operations, so bf16 results match it bit
+    for bit), computed in `dtype`."""
+    a, b, c = coefficients
+    x = update.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # not in place: in fp32 `x` may be the momentum buffer itself
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (same param groups and state, so its checkpoints load) with the Newton-Schulz steps in
+    `ns_dtype`. Only `adjust_lr_fn="match_rms_adamw"` is used: Muon's update gets AdamW's RMS, one lr fits both."""
+
+    def __init__(self, params: list[dict], *, lr: float, momentum: float, ns_dtype: torch.dtype) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw")
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad, state = param.grad, self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update, alpha=-(lr * (0.2 * math.sqrt(max(param.shape[:2])))))
+        return loss
 
 
 class _JointState(MutableMapping):
@@ -58,8 +117,8 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, hidden: list[torch.nn.Parameter], other: list[torch.nn.Parameter], cfg: OptimConfig,
                  fused: bool | None) -> None:
-        self.muon = torch.optim.Muon([{"params": hidden, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
-                                     momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+        self.muon = Muon([{"params": hidden, "weight_decay": cfg.weight_decay}], lr=cfg.lr,
+                         momentum=cfg.muon_momentum, ns_dtype=newton_schulz_dtype(hidden[0].device))
         self.adamw = adamw(other, cfg, fused)
         super().__init__([*hidden, *other], {"lr": cfg.lr})
         self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # the same dicts: one schedule
