@@ -16,6 +16,7 @@ Extra arguments are Hydra overrides for the anima side (e.g. device.matmul_preci
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -163,11 +164,15 @@ def main() -> None:
     corpus = load_text_corpus(cfg.data, raw)
     tok_dir, _ = ensure_tokenizer(corpus, typed(cfg, TrainConfig).tokenizer, "chatml", cfg.paths.cache_dir)
     tokens = build_token_cache(corpus, tok_dir, cfg.paths.cache_dir)[0]["train"].tokens
+    from anima.train.precision import cpu_has_bf16_matrix_units, resolve_precision
+
+    # Without bf16 units (AMD EPYC Zen 2 here) bf16 matmuls are emulated ~60x slower than fp32: no bf16 column.
+    has_bf16 = cpu_has_bf16_matrix_units()
     exact, same, bf16, ours, startup = [], [], [], [], []
     for r in range(args.rounds):
         exact.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest"))
         same.append(bare_loop(cfg, tokens, args.steps, args.warmup, precision))
-        bf16.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest", bf16=True))
+        bf16.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest", bf16=True) if has_bf16 else math.nan)
         tps, up = anima_run(overrides, raw, args.steps, args.warmup)
         ours.append(tps)
         startup.append(up)
@@ -176,7 +181,7 @@ def main() -> None:
     e, s, b, a = (statistics.median(x) for x in (exact, same, bf16, ours))
     flops = train_flops_per_token(cfg)
     peak_exact, peak_same = matmul_peak("highest"), matmul_peak(precision)
-    peak_bf16 = matmul_peak("highest", torch.bfloat16)
+    peak_bf16 = matmul_peak("highest", torch.bfloat16) if has_bf16 else math.nan
     print(f"\n{cpu_name()}, {args.threads} threads; model=tiny at 288x6 (llama2.c stories scale) batch {cfg.trainer.batch_size}x{cfg.model.max_seq_len}, "
           f"{args.steps - args.warmup} timed steps by wall clock, median of {args.rounds} rounds")
     print(f"overrides: {overrides}")
@@ -186,8 +191,6 @@ def main() -> None:
     print(f"anima pretrain (whole loop)               : {a:,.0f} tokens/s  (start-up {statistics.median(startup):.1f} s)")
     print(f"matmul peak at {args.threads} threads: fp32 exact {peak_exact / 1e9:,.0f} GFLOP/s, fp32 at {precision} "
           f"{peak_same / 1e9:,.0f}, bf16 {peak_bf16 / 1e9:,.0f}; {flops / 1e6:.1f} MFLOP per trained token")
-    from anima.train.precision import resolve_precision
-
     used = resolve_precision(cfg.device)
     peak_used, peak_name = (peak_bf16, "bf16") if used == "bf16-mixed" else (peak_same, f"fp32 {precision}")
     print(f"anima trains in {used}; MFU against the peak of the precision in use: anima "
