@@ -3,10 +3,10 @@
 Muon (torch.optim.Muon) orthogonalises each hidden weight matrix's momentum by a few Newton-Schulz steps; at
 a fixed time budget it learns more per step than AdamW. torch runs those steps in bf16 always; a CPU without
 bf16 units (AMD EPYC Zen 2 here) emulates bf16 matmuls ~60x slower than fp32 ones, which made a `tiny` step
-take 3 s there, so `Muon` below runs them in bf16 only where the hardware has bf16 units, else in fp32. It applies to 2-D hidden weights only, so the
-embedding (tied to the output head), norms and biases stay on AdamW. Lightning's automatic optimisation wants
-one optimizer, so `MuonAdamW` presents both as one: one list of param groups (the LR schedule scales them all),
-one state, one state dict.
+take 3 s there, so `Muon` below runs them in bf16 only where the hardware has bf16 units, else in fp32.
+Muon applies to 2-D hidden weights only, so the embedding (tied to the output head), norms and biases stay on
+AdamW. Lightning's automatic optimisation wants one optimizer, so `MuonAdamW` presents both as one: one list
+of param groups (the LR schedule scales them all), one state, one state dict.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ def adamw(params: list[torch.nn.Parameter], cfg: OptimConfig, fused: bool | None
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """The loss of an optimizer's `closure` (with gradients on), as torch's optimizers evaluate it."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
@@ -62,10 +70,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
             for param in group["params"]:
@@ -126,10 +131,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
