@@ -180,11 +180,8 @@ def _checked_space(spec: SweepStageConfig) -> tuple[list, list[str]]:
 def _run_trials(study: Any, storage: Any, objective: Any, budget: int | None, timeout: float | None,
                 stop: Any) -> bool:
     """One trial at a time until the budget, the timeout or the grid runs out; True when Ctrl-C stopped it."""
-    from optuna.samplers import GridSampler
-
     from anima.sweep.objective import MetricMissing
     from anima.sweep.recover import fail_dead_trials
-    from anima.sweep.study import used_budget
 
     start = time.monotonic()
     try:
@@ -193,15 +190,41 @@ def _run_trials(study: Any, storage: Any, objective: Any, budget: int | None, ti
             fail_dead_trials(study, storage)  # before counting: a dead worker's trial is retried, not counted
             if timeout and time.monotonic() - start >= timeout:
                 return False
-            if budget and used_budget(study) >= budget:
+            if not _run_one_trial(study, storage, objective, budget):
                 return False
-            if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
-                return False
-            study.optimize(objective, n_trials=1, gc_after_trial=False)
     except KeyboardInterrupt:
         return True
     except MetricMissing:
         raise
+
+
+def _run_one_trial(study: Any, storage: Any, objective: Any, budget: int | None) -> bool:
+    """Run one trial unless the budget or the grid is spent; False when it is. Counting the budget and creating
+    the trial happen under the study's lock, so workers sharing a study never overshoot `sweep.n_trials`."""
+    from optuna.samplers import GridSampler
+
+    from anima.sweep.lock import StudyLock
+    from anima.sweep.study import used_budget
+
+    lock = StudyLock(storage, storage.get_study_id_from_name(study.study_name)) if storage is not None else None
+
+    def released_then_run(trial: Any) -> float:
+        if lock is not None:
+            lock.release()  # the trial exists (RUNNING, so counted): other workers may go on
+        return objective(trial)
+
+    if lock is not None:
+        lock.acquire()
+    try:
+        if budget and used_budget(study) >= budget:
+            return False
+        if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
+            return False
+        study.optimize(released_then_run, n_trials=1, gc_after_trial=False)
+        return True
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _finish(ctx: Any, study: Any, run_id: str, interrupted: bool) -> SweepResult:

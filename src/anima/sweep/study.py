@@ -186,7 +186,7 @@ def claim_study_run(study: optuna.Study, storage: RDBStorage | None, run_id: str
     """The study's one parent run: the first worker to get here records its own sweep run, atomically (the
     database's unique (study, key) constraint decides a race), and every later worker -- in any project root,
     on any machine sharing the storage -- reads it back. Returns the recorded run id."""
-    import json
+    from anima.sweep.lock import insert_study_attr
 
     if storage is None:  # in memory: this worker is the only one
         return run_id
@@ -194,13 +194,5 @@ def claim_study_run(study: optuna.Study, storage: RDBStorage | None, run_id: str
     current = storage.get_study_user_attrs(study_id).get(STUDY_RUN)
     if current:
         return str(current)
-    from optuna.storages._rdb import models
-    from sqlalchemy import exc, insert
-
-    try:
-        with storage.engine.begin() as conn:
-            conn.execute(insert(models.StudyUserAttributeModel.__table__).values(
-                study_id=study_id, key=STUDY_RUN, value_json=json.dumps(run_id)))
-    except exc.IntegrityError:
-        pass  # another worker recorded its run first
+    insert_study_attr(storage, study_id, STUDY_RUN, run_id)  # loses quietly when another worker was first
     return str(storage.get_study_user_attrs(study_id).get(STUDY_RUN) or run_id)
