@@ -47,22 +47,27 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
 def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                   dtype: torch.dtype) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz iteration (the same operations, so bf16 results match it bit
-    for bit), computed in `dtype`."""
+    for bit), computed in `dtype`, on one matrix (r, c) or on a stack of same-shape matrices (n, r, c)."""
     a, b, c = coefficients
     x = update.to(dtype)
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # not in place: in fp32 `x` may be the momentum buffer itself
+        x = x.mT
+    norm = x.norm() if x.dim() == 2 else x.norm(dim=(-2, -1), keepdim=True)
+    x = x / norm.clamp(min=eps)  # not in place: in fp32 `x` may be the momentum buffer itself
+    fused_mm = torch.addmm if x.dim() == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = fused_mm(x, fused_mm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (same param groups and state, so its checkpoints load) with the Newton-Schulz steps in
-    `ns_dtype`. Only `adjust_lr_fn="match_rms_adamw"` is used: Muon's update gets AdamW's RMS, one lr fits both."""
+    `ns_dtype`, run once per distinct matrix shape on the stacked updates: a small model's ~30 matrices cost
+    ~30 chains of tiny matmuls one by one (52 ms a step for `tiny` on a 2-core Xeon) and 3 batched ones
+    together (19 ms). Only `adjust_lr_fn="match_rms_adamw"` is used: Muon's update gets AdamW's RMS, one lr
+    fits both."""
 
     def __init__(self, params: list[dict], *, lr: float, momentum: float, ns_dtype: torch.dtype) -> None:
         super().__init__(params, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw")
@@ -73,6 +78,7 @@ class Muon(torch.optim.Muon):
         loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
+            by_shape: dict[torch.Size, list[tuple[torch.nn.Parameter, torch.Tensor]]] = {}
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -82,10 +88,15 @@ class Muon(torch.optim.Muon):
                 buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                       self.ns_dtype)
-                param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update, alpha=-(lr * (0.2 * math.sqrt(max(param.shape[:2])))))
+                by_shape.setdefault(param.shape, []).append((param, update))
+            for shape, pairs in by_shape.items():
+                stacked = torch.stack([u for _, u in pairs]) if len(pairs) > 1 else pairs[0][1]
+                ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                      self.ns_dtype)
+                step_size = lr * (0.2 * math.sqrt(max(shape[:2])))
+                for i, (param, _) in enumerate(pairs):
+                    param.mul_(1 - lr * group["weight_decay"])
+                    param.add_(ortho[i] if len(pairs) > 1 else ortho, alpha=-step_size)
         return loss
 
 
