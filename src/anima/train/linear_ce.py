@@ -10,6 +10,8 @@ softmax, log-sum-exp and gradient accumulation run in fp32, so the loss is as ex
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from anima.errors import DataError
@@ -53,13 +55,22 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None
 
 
+@functools.cache
+def _compiled_sum() -> object:
+    """The chunked loss under torch.compile: inductor fuses each chunk's log-sum-exp, softmax and gradient
+    into a few loops (tiny, 8x256 tokens, 2-core Xeon: 32 -> 17 ms a step for forward and backward)."""
+    return torch.compile(_ChunkedLinearCrossEntropy.apply)
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         chunk: int = 1024) -> torch.Tensor:
+                         chunk: int = 1024, compiled: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy of `hidden @ weight.T` over labels != IGNORE_INDEX (labels already
-    shifted), equal to `token_cross_entropy(lm_head(hidden), labels)` up to float rounding."""
+    shifted), equal to `token_cross_entropy(lm_head(hidden), labels)` up to float rounding. `compiled`: run
+    it through torch.compile (where the training step is compiled too)."""
     flat = labels.reshape(-1)
     n = int((flat != IGNORE_INDEX).sum())
     if n == 0:
         raise DataError(NO_TARGETS)
-    total = _ChunkedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, flat, chunk)
+    total_of = _compiled_sum() if compiled else _ChunkedLinearCrossEntropy.apply
+    total = total_of(hidden.reshape(-1, hidden.shape[-1]), weight, flat, chunk)  # type: ignore[operator]
     return total / n

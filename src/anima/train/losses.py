@@ -56,8 +56,8 @@ class LanguageModelingLoss:
                  module: Any) -> Optional[torch.Tensor]:
         return token_cross_entropy(logits, batch["labels"])
 
-    def from_hidden(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor, head_weight: torch.Tensor
-                    ) -> torch.Tensor:
+    def from_hidden(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor, head_weight: torch.Tensor,
+                    compiled: bool = False) -> torch.Tensor:
         from anima.train.linear_ce import linear_cross_entropy
 
-        return linear_cross_entropy(hidden, head_weight, batch["labels"], self.chunk)
+        return linear_cross_entropy(hidden, head_weight, batch["labels"], self.chunk, compiled)

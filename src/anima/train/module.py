@@ -49,6 +49,7 @@ class CausalLMModule(L.LightningModule):
         self._head = fused_head(model)
         self._decoder = self._head[0] if self._head else None
         self._forward, self._train_decoder = model, self._decoder
+        self._compiled = compile  # the fused LM-head loss too
         if compile:  # the training forward only (validation's eval mode would recompile); plain attributes,
             object.__setattr__(self, "_forward", torch.compile(model))  # not submodules: no duplicate keys
             if self._decoder is not None:
@@ -75,7 +76,7 @@ class CausalLMModule(L.LightningModule):
         sync = self._world() > 1  # the mean over ranks: the curve of one process with the global batch
         for term in active:
             if hidden is not None and getattr(term, "fusable", False):
-                value = term.from_hidden(batch, hidden, self._head[1].weight)
+                value = term.from_hidden(batch, hidden, self._head[1].weight, compiled=self._compiled)
             else:
                 value = term(self.global_step, batch, logits, self)
             if value is None:
