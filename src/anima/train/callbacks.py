@@ -133,22 +133,62 @@ class StartupTime(L.Callback):
 
 def generate_samples(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, sampling: Any,
                      seed: int) -> list[str]:
-    """Sample one continuation per prompt without disturbing the training RNG."""
+    """Sample one continuation per prompt without disturbing the training RNG: with anima's own Llama decode
+    where it runs the model (tiny, 3 x 64 tokens on a 2-core Xeon: 0.11 s vs HF generate's 0.48 s, paid at
+    every validation of a time-budgeted run), else with `generate`."""
     was_training = model.training
     model.eval()
-    outs = []
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(seed)
-        for ids in prompts:
-            x = torch.tensor([ids], device=model.device)
-            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                               do_sample=sampling.temperature > 0, temperature=sampling.temperature or None,
-                               top_p=sampling.top_p, top_k=sampling.top_k or None,
-                               pad_token_id=tokenizer.pad_token_id)
-            outs.append(tokenizer.decode(ids, skip_special_tokens=False) + "⟶" +
-                        tokenizer.decode(y[0, len(ids):], skip_special_tokens=True))
-    model.train(was_training)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed)
+            sample = _fast_continuation if _plain_llama(model) else _hf_continuation
+            outs = [tokenizer.decode(ids, skip_special_tokens=False) + "⟶" +
+                    tokenizer.decode(sample(model, tokenizer, ids, max_new_tokens, sampling, seed),
+                                     skip_special_tokens=True) for ids in prompts]
+    finally:
+        model.train(was_training)
     return outs
+
+
+def _plain_llama(model) -> bool:
+    """A bare Llama whose weights are the plain Linear weights anima's decode reads (not a LoRA/QLoRA wrapper)."""
+    from transformers import LlamaForCausalLM
+
+    from anima.generation.backends import fast_llama_unsupported
+
+    return (type(model) is LlamaForCausalLM and fast_llama_unsupported(model) is None
+            and all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear)))
+
+
+def _hf_continuation(model, tokenizer, ids: list[int], max_new_tokens: int, sampling: Any, seed: int) -> list[int]:
+    x = torch.tensor([ids], device=model.device)
+    y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                       do_sample=sampling.temperature > 0, temperature=sampling.temperature or None,
+                       top_p=sampling.top_p, top_k=sampling.top_k or None, pad_token_id=tokenizer.pad_token_id)
+    return y[0, len(ids):].tolist()
+
+
+def _fast_continuation(model, tokenizer, ids: list[int], max_new_tokens: int, sampling: Any, seed: int
+                       ) -> list[int]:
+    from anima.generation.backends import FastLlamaBackend
+    from anima.generation.sampling import SamplingParams, make_generator, sample_next
+
+    params = SamplingParams(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
+                            top_k=int(sampling.top_k or 0), max_new_tokens=max_new_tokens).validate()
+    eos = model.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, list) else [eos]) - {None}
+    room = int(model.config.max_position_embeddings) - len(ids)
+    backend = FastLlamaBackend(model, max_positions=len(ids) + max(0, min(max_new_tokens, room)))
+    generator, out = make_generator(seed), []
+    logits = backend.forward(ids)
+    for _ in range(min(max_new_tokens, room)):
+        token = sample_next(logits, params, generator)
+        if token in stop:
+            break
+        out.append(token)
+        if len(out) < min(max_new_tokens, room):
+            logits = backend.forward([token])
+    return out
 
 
 class SampleGenerations(L.Callback):
