@@ -177,16 +177,16 @@ def _fast_continuation(model, tokenizer, ids: list[int], max_new_tokens: int, sa
                             top_k=int(sampling.top_k or 0), max_new_tokens=max_new_tokens).validate()
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos]) - {None}
-    room = int(model.config.max_position_embeddings) - len(ids)
-    backend = FastLlamaBackend(model, max_positions=len(ids) + max(0, min(max_new_tokens, room)))
+    n = max(0, min(max_new_tokens, int(model.config.max_position_embeddings) - len(ids)))  # what fits the context
+    backend = FastLlamaBackend(model, max_positions=len(ids) + n)
     generator, out = make_generator(seed), []
     logits = backend.forward(ids)
-    for _ in range(min(max_new_tokens, room)):
+    while len(out) < n:
         token = sample_next(logits, params, generator)
         if token in stop:
             break
         out.append(token)
-        if len(out) < min(max_new_tokens, room):
+        if len(out) < n:
             logits = backend.forward([token])
     return out
 

@@ -90,13 +90,13 @@ class Muon(torch.optim.Muon):
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
                 by_shape.setdefault(param.shape, []).append((param, update))
             for shape, pairs in by_shape.items():
-                stacked = torch.stack([u for _, u in pairs]) if len(pairs) > 1 else pairs[0][1]
-                ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                      self.ns_dtype)
+                updates = [u for _, u in pairs]
+                ortho = orthogonalize(torch.stack(updates) if len(updates) > 1 else updates[0],
+                                      group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 step_size = lr * (0.2 * math.sqrt(max(shape[:2])))
-                for i, (param, _) in enumerate(pairs):
+                for (param, _), update in zip(pairs, ortho if len(updates) > 1 else [ortho]):
                     param.mul_(1 - lr * group["weight_decay"])
-                    param.add_(ortho[i] if len(pairs) > 1 else ortho, alpha=-step_size)
+                    param.add_(update, alpha=-step_size)
         return loss
 
 
