@@ -10,7 +10,8 @@ reference source (``--run-c``, default /work/shared/anchors/llama2.c/run.c) into
 its column is skipped. Rounds are interleaved (run.c, anima step, anima engine, run.c, ...) so machine noise hits
 all alike. Columns:
   run.c          its own "achieved tok/s" (greedy, -t 0; every position is one forward, prompt included)
-  anima step     backend.forward([tok]) for positions 1..steps-1 (the compiled step when built, else eager)
+  anima step     backend.forward([tok]) for positions 1..steps-1 (the compiled step when built, else eager), run on
+                 the engine's own thread as the engine runs it (a second thread's OpenMP pool would slow both)
   anima engine   ChatEngine.stream_completion end to end (scheduler thread, sampling, detokenization)
 """
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         backend = engine.backend
 
         def step_tok_s() -> float:
+            return engine.scheduler.call(step_loop)
+
+        def step_loop() -> float:
+            torch.set_num_threads(args.threads)  # the engine's thread tuner may have left it at 1
             backend.select(0)
             backend.truncate(0)
             backend.forward([1])
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, fn in runs.items():
                 got[label].append(fn())
             print(f"round {r + 1}: " + "   ".join(f"{k} {v[-1]:8.1f} tok/s" for k, v in got.items()))
+        print(f"threads in this process: {len(os.listdir('/proc/self/task'))}" if os.path.isdir("/proc/self/task") else "")
         ref = statistics.median(got["run.c"]) if "run.c" in got else None
         print("\n| column | median tok/s | best tok/s | vs run.c |\n|---|---|---|---|")
         for label, v in got.items():
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                step_tok_s()
+                step_loop()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 

@@ -15,6 +15,11 @@ Each step the scheduler
 Active sequences always occupy slots 0..B-1 (a leaving sequence's slot is swapped with the last active one),
 so the batched step reads plain views of the cache. A backend without slots (transformers' ``hf``) runs one
 sequence at a time through the same loop.
+
+The same thread also loads the model (``call``): every torch op of an engine runs on one thread, so OpenMP
+keeps one worker pool. A second pool (say, the main thread's, left over from loading the weights) makes
+libgomp see more threads than cores and throttle its spin-wait; every parallel region then sleeps on a futex
+between ops, and on a 2-core EPYC the 2-thread decode step ran 2.4x slower than on a single thread.
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from anima.generation.sampling import sample_batch
 from anima.generation.sequence import CANCEL, Busy, Sequence
 
-__all__ = ["CANCEL", "BatchScheduler", "Busy"]
 from anima.generation.threads import ThreadTuner, timed_threads
+
+__all__ = ["CANCEL", "BatchScheduler", "Busy"]
+T = TypeVar("T")
 
 class BatchScheduler:
     """Owns the engine's backend from its own thread; ``submit`` queues a Sequence and returns at once."""
@@ -39,6 +47,7 @@ class BatchScheduler:
         self.engine = engine
         self._cond = threading.Condition()
         self._pending: collections.deque[Sequence] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
         self._active: list[Sequence] = []  # active[i] decodes in cache slot i
         self._cached: list[list[int]] = []  # per slot: the token ids its cache holds (valid prefix)
         self._thread: threading.Thread | None = None
@@ -52,10 +61,24 @@ class BatchScheduler:
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             self._pending.append(seq)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="anima-batch", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            self._wake()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the scheduler's thread between steps; returns its result or raises what it raised."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: Future = Future()
+        with self._cond:
+            self._calls.append((fn, done))
+            self._wake()
+        return done.result()
+
+    def _wake(self) -> None:
+        """(Under the lock) start the thread if it is not running and tell it there is work."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="anima-batch", daemon=True)
+            self._thread.start()
+        self._cond.notify()
 
     @property
     def load(self) -> tuple[int, int]:
@@ -65,6 +88,7 @@ class BatchScheduler:
     # ----------------------------------------------------------------- loop
     def _run(self) -> None:
         while True:
+            self._run_calls()
             admit = self._take_admissions()
             for seq in admit:
                 self._admit(seq)
@@ -79,13 +103,25 @@ class BatchScheduler:
                     self._cached = [[] for _ in self._cached]
                     self.engine.backend.truncate(0)
 
+    def _run_calls(self) -> None:
+        while self._calls:
+            with self._cond:
+                fn, done = self._calls.popleft()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    done.set_exception(e)
+
     def _capacity(self) -> int:
         return self.engine.backend.ensure_slots(max(1, int(self.engine.max_batch)))
 
     def _take_admissions(self) -> list[Sequence]:
         with self._cond:
-            while not self._pending and not self._active:
+            while not self._pending and not self._active and not self._calls:
                 self._cond.wait()
+            if self._calls:  # first (the engine may not even have a backend yet)
+                return []
             self._expire_pending()
             if not self._active:
                 self.engine._refresh_backend()  # between requests: a compiled step that finished building

@@ -54,8 +54,6 @@ class ChatEngine:
         import torch
         from transformers import AutoTokenizer
 
-        from anima.model.build import load_model_dir
-
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
         if build not in BUILDS:
@@ -63,9 +61,7 @@ class ChatEngine:
         model_dir = Path(model_dir).expanduser()
         if not (model_dir / "config.json").is_file():
             raise ModelError(f"{model_dir}: not a model directory (no config.json)")
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.threads: int = torch.get_num_threads()
+        self.threads: int = int(threads) if threads else torch.get_num_threads()
         meta = _read_anima_json(model_dir)
         self.model_dir = model_dir
         self.name: str = str(meta.get("name") or model_dir.name)
@@ -73,20 +69,22 @@ class ChatEngine:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         except (OSError, ValueError) as e:
             raise ModelError(f"{model_dir}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
-        model = load_model_dir(model_dir, dtype=torch.float32)
-        model.eval()
-        self.model = model
         vocab = self.tokenizer.get_vocab()
         default_template = "chatml" if "<|im_end|>" in vocab else "qa"
         self.template_name: str = str(meta.get("chat_template") or default_template)
-        self.context_length: int = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.vocab_size: int = int(model.config.vocab_size)
-        self.stop_ids = self._stop_token_ids(vocab)
         if cache_dir is None:
             from anima.paths import project_root
 
             cache_dir = project_root() / "data" / "cache"
-        self.backend = self._make_backend(backend, Path(cache_dir), build)
+        self.max_batch = DEFAULT_MAX_BATCH
+        self.request_timeout_s: float | None = None
+        from anima.generation.batch import BatchScheduler  # torch-heavy: imported with the model
+
+        self.scheduler = BatchScheduler(self)
+        # The model loads on the scheduler's thread, which runs every later step too (see batch.py: one
+        # OpenMP pool per process, or the 2-thread step slows down 2.4x).
+        self.scheduler.call(lambda: self._load(backend, Path(cache_dir), build))
+        self.stop_ids = self._stop_token_ids(vocab)
         # Decode steps pick 1 or `threads` intra-op threads by timing (see threads.py).
         self.tuner = ThreadTuner(self.threads) if self.backend.name != "hf" else None
         self._tuned_for = self.backend.name
@@ -103,11 +101,20 @@ class ChatEngine:
         self._hold_ids = hold_token_ids(self.tokenizer)
         self.token_texts = TokenTexts(self.tokenizer, locked_decode)  # id -> text/bytes, for log-probabilities
         self.last_usage: tuple[int, int, str] | None = None
-        self.max_batch = DEFAULT_MAX_BATCH
-        self.request_timeout_s: float | None = None
-        from anima.generation.batch import BatchScheduler  # torch-heavy: imported with the model
 
-        self.scheduler = BatchScheduler(self)
+    def _load(self, backend: str, cache_dir: Path, build: str) -> None:
+        """The weights and the decode backend (on the scheduler's thread)."""
+        import torch
+
+        from anima.model.build import load_model_dir
+
+        torch.set_num_threads(self.threads)
+        model = load_model_dir(self.model_dir, dtype=torch.float32)
+        model.eval()
+        self.model = model
+        self.context_length: int = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size: int = int(model.config.vocab_size)
+        self.backend = self._make_backend(backend, cache_dir, build)
 
     # ----------------------------------------------------------------- setup
     def _stop_token_ids(self, vocab: dict[str, int]) -> frozenset[int]:
