@@ -10,7 +10,15 @@ import torch
 from anima.errors import ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.backends import FastLlamaBackend
-from anima.generation.compiled import CompiledLlamaBackend, DecodeStep, PackageBuild, StepSpec, step_weights
+from anima.generation.compiled import (
+    BATCH_ROWS,
+    CompiledLlamaBackend,
+    DecodeBatchStep,
+    DecodeStep,
+    PackageBuild,
+    StepSpec,
+    step_weights,
+)
 from tests.helpers.models import random_llama
 
 needs_compiler = pytest.mark.usefixtures("cxx_compiler")  # skips without one; fails under CI=true
@@ -43,6 +51,38 @@ def test_step_graph_is_the_fast_step(kw):
             assert torch.allclose(logits, ref, atol=1e-4, rtol=0), pos
             assert torch.allclose(k, fast.k_cache[:, :, :, pos], atol=1e-5)
             assert torch.allclose(v, fast.v_cache[:, :, pos], atol=1e-5)
+
+
+def _ragged(backend: FastLlamaBackend, lengths: list[int], seed: int = 5) -> None:
+    """Fill slots 0..len-1 with prompts of the given lengths."""
+    backend.ensure_slots(len(lengths))
+    g = torch.Generator().manual_seed(seed)
+    for slot, n in enumerate(lengths):
+        backend.select(slot)
+        backend.truncate(0)
+        backend.forward(torch.randint(0, 300, (n,), generator=g).tolist())
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2}])
+def test_batch_graph_is_the_fast_batch_step(kw):
+    """The batched graph, run eagerly on rows at different positions (one padded at position 0), equals
+    FastLlamaBackend._step_batch: logits and each row's new K/V."""
+    model = random_llama(**kw)
+    fast = FastLlamaBackend(model)
+    lengths = [5, 17, 3, 9, 2, 11, 4]
+    _ragged(fast, lengths + [1])
+    t = max(lengths)
+    toks = [7, 8, 9, 10, 11, 12, 13]
+    pos = torch.tensor(lengths + [0])
+    with torch.inference_mode():
+        logits, k, v = DecodeBatchStep(StepSpec.of(fast))(
+            torch.tensor(toks + [0]), pos, fast.k_slots[:8].narrow(4, 0, t), fast.v_slots[:8].narrow(3, 0, t),
+            fast.embed, fast.cos, fast.sin, fast.eps_h, fast.step_head, step_weights(fast))
+        ref = fast._step_batch(toks)
+    torch.testing.assert_close(logits[:7], ref, atol=1e-4, rtol=0)
+    rows, at = torch.arange(7), pos[:7]
+    torch.testing.assert_close(k[:7], fast.k_slots[rows, :, :, :, at], atol=1e-5, rtol=0)
+    torch.testing.assert_close(v[:7], fast.v_slots[rows, :, :, at], atol=1e-5, rtol=0)
 
 
 def test_spec_key_names_the_architecture_and_changes_with_it():
@@ -118,7 +158,9 @@ def test_background_build_is_picked_up_between_requests(built):
     # a later engine loads the cached package at once, and backend=compiled does not rebuild it
     later = ChatEngine(model_dir, backend="compiled", cache_dir=cache)
     assert later.backend_name == "compiled"
-    assert [p.suffix for p in (cache / "decode").iterdir() if not p.name.endswith(".log")] == [".pt2"]
+    built = sorted(p.name for p in (cache / "decode").iterdir() if not p.name.endswith(".log"))
+    assert len(built) == 2 and all(name.endswith(".pt2") for name in built), built  # the step and the batched step
+    assert "batched step too" in later.backend_status()
 
 
 @pytest.mark.slow
@@ -148,6 +190,33 @@ def test_compiled_logits_match_eager_through_prefix_reuse(built):
 
 @pytest.mark.slow
 @needs_compiler
+@pytest.mark.parametrize("rows", [3, BATCH_ROWS + 3])
+def test_compiled_batch_step_matches_eager(built, rows):
+    """The compiled batched step (a padded chunk; two chunks) equals the eager one, logits and caches, over
+    several steps of rows at different positions."""
+    model_dir, cache, _ = built
+    from anima.model.build import load_model_dir
+
+    model = load_model_dir(model_dir, dtype=torch.float32).eval()
+    ctx = model.config.max_position_embeddings
+    compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
+    fast = FastLlamaBackend(model, ctx)
+    assert compiled.compiled_batch is not None
+    lengths = [3 + 5 * i for i in range(rows)]
+    for backend in (compiled, fast):
+        _ragged(backend, lengths)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(4):
+        toks = torch.randint(0, model.config.vocab_size, (rows,), generator=g).tolist()
+        torch.testing.assert_close(compiled.step_batch(toks), fast.step_batch(toks), atol=1e-4, rtol=0)
+    assert compiled.positions[:rows] == fast.positions[:rows] == [n + 4 for n in lengths]
+    end = max(lengths) + 4
+    torch.testing.assert_close(compiled.k_slots[:rows, ..., :end], fast.k_slots[:rows, ..., :end], atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.v_slots[:rows, :, :, :end], fast.v_slots[:rows, :, :, :end], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@needs_compiler
 def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
     """`anima chat` with the package in paths.cache_dir says so; chat.compile=false does not start a build."""
     from tests.helpers.champion import anima
@@ -166,8 +235,8 @@ def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
 @pytest.mark.slow
 @needs_compiler
 def test_compiled_engine_batches_and_matches_solo_runs(built):
-    """Concurrent requests on the compiled engine share steps (the batched eager step; one left: the compiled one)
-    and produce the tokens they produce alone."""
+    """Concurrent requests on the compiled engine share steps (the compiled batched step; one left: the compiled
+    single-token one) and produce the tokens they produce alone."""
     _, _, engine = built
     prompts = ["Once upon a time", "the sea", "one two three four"]
     params = [SamplingParams(temperature=0.0, max_new_tokens=30), SamplingParams(temperature=1.0, seed=4,

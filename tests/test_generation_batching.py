@@ -156,3 +156,22 @@ def test_wait_end_returns_for_a_stream_consumed_by_a_listener(listen_first):
     waiter.start()
     waiter.join(10)
     assert not waiter.is_alive() and kinds == ["piece", "done"]
+
+
+def test_every_torch_op_of_an_engine_runs_on_its_scheduler_thread(engine):
+    """The model loads, and ``scheduler.call`` runs, on the thread that decodes: one OpenMP pool per engine (a
+    second one, e.g. the main thread's, makes libgomp stop spin-waiting and every parallel region slower)."""
+    import threading
+
+    scheduler = engine.scheduler
+    assert scheduler._thread is not None and scheduler._thread.is_alive()
+    assert scheduler.call(threading.current_thread) is scheduler._thread
+    with pytest.raises(ZeroDivisionError):
+        scheduler.call(lambda: 1 / 0)
+    # a call made while requests decode runs between their steps, and they go on unharmed
+    params = SamplingParams(temperature=0.0, max_new_tokens=30)
+    alone = engine.complete(PROMPTS[0], params).token_ids
+    stream = engine.stream_completion(PROMPTS[0], params)
+    assert scheduler.call(lambda: 42) == 42
+    "".join(stream)
+    assert stream.token_ids == alone

@@ -37,6 +37,7 @@ from anima.generation.backends import FastLlamaBackend
 from anima.procs import pid_alive
 
 MIN_CACHE_LEN = 2  # shorter caches take the eager step (export specializes lengths 0 and 1)
+BATCH_ROWS = 8  # rows of the compiled batched step
 #: Bumped when the exported graph or its build settings change, so packages built the old way are not reused.
 GRAPH_VERSION = 2
 
@@ -118,6 +119,58 @@ class DecodeStep(torch.nn.Module):
         return torch.mv(head, x) * torch.rsqrt(torch.dot(x, x) + eps_h), torch.stack(ks), torch.stack(vs)
 
 
+def _linear_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, w)`` for a few rows x (B, K), as one matrix-vector product per row, which Inductor generates
+    as its own loops. BLAS gemm at B <= 8 packs the weight first: inside the step it cost ~2x as much (MKL, 2-core
+    EPYC Zen 4: whole step at B=8 2.7 ms via gemm, 2.0 ms this way; the eager batched step 3.8 ms)."""
+    return torch.stack([torch.mv(w, x[i]) for i in range(x.shape[0])])
+
+
+class DecodeBatchStep(torch.nn.Module):
+    """One token for each of ``BATCH_ROWS`` sequences, each at its own position: the continuous-batching step
+    (batch.py). The row count is fixed (a smaller batch is padded, a larger one runs in chunks): with it static
+    Inductor unrolls the per-row products (``_linear_rows``); with a dynamic one its loops ran 20x slower.
+
+    ``k_old``/``v_old`` are the first B cache slots up to T = the longest row's position, (B, L, Hkv, D, T) and
+    (B, L, Hkv, T, D); a row at position p attends to its first p entries (the rest are another row's length
+    of stale cache, masked out) and to itself. Returns (B, vocab) logits and each row's new K and V,
+    (B, L, Hkv, D). The same arithmetic as ``FastLlamaBackend._step_batch`` (the tests compare logits)."""
+
+    def __init__(self, spec: StepSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, toks, pos, k_old, v_old, embed, cos_t, sin_t, eps_h, head, weights: list[torch.Tensor]):
+        s = self.spec
+        nq, nkv, hd, inter = s.n_heads, s.n_kv, s.head_dim, s.inter
+        qk_dim, half, group = (nq + nkv) * hd, hd // 2, nq // nkv
+        b, t = toks.shape[0], k_old.shape[-1]
+        x = torch.index_select(embed, 0, toks)  # (B, H)
+        cos = torch.index_select(cos_t, 0, pos).unsqueeze(1)  # (B, 1, D)
+        sin = torch.index_select(sin_t, 0, pos).unsqueeze(1)
+        stale = torch.arange(t).unsqueeze(0) >= pos.unsqueeze(1)  # (B, T)
+        bias = torch.zeros(b, t, dtype=x.dtype).masked_fill(stale, float("-inf")).view(b, 1, 1, t)
+        ks, vs = [], []
+        for li in range(s.n_layers):
+            wqkv, wo, wgu, wd = weights[4 * li : 4 * li + 4]
+            qkv = _linear_rows(x, wqkv) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+            qk = qkv[:, :qk_dim].view(b, nq + nkv, hd)
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
+            q, k, v = qk[:, :nq].reshape(b, nkv, group, hd), qk[:, nq:], qkv[:, qk_dim:].reshape(b, nkv, hd)
+            # products and sums, not matmul: a slot-major cache's (B, Hkv) do not flatten to one batch dim, and
+            # bmm would copy every row's whole cache each step; Inductor fuses these into loops over the views
+            old = (q.unsqueeze(-1) * k_old[:, li].unsqueeze(2)).sum(-2) + bias  # (B, Hkv, G, T)
+            p = torch.softmax(torch.cat([old, (q * k.unsqueeze(2)).sum(-1, keepdim=True)], -1), -1)
+            attn = (p[..., :-1].unsqueeze(-1) * v_old[:, li].unsqueeze(2)).sum(-2) + p[..., -1:] * v.unsqueeze(2)
+            x = x + _linear_rows(attn.reshape(b, nq * hd), wo)
+            gu = _linear_rows(x, wgu) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+            x = x + _linear_rows(F.silu(gu[:, :inter]) * gu[:, inter:], wd)
+            ks.append(k)
+            vs.append(v)
+        logits = _linear_rows(x, head) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+        return logits, torch.stack(ks, 1), torch.stack(vs, 1)
+
+
 def step_weights(backend: FastLlamaBackend) -> list[torch.Tensor]:
     return [w.contiguous() for layer in backend.step_layers for w in layer]
 
@@ -141,17 +194,33 @@ def example_inputs(spec: StepSpec) -> tuple:
             torch.tensor(1e-5, dtype=dt), torch.zeros(spec.vocab, spec.hidden, dtype=dt), weights)
 
 
-def build_package(spec: StepSpec, out: Path) -> Path:
+def batch_example_inputs(spec: StepSpec, batch: int = BATCH_ROWS) -> tuple:
+    """As ``example_inputs``, for ``DecodeBatchStep``: B slots of a (S, L, Hkv, D, P) cache."""
+    single = example_inputs(spec)
+    t = int(single[1])
+    nl, nkv, hd, p = spec.n_layers, spec.n_kv, spec.head_dim, spec.max_positions
+    dt = getattr(torch, spec.dtype)
+    k_slots, v_slots = torch.zeros(batch, nl, nkv, hd, p, dtype=dt), torch.zeros(batch, nl, nkv, p, hd, dtype=dt)
+    toks, pos = torch.ones(batch, dtype=torch.long), torch.full((batch,), t, dtype=torch.long)
+    return (toks, pos, k_slots.narrow(4, 0, t), v_slots.narrow(3, 0, t), *single[4:])
+
+
+def build_package(spec: StepSpec, out: Path, batched: bool = False) -> Path:
     """Export the step with a dynamic cache length and compile it to a .pt2 package (temp file, then rename)."""
     import torch._inductor
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = example_inputs(spec)
     length = torch.export.Dim("cache_len", min=MIN_CACHE_LEN, max=spec.max_positions - 1)
-    dynamic = (None, None, {3: length}, {2: length}, None, None, None, None, None, [None] * len(args[-1]))
+    if batched:
+        args, step = batch_example_inputs(spec), DecodeBatchStep(spec)
+        dynamic = (None, None, {4: length}, {3: length}, None, None, None, None, None,
+                   [None] * len(args[-1]))
+    else:
+        args, step = example_inputs(spec), DecodeStep(spec)
+        dynamic = (None, None, {3: length}, {2: length}, None, None, None, None, None, [None] * len(args[-1]))
     with torch.inference_mode():
-        exported = torch.export.export(DecodeStep(spec), args, dynamic_shapes=dynamic)
+        exported = torch.export.export(step, args, dynamic_shapes=dynamic)
     with atomic_path(out, tmp=temp_sibling(out, ".tmp.pt2")) as tmp:  # the compiler wants a .pt2 name
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     return out
@@ -176,7 +245,9 @@ def compiler_available() -> str | None:
 
 
 class PackageBuild:
-    """The package for one spec in one cache dir: ready, building (by some process), failed, or absent.
+    """The packages for one spec in one cache dir: ready, building (by some process), failed, or absent. There
+    are two, built one after the other by the same child: the single-token step (``path``, ready first) and the
+    batched step (``batch_path``).
 
     A build is a detached child process, so a chat that ends before it finishes still leaves the package
     for next time; a lock file with the builder's pid keeps two chats from building the same thing."""
@@ -186,6 +257,7 @@ class PackageBuild:
         self.dir = Path(cache_dir).expanduser() / "decode"
         key = spec.key()
         self.path = self.dir / f"{key}.pt2"
+        self.batch_path = self.dir / f"{key}-batch{BATCH_ROWS}.pt2"
         self.lock = self.dir / f"{key}.building"
         self.failed_note = self.dir / f"{key}.failed"
         self.log = self.dir / f"{key}.log"
@@ -193,7 +265,12 @@ class PackageBuild:
         self._error: str | None = None  # a failure that could not even be written down (read-only cache)
 
     def ready(self) -> bool:
+        """The single-token step is built."""
         return self.path.is_file()
+
+    def complete(self) -> bool:
+        """Both steps are built."""
+        return self.path.is_file() and self.batch_path.is_file()
 
     def failure(self) -> str | None:
         """Why the last build failed (its note), when it did."""
@@ -217,7 +294,7 @@ class PackageBuild:
 
     def start(self) -> bool:
         """Start a background build unless one is running, done or known to fail. True when one runs."""
-        if self.ready() or self.failure() is not None or self.building():
+        if self.complete() or self.failure() is not None or self.building():
             return self.building()
         if compiler_available() is None:
             self._fail("no C++ compiler (g++/clang++) on PATH; AOTInductor needs one")
@@ -246,11 +323,11 @@ class PackageBuild:
 
     def build_now(self, timeout: float = 1800) -> Path:
         """Build in the foreground (a child process, waited for); raise ModelError naming the cause."""
-        if self.ready():
+        if self.complete():
             return self.path
         self.failed_note.unlink(missing_ok=True)
         self._error = None
-        if not self.start() and not self.ready():
+        if not self.start() and not self.complete():
             raise ModelError(f"compiled decode step: {self.failure()}")
         if not self.wait(timeout):
             raise ModelError(f"compiled decode step for {self.spec.key()}: {self.failure() or 'build timed out'}")
@@ -265,11 +342,11 @@ class PackageBuild:
             pass
 
     def wait(self, timeout: float) -> bool:
-        """Wait for a running build; True when the package is ready."""
+        """Wait for a running build; True when both packages are ready."""
         deadline = time.monotonic() + timeout
-        while not self.ready() and self.building() and time.monotonic() < deadline:
+        while not self.complete() and self.building() and time.monotonic() < deadline:
             time.sleep(0.2)
-        return self.ready()
+        return self.complete()
 
 
 def _lower_priority() -> None:
@@ -289,14 +366,16 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.spec = StepSpec.of(self)
         self.package = PackageBuild(self.spec, cache_dir)
         self.compiled: CompiledStep | None = None
+        self.compiled_batch: CompiledStep | None = None
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
+        self.refresh()  # what is built already (a damaged package leaves a note, and no build starts over it)
         if build == "wait":
             self.package.build_now()
+            self.refresh()
         elif build == "background":
             self.package.start()
-        self.refresh()
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -304,20 +383,28 @@ class CompiledLlamaBackend(FastLlamaBackend):
 
     def status(self) -> str:
         if self.compiled is not None:
-            return f"compiled backend ({self.package.path.name})"
+            batched = ", batched step too" if self.compiled_batch is not None else ""
+            return f"compiled backend ({self.package.path.name}{batched})"
         if self.package.building():
             return "fast backend (compiled step building in the background)"
         why = self.package.failure()
         return f"fast backend (compiled step unavailable: {why})" if why else "fast backend"
 
     def refresh(self) -> bool:
-        """Load the package if it has appeared since; True when the compiled step is in use."""
-        if self.compiled is None and self.package.ready() and self.package.failure() is None:
-            try:
-                self.compiled = CompiledStep(self.package.path)
-            except ModelError as e:  # a damaged package: say why, keep decoding eagerly
-                self.package._fail(str(e))
+        """Load the packages that have appeared since; True when the compiled step is in use. (A failure note
+        beside a built single step is the batched step's: the single one still loads.)"""
+        if self.compiled is None and self.package.ready():
+            self.compiled = self._load(self.package.path)
+        if self.compiled is not None and self.compiled_batch is None and self.package.batch_path.is_file():
+            self.compiled_batch = self._load(self.package.batch_path)
         return self.compiled is not None
+
+    def _load(self, path: Path) -> CompiledStep | None:
+        try:
+            return CompiledStep(path)
+        except ModelError as e:  # a damaged package: say why, keep decoding eagerly
+            self.package._fail(str(e))
+            return None
 
     def _step(self, tok: int) -> torch.Tensor:
         pos = self.position
@@ -332,9 +419,36 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.position = pos + 1
         return logits
 
+    def _step_batch(self, toks: list[int]) -> torch.Tensor:
+        """Chunks of BATCH_ROWS rows through the compiled batched step (the last padded with rows at position 0,
+        whose outputs are dropped); eager while it is not built or a cache is too short or full."""
+        b = len(toks)
+        positions = self.positions[:b]
+        t = max(positions)
+        if self.compiled_batch is None or t < MIN_CACHE_LEN or t >= self.max_positions:
+            return super()._step_batch(toks)
+        rows = BATCH_ROWS
+        self.ensure_slots(-(-b // rows) * rows)  # the padding rows read (and ignore) whole slots
+        out = []
+        for start in range(0, b, rows):
+            n = min(rows, b - start)
+            tok = torch.tensor(toks[start : start + n] + [0] * (rows - n))
+            pos = torch.tensor(positions[start : start + n] + [0] * (rows - n))
+            k_slots, v_slots = self.k_slots.narrow(0, start, rows), self.v_slots.narrow(0, start, rows)
+            logits, k, v = self.compiled_batch.run([tok, pos, k_slots.narrow(4, 0, t), v_slots.narrow(3, 0, t),
+                                                    self.embed, self.cos, self.sin, self.eps_h, self.step_head,
+                                                    *self._weights])
+            idx, at = torch.arange(n), pos[:n]
+            k_slots[idx, :, :, :, at] = k[:n]
+            v_slots[idx, :, :, at] = v[:n]
+            out.append(logits[:n])
+        for i in range(b):
+            self.positions[i] += 1
+        return out[0] if len(out) == 1 else torch.cat(out)
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Child process: build one package (``python -m anima.generation.compiled SPEC_JSON CACHE_DIR``)."""
+    """Child process: build the missing packages (``python -m anima.generation.compiled SPEC_JSON CACHE_DIR``)."""
     argv = sys.argv[1:] if argv is None else argv
     spec = StepSpec(**json.loads(argv[0]))
     torch.set_num_threads(spec.threads)  # Inductor lays out its parallel loops for this count
@@ -342,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     out = build.path
     t0 = time.perf_counter()
     try:
-        build_package(spec, out)
+        if not build.ready():
+            build_package(spec, out)
+        if not build.batch_path.is_file():
+            build_package(spec, build.batch_path, batched=True)
     except BaseException as e:  # noqa: BLE001 - any failure becomes the note the engine reports
         build._fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
         raise
