@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 _STATIC_ROPE = {"default", "linear", "llama3"}
 _MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
+#: Models up to this many bytes of fp32 layer weights keep a oneDNN-packed copy of them for prefill.
+_MAX_PACKED_BYTES = 512 * 1024 * 1024
 
 
 class DecodeBackend(Protocol):
@@ -169,6 +171,7 @@ class FastLlamaBackend:
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
         self._build_step_weights()
+        self.packed = _pack_for_prefill(self.layers, self.dtype)
 
     # ------------------------------------------------------------ slots (see generation/batch.py)
     @property
@@ -343,9 +346,11 @@ class FastLlamaBackend:
         if t > 1:
             mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
         hidden = (self.hidden,)
+        linear, linear_add = _linear, _linear_add
         for li, (ln1, wqkv, wo_t, ln2, wgu, wd_t) in enumerate(self.layers):
+            packed = self.packed[li] if self.packed else (wqkv, wo_t.t(), wgu, wd_t.t())
             h = F.rms_norm(x, hidden, ln1, eps)
-            qkv = F.linear(h, wqkv)  # (T, q+2kv)
+            qkv = linear(h, packed[0])  # (T, q+2kv)
             qk = self._rope(qkv[:, : q_dim + kv_dim].view(t, nq + nkv, hd), start, t)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc[:, :, start:end] = qk[:, nq:].permute(1, 2, 0)
@@ -354,10 +359,41 @@ class FastLlamaBackend:
             k = kc[:, :, :end].transpose(1, 2)  # (Hkv, L, D)
             v = vc[:, :end]
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
-            x = torch.addmm(x, attn.transpose(0, 1).reshape(t, q_dim), wo_t)
+            x = linear_add(attn.transpose(0, 1).reshape(t, q_dim), packed[1], x)
             h = F.rms_norm(x, hidden, ln2, eps)
-            gu = F.linear(h, wgu)
-            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd_t)
+            gu = linear(h, packed[2])
+            x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), packed[3], x)
         self.position = end
         h = F.rms_norm(x[-1], hidden, self.final_norm, eps)
         return F.linear(h, self.lm_head).float()
+
+
+def _pack_for_prefill(layers: list[tuple], dtype: torch.dtype) -> list[tuple] | None:
+    """Per layer (W_qkv, W_o, W_gu, W_down) in oneDNN's packed layout, or None where it is not available (not
+    fp32, no oneDNN, a model too big for a second copy). Why: MKL's gemm repacks the weight on every call, which
+    at a prompt's few rows cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 4: 136 us vs 38 us); the
+    packed weight is reused by every prefill."""
+    if dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return None
+    mats = [(wqkv, wo_t.t(), wgu, wd_t.t()) for _, wqkv, wo_t, _, wgu, wd_t in layers]
+    if sum(w.numel() * w.element_size() for layer in mats for w in layer) > _MAX_PACKED_BYTES:
+        return None
+    try:
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        return [tuple(reorder(w.contiguous(), 32) for w in layer) for layer in mats]
+    except (RuntimeError, AttributeError):  # a torch built without these ops
+        return None
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ W^T, W either plain or packed by ``_pack_for_prefill``."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
+
+
+def _linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + x @ W^T in one op."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, None, "add")
+    return torch.addmm(residual, x, w.t())
