@@ -65,6 +65,21 @@ def test_fast_forward_matches_hf_logits(kw, table):
     assert torch.allclose(fast.forward(ids[10:25]), ref[24], atol=1e-4, rtol=0)
 
 
+def test_prefill_uses_packed_weights_and_matches_plain_ones():
+    """Where oneDNN is there, prefill runs on packed weights (the point: ~3.6x cheaper at a prompt's few rows);
+    logits equal the plain gemm path's and the caches hold the same K/V."""
+    from anima.generation.backends import FastLlamaBackend
+
+    model = random_llama(num_key_value_heads=2)
+    packed, plain = FastLlamaBackend(model), FastLlamaBackend(model)
+    plain.packed = None
+    if torch.backends.mkldnn.is_available():
+        assert packed.packed is not None and packed.packed[0][0].is_mkldnn
+    ids = torch.randint(0, 300, (25,), generator=torch.Generator().manual_seed(4)).tolist()
+    torch.testing.assert_close(packed.forward(ids), plain.forward(ids), atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.k_cache[:, :, :, :25], plain.k_cache[:, :, :, :25], atol=1e-5, rtol=0)
+
+
 def test_fast_backend_declines_unsupported_models():
     from anima.generation.backends import fast_llama_unsupported
 
