@@ -371,7 +371,7 @@ class FastLlamaBackend:
 def _pack_for_prefill(layers: list[tuple], dtype: torch.dtype) -> list[tuple] | None:
     """Per layer (W_qkv, W_o, W_gu, W_down) in oneDNN's packed layout, or None where it is not available (not
     fp32, no oneDNN, a model too big for a second copy). Why: MKL's gemm repacks the weight on every call, which
-    at a prompt's few rows cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 4: 136 us vs 38 us); the
+    at a prompt's few rows cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 5: 136 us vs 38 us); the
     packed weight is reused by every prefill."""
     if dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return None

@@ -19,7 +19,7 @@ sequence at a time through the same loop.
 The same thread also loads the model (``call``): every torch op of an engine runs on one thread, so OpenMP
 keeps one worker pool. A second pool (say, the main thread's, left over from loading the weights) makes
 libgomp see more threads than cores and throttle its spin-wait; every parallel region then sleeps on a futex
-between ops, and on a 2-core EPYC the 2-thread decode step ran 2.4x slower than on a single thread.
+between ops, and on a 2-core EPYC (Zen 5) the 2-thread decode step ran 2.4x slower than on a single thread.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class DecodeStep(torch.nn.Module):
 def _linear_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, w)`` for a few rows x (B, K), as one matrix-vector product per row, which Inductor generates
     as its own loops. BLAS gemm at B <= 8 packs the weight first: inside the step it cost ~2x as much (MKL, 2-core
-    EPYC Zen 4: whole step at B=8 2.7 ms via gemm, 2.0 ms this way; the eager batched step 3.8 ms)."""
+    EPYC Zen 5: whole step at B=8 2.7 ms via gemm, 2.0 ms this way; the eager batched step 3.8 ms)."""
     return torch.stack([torch.mv(w, x[i]) for i in range(x.shape[0])])
 
 
