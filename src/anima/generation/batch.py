@@ -34,7 +34,6 @@ import torch
 
 from anima.generation.sampling import sample_batch
 from anima.generation.sequence import CANCEL, Busy, Sequence
-
 from anima.generation.threads import ThreadTuner, timed_threads
 
 __all__ = ["CANCEL", "BatchScheduler", "Busy"]
