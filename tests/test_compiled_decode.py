@@ -12,6 +12,7 @@ from anima.generation import ChatEngine, SamplingParams
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.compiled import (
     BATCH_ROWS,
+    COMPILED_BATCH_MIN,
     CompiledLlamaBackend,
     DecodeBatchStep,
     DecodeStep,
@@ -190,10 +191,10 @@ def test_compiled_logits_match_eager_through_prefix_reuse(built):
 
 @pytest.mark.slow
 @needs_compiler
-@pytest.mark.parametrize("rows", [3, BATCH_ROWS + 3])
+@pytest.mark.parametrize("rows", [COMPILED_BATCH_MIN, BATCH_ROWS])
 def test_compiled_batch_step_matches_eager(built, rows):
-    """The compiled batched step (a padded chunk; two chunks) equals the eager one, logits and caches, over
-    several steps of rows at different positions."""
+    """The compiled batched step (padded; full) equals the eager one, logits and caches, over several steps of rows
+    at different positions."""
     model_dir, cache, _ = built
     from anima.model.build import load_model_dir
 
@@ -202,6 +203,9 @@ def test_compiled_batch_step_matches_eager(built, rows):
     compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
     fast = FastLlamaBackend(model, ctx)
     assert compiled.compiled_batch is not None
+    runs = []
+    package_run = compiled.compiled_batch.run
+    compiled.compiled_batch.run = lambda inputs: runs.append(1) or package_run(inputs)
     lengths = [3 + 5 * i for i in range(rows)]
     for backend in (compiled, fast):
         _ragged(backend, lengths)
@@ -209,10 +213,13 @@ def test_compiled_batch_step_matches_eager(built, rows):
     for _ in range(4):
         toks = torch.randint(0, model.config.vocab_size, (rows,), generator=g).tolist()
         torch.testing.assert_close(compiled.step_batch(toks), fast.step_batch(toks), atol=1e-4, rtol=0)
+    assert len(runs) == 4
     assert compiled.positions[:rows] == fast.positions[:rows] == [n + 4 for n in lengths]
     end = max(lengths) + 4
     torch.testing.assert_close(compiled.k_slots[:rows, ..., :end], fast.k_slots[:rows, ..., :end], atol=1e-5, rtol=0)
     torch.testing.assert_close(compiled.v_slots[:rows, :, :, :end], fast.v_slots[:rows, :, :, :end], atol=1e-5, rtol=0)
+    compiled.step_batch(toks[:2])  # a small batch: the eager step
+    assert len(runs) == 4
 
 
 @pytest.mark.slow
@@ -235,8 +242,8 @@ def test_chat_stage_reports_the_compiled_backend(built, tmp_path, monkeypatch):
 @pytest.mark.slow
 @needs_compiler
 def test_compiled_engine_batches_and_matches_solo_runs(built):
-    """Concurrent requests on the compiled engine share steps (the compiled batched step; one left: the compiled
-    single-token one) and produce the tokens they produce alone."""
+    """Concurrent requests on the compiled engine share steps (three: the eager batched step on packed weights; one
+    left: the compiled single-token step) and produce the tokens they produce alone."""
     _, _, engine = built
     prompts = ["Once upon a time", "the sea", "one two three four"]
     params = [SamplingParams(temperature=0.0, max_new_tokens=30), SamplingParams(temperature=1.0, seed=4,

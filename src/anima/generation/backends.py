@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 _STATIC_ROPE = {"default", "linear", "llama3"}
 _MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
-#: Models up to this many bytes of fp32 layer weights keep a oneDNN-packed copy of them for prefill.
+#: Models up to this many bytes of fp32 layer weights keep a oneDNN-packed copy of them for prefill and batches.
 _MAX_PACKED_BYTES = 512 * 1024 * 1024
 
 
@@ -171,7 +171,7 @@ class FastLlamaBackend:
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
         self._build_step_weights()
-        self.packed = _pack_for_prefill(self.layers, self.dtype)
+        self.packed = _pack(self.step_layers, self.dtype)
 
     # ------------------------------------------------------------ slots (see generation/batch.py)
     @property
@@ -238,9 +238,9 @@ class FastLlamaBackend:
             cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
         # rows attend to 0..pos_b: mask the longer rows' tail out (exp(-inf) = 0 adds nothing)
         mask = (torch.arange(end).unsqueeze(0) > pos.unsqueeze(1)).view(b, 1, 1, end) if min(pos_list) + 1 < end else None
-        eps_h = self.eps_h
-        for li, (wqkv, wo, wgu, wd) in enumerate(self.step_layers):
-            qkv = F.linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+        eps_h, linear, linear_add = self.eps_h, _linear, _linear_add
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.matmul_weights()):
+            qkv = linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
             qk = qkv[:, :qk_dim].view(b, qk_rows, hd)
             qk = torch.bmm(qk, rope) if self.rope_mats is not None else qk * cos + torch.matmul(qk, self.rot) * sin
             ks, vs = self.k_slots[:b, li], self.v_slots[:b, li]
@@ -250,9 +250,9 @@ class FastLlamaBackend:
             if mask is not None:
                 scores.masked_fill_(mask, float("-inf"))
             attn = torch.matmul(torch.softmax(scores, -1), vs[:, :, :end])  # (B, Hkv, G, D)
-            x = torch.addmm(x, attn.reshape(b, self.q_dim), wo.t())
-            gu = F.linear(x, wgu).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
-            x = torch.addmm(x, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd.t())
+            x = linear_add(attn.reshape(b, self.q_dim), wo, x)
+            gu = linear(x, wgu).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+            x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd, x)
         for i in range(b):
             self.positions[i] += 1
         return F.linear(x, self.step_head).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
@@ -334,48 +334,50 @@ class FastLlamaBackend:
             yield wqkv, wo, wgu, wd, kc.select(2, pos), vc.select(1, pos), kc.narrow(2, 0, end), vc.narrow(1, 0, end)
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
+        """Several tokens in one pass, on the folded step weights (RMSNorm as a scale on each matmul's output,
+        1/sqrt(head_dim) inside W_q), oneDNN-packed where available."""
         t = len(ids)
         start = self.position
         end = start + t
         if end > self.max_positions:
             raise ValueError(f"sequence of {end} tokens exceeds the context of {self.max_positions}")
-        nq, nkv, hd, eps = self.n_heads, self.n_kv, self.head_dim, self.eps
-        q_dim, kv_dim, inter = self.q_dim, self.kv_dim, self.inter
+        nq, nkv, hd, eps_h = self.n_heads, self.n_kv, self.head_dim, self.eps_h
+        q_dim, qk_dim, inter = self.q_dim, self.q_dim + self.kv_dim, self.inter
         x = self.embed[torch.tensor(ids, dtype=torch.long)] if t > 1 else self.embed[ids[0]].unsqueeze(0)
         mask = None
         if t > 1:
             mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
-        hidden = (self.hidden,)
         linear, linear_add = _linear, _linear_add
-        for li, (ln1, wqkv, wo_t, ln2, wgu, wd_t) in enumerate(self.layers):
-            packed = self.packed[li] if self.packed else (wqkv, wo_t.t(), wgu, wd_t.t())
-            h = F.rms_norm(x, hidden, ln1, eps)
-            qkv = linear(h, packed[0])  # (T, q+2kv)
-            qk = self._rope(qkv[:, : q_dim + kv_dim].view(t, nq + nkv, hd), start, t)
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.matmul_weights()):
+            qkv = linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())  # (T, q+2kv)
+            qk = self._rope(qkv[:, :qk_dim].view(t, nq + nkv, hd), start, t)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc[:, :, start:end] = qk[:, nq:].permute(1, 2, 0)
-            vc[:, start:end] = qkv[:, q_dim + kv_dim :].view(t, nkv, hd).transpose(0, 1)
+            vc[:, start:end] = qkv[:, qk_dim:].view(t, nkv, hd).transpose(0, 1)
             q = qk[:, :nq].transpose(0, 1)  # (H, T, D)
             k = kc[:, :, :end].transpose(1, 2)  # (Hkv, L, D)
             v = vc[:, :end]
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.gqa)
-            x = linear_add(attn.transpose(0, 1).reshape(t, q_dim), packed[1], x)
-            h = F.rms_norm(x, hidden, ln2, eps)
-            gu = linear(h, packed[2])
-            x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), packed[3], x)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.gqa)
+            x = linear_add(attn.transpose(0, 1).reshape(t, q_dim), wo, x)
+            gu = linear(x, wgu).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+            x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd, x)
         self.position = end
-        h = F.rms_norm(x[-1], hidden, self.final_norm, eps)
-        return F.linear(h, self.lm_head).float()
+        h = x[-1]
+        return torch.mv(self.step_head, h).mul_(h.dot(h).add_(eps_h).rsqrt_()).float()
+
+    def matmul_weights(self) -> list[tuple]:
+        """Per layer (W_qkv, W_o, W_gu, W_down) of the folded step weights for several rows at once: oneDNN-packed
+        when ``packed`` holds them, else plain (x @ W^T either way, through ``_linear``/``_linear_add``)."""
+        return self.packed or self.step_layers
 
 
-def _pack_for_prefill(layers: list[tuple], dtype: torch.dtype) -> list[tuple] | None:
-    """Per layer (W_qkv, W_o, W_gu, W_down) in oneDNN's packed layout, or None where it is not available (not
-    fp32, no oneDNN, a model too big for a second copy). Why: MKL's gemm repacks the weight on every call, which
-    at a prompt's few rows cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 5: 136 us vs 38 us); the
-    packed weight is reused by every prefill."""
+def _pack(mats: list[tuple], dtype: torch.dtype) -> list[tuple] | None:
+    """The matrices in oneDNN's packed layout, or None where that is not available (not fp32, no oneDNN, a
+    model too big for a second copy). Why: MKL's gemm repacks the weight on every call, which at a few rows
+    (a prompt, a batch of decoding requests) cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 5:
+    136 us vs 38 us); a packed weight is reused by every call."""
     if dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return None
-    mats = [(wqkv, wo_t.t(), wgu, wd_t.t()) for _, wqkv, wo_t, _, wgu, wd_t in layers]
     if sum(w.numel() * w.element_size() for layer in mats for w in layer) > _MAX_PACKED_BYTES:
         return None
     try:
@@ -386,7 +388,7 @@ def _pack_for_prefill(layers: list[tuple], dtype: torch.dtype) -> list[tuple] | 
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ W^T, W either plain or packed by ``_pack_for_prefill``."""
+    """x @ W^T, W either plain or packed by ``_pack``."""
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
