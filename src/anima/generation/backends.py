@@ -25,10 +25,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from anima.generation.packed import linear, linear_add, pack
+
 _STATIC_ROPE = {"default", "linear", "llama3"}
 _MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
-#: Models up to this many bytes of fp32 layer weights keep a oneDNN-packed copy of them for prefill and batches.
-_MAX_PACKED_BYTES = 512 * 1024 * 1024
 
 
 class DecodeBackend(Protocol):
@@ -171,7 +171,7 @@ class FastLlamaBackend:
         self.scale = 1.0 / math.sqrt(hd)
         self.gqa = nkv != nq
         self._build_step_weights()
-        self.packed = _pack(self.step_layers, self.dtype)
+        self.packed = pack(self.step_layers, self.dtype)
 
     # ------------------------------------------------------------ slots (see generation/batch.py)
     @property
@@ -238,7 +238,7 @@ class FastLlamaBackend:
             cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
         # rows attend to 0..pos_b: mask the longer rows' tail out (exp(-inf) = 0 adds nothing)
         mask = (torch.arange(end).unsqueeze(0) > pos.unsqueeze(1)).view(b, 1, 1, end) if min(pos_list) + 1 < end else None
-        eps_h, linear, linear_add = self.eps_h, _linear, _linear_add
+        eps_h = self.eps_h
         for li, (wqkv, wo, wgu, wd) in enumerate(self.matmul_weights()):
             qkv = linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
             qk = qkv[:, :qk_dim].view(b, qk_rows, hd)
@@ -347,7 +347,6 @@ class FastLlamaBackend:
         mask = None
         if t > 1:
             mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
-        linear, linear_add = _linear, _linear_add
         for li, (wqkv, wo, wgu, wd) in enumerate(self.matmul_weights()):
             qkv = linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())  # (T, q+2kv)
             qk = self._rope(qkv[:, :qk_dim].view(t, nq + nkv, hd), start, t)
@@ -367,35 +366,6 @@ class FastLlamaBackend:
 
     def matmul_weights(self) -> list[tuple]:
         """Per layer (W_qkv, W_o, W_gu, W_down) of the folded step weights for several rows at once: oneDNN-packed
-        when ``packed`` holds them, else plain (x @ W^T either way, through ``_linear``/``_linear_add``)."""
+        when ``packed`` holds them, else plain (x @ W^T either way, through ``packed.linear``/``linear_add``)."""
         return self.packed or self.step_layers
 
-
-def _pack(mats: list[tuple], dtype: torch.dtype) -> list[tuple] | None:
-    """The matrices in oneDNN's packed layout, or None where that is not available (not fp32, no oneDNN, a
-    model too big for a second copy). Why: MKL's gemm repacks the weight on every call, which at a few rows
-    (a prompt, a batch of decoding requests) cost ~3.6x as much (12 rows x 288 -> 1536, 2-core EPYC Zen 5:
-    136 us vs 38 us); a packed weight is reused by every call."""
-    if dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return None
-    if sum(w.numel() * w.element_size() for layer in mats for w in layer) > _MAX_PACKED_BYTES:
-        return None
-    try:
-        reorder = torch.ops.mkldnn._reorder_linear_weight
-        return [tuple(reorder(w.contiguous(), 32) for w in layer) for layer in mats]
-    except (RuntimeError, AttributeError):  # a torch built without these ops
-        return None
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ W^T, W either plain or packed by ``_pack``."""
-    if w.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    return F.linear(x, w)
-
-
-def _linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + x @ W^T in one op."""
-    if w.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, None, "add")
-    return torch.addmm(residual, x, w.t())
