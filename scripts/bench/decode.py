@@ -7,9 +7,14 @@
     python scripts/bench/decode.py --backend fast        # only the eager step
 
 Batch 1, greedy, N new tokens (EOS ignored on every side so each produces exactly N), runs interleaved
-(generate, anima fast, anima compiled, generate, ...) so machine noise hits all alike. tokens/s = new
-tokens / wall time of the whole call (prefill + decode; for the engine also detokenization and streaming).
-The compiled step is built first if it is not cached yet (its build time is printed).
+(generate, anima compiled, generate, ...) so machine noise hits all alike. tokens/s = new tokens / wall time
+of the whole call (prefill + decode; for the engine also detokenization and streaming). The compiled step is
+built first if it is not cached yet (its build time is printed).
+
+One engine, and `generate` runs on that engine's thread: every torch op of the process on one thread, so
+OpenMP keeps one worker pool, as in `anima chat` / `anima serve`. (Each thread that runs parallel ops gets
+its own pool; with more pool threads than cores libgomp stops spin-waiting and every step slows down.)
+`--with-fast` adds the eager step as a second engine, for reference, at that cost to both.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="anima's backend (compiled also runs fast, the eager step it replaces, for reference)")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "cache",
                     help="where compiled decode steps are cached (default: the project's data/cache)")
+    ap.add_argument("--with-fast", action="store_true",
+                    help="with --backend compiled, also time the eager fast step (a second engine and thread pool)")
     ap.add_argument("--no-tune", action="store_true",
                     help="decode with exactly --threads threads (no timing-based choice of 1 vs N)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of one run of each")
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built tiny model in {time.perf_counter() - t0:.1f}s: {model_dir}")
 
     engines = {}
-    for backend in ([args.backend] if args.backend != "compiled" else ["fast", "compiled"]):
+    for backend in (["fast", "compiled"] if args.backend == "compiled" and args.with_fast else [args.backend]):
         t0 = time.perf_counter()
         eng = ChatEngine(model_dir, threads=args.threads, backend=backend, cache_dir=args.cache_dir)
         print(f"{backend} engine ready in {time.perf_counter() - t0:.2f}s: {eng.backend_status()}")
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     input_ids = torch.tensor([prompt_ids])
 
     def run_generate() -> list[int]:
+        return engine.scheduler.call(generate_ids)  # on the engine's thread: one OpenMP pool
+
+    def generate_ids() -> list[int]:
+        torch.set_num_threads(args.threads)
         with torch.inference_mode():
             out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
                                  min_new_tokens=n, do_sample=False, pad_token_id=cfg.pad_token_id)
