@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, fn in runs.items():
                 got[label].append(fn())
             print(f"round {r + 1}: " + "   ".join(f"{k} {v[-1]:8.1f} tok/s" for k, v in got.items()))
-        print(f"threads in this process: {len(os.listdir('/proc/self/task'))}" if os.path.isdir("/proc/self/task") else "")
+        if os.path.isdir("/proc/self/task"):  # one OpenMP pool: main + engine + its worker(s) + library threads
+            print(f"threads in this process: {len(os.listdir('/proc/self/task'))}")
         ref = statistics.median(got["run.c"]) if "run.c" in got else None
         print("\n| column | median tok/s | best tok/s | vs run.c |\n|---|---|---|---|")
         for label, v in got.items():

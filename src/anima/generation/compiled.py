@@ -5,10 +5,10 @@ and a trip through Python. Inductor turns the whole step (every layer) into one 
 OpenMP region: about twice the eager step's tokens/s on 2 CPU cores (``scripts/bench/decode.py``).
 
 Two packages per architecture, exported from the graphs in step_graphs.py: the single-token step and the
-batched step that continuous batching runs when it has ``COMPILED_BATCH_MIN``..``BATCH_ROWS`` sequences. Weights are inputs, not
-baked-in constants, so one package serves every model of one architecture (all versions of anima-tiny,
-merges, retrains). Packages live in the project cache, keyed by the architecture, the torch version and the
-CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``.
+batched step that continuous batching runs when it has ``COMPILED_BATCH_MIN``..``BATCH_ROWS`` sequences.
+Weights are inputs, not baked-in constants, so one package serves every model of one architecture (all
+versions of anima-tiny, merges, retrains). Packages live in the project cache, keyed by the architecture, the
+torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``.
 
 Building them takes about a minute of CPU on 2 cores, so ``anima chat`` / ``anima serve`` build them in a
 detached, low-priority child process (``python -m anima.generation.compiled``) the first time and talk
@@ -55,13 +55,10 @@ def build_package(spec: StepSpec, out: Path, batched: bool = False) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     length = torch.export.Dim("cache_len", min=MIN_CACHE_LEN, max=spec.max_positions - 1)
-    if batched:
-        args, step = batch_example_inputs(spec), DecodeBatchStep(spec)
-        dynamic = (None, None, {4: length}, {3: length}, None, None, None, None, None,
-                   [None] * len(args[-1]))
-    else:
-        args, step = example_inputs(spec), DecodeStep(spec)
-        dynamic = (None, None, {3: length}, {2: length}, None, None, None, None, None, [None] * len(args[-1]))
+    step = DecodeBatchStep(spec) if batched else DecodeStep(spec)
+    args = batch_example_inputs(spec) if batched else example_inputs(spec)
+    k_len, v_len = args[2].dim() - 1, args[3].dim() - 2  # K^T views end in the cache length, V views in D
+    dynamic = (None, None, {k_len: length}, {v_len: length}, None, None, None, None, None, [None] * len(args[-1]))
     with torch.inference_mode():
         exported = torch.export.export(step, args, dynamic_shapes=dynamic)
     with atomic_path(out, tmp=temp_sibling(out, ".tmp.pt2")) as tmp:  # the compiler wants a .pt2 name
