@@ -4,12 +4,15 @@ built. One real build (the nano architecture) per test session; it needs a C++ c
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from anima.errors import ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.backends import FastLlamaBackend
+from anima.generation.step_graphs import BATCH_MATMULS
 from anima.generation.compiled import (
     BATCH_ROWS,
     COMPILED_BATCH_MIN,
@@ -64,10 +67,11 @@ def _ragged(backend: FastLlamaBackend, lengths: list[int], seed: int = 5) -> Non
         backend.forward(torch.randint(0, 300, (n,), generator=g).tolist())
 
 
+@pytest.mark.parametrize("matmul", sorted(BATCH_MATMULS))
 @pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2}])
-def test_batch_graph_is_the_fast_batch_step(kw):
+def test_batch_graph_is_the_fast_batch_step(kw, matmul):
     """The batched graph, run eagerly on rows at different positions (one padded at position 0), equals
-    FastLlamaBackend._step_batch: logits and each row's new K/V."""
+    FastLlamaBackend._step_batch: logits and each row's new K/V, whichever way it multiplies its rows."""
     model = random_llama(**kw)
     fast = FastLlamaBackend(model)
     lengths = [5, 17, 3, 9, 2, 11, 4]
@@ -76,7 +80,7 @@ def test_batch_graph_is_the_fast_batch_step(kw):
     toks = [7, 8, 9, 10, 11, 12, 13]
     pos = torch.tensor(lengths + [0])
     with torch.inference_mode():
-        logits, k, v = DecodeBatchStep(StepSpec.of(fast))(
+        logits, k, v = DecodeBatchStep(StepSpec.of(fast), matmul)(
             torch.tensor(toks + [0]), pos, fast.k_slots[:8].narrow(4, 0, t), fast.v_slots[:8].narrow(3, 0, t),
             fast.embed, fast.cos, fast.sin, fast.eps_h, fast.step_head, step_weights(fast))
         ref = fast._step_batch(toks)
@@ -187,6 +191,17 @@ def test_compiled_logits_match_eager_through_prefix_reuse(built):
     for tok in ids[70:90]:
         assert torch.allclose(compiled.forward([tok]), fast.forward([tok]), atol=1e-4, rtol=0)
     torch.testing.assert_close(compiled.k_cache[:, :, :, :60], fast.k_cache[:, :, :, :60], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_the_batched_step_is_built_both_ways_and_the_faster_kept(built):
+    package = built[2].backend.package
+    log = package.log.read_text()
+    times = re.search(r"batched step, ms per step: rows ([\d.]+), gemm ([\d.]+)", log)
+    assert times and all(float(t) > 0 for t in times.groups()), log
+    assert package.batch_path.is_file()
+    assert not [p.name for p in package.dir.iterdir() if p.name.startswith(".")]  # no variant or temp file left
 
 
 @pytest.mark.slow

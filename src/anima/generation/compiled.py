@@ -5,7 +5,8 @@ and a trip through Python. Inductor turns the whole step (every layer) into one 
 OpenMP region: about twice the eager step's tokens/s on 2 CPU cores (``scripts/bench/decode.py``).
 
 Two packages per architecture, exported from the graphs in step_graphs.py: the single-token step and the
-batched step that continuous batching runs when it has ``COMPILED_BATCH_MIN``..``BATCH_ROWS`` sequences.
+batched step that continuous batching runs when it has ``COMPILED_BATCH_MIN``..``BATCH_ROWS`` sequences (built
+both ways its matmuls can run, per-row products or BLAS gemm, and the faster on this machine kept).
 Weights are inputs, not baked-in constants, so one package serves every model of one architecture (all
 versions of anima-tiny, merges, retrains). Packages live in the project cache, keyed by the architecture, the
 torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``.
@@ -33,6 +34,7 @@ from anima.atomic import atomic_path, temp_sibling
 from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.step_graphs import (
+    BATCH_MATMULS,
     BATCH_ROWS,
     COMPILED_BATCH_MIN,
     MIN_CACHE_LEN,
@@ -46,16 +48,17 @@ from anima.generation.step_graphs import (
 from anima.procs import pid_alive
 
 __all__ = ["BATCH_ROWS", "COMPILED_BATCH_MIN", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
-           "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_package", "step_weights"]
+           "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_batch_package", "build_package",
+           "step_weights"]
 
-def build_package(spec: StepSpec, out: Path, batched: bool = False) -> Path:
+def build_package(spec: StepSpec, out: Path, batched: bool = False, matmul: str = "rows") -> Path:
     """Export the step with a dynamic cache length and compile it to a .pt2 package (temp file, then rename)."""
     import torch._inductor
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     length = torch.export.Dim("cache_len", min=MIN_CACHE_LEN, max=spec.max_positions - 1)
-    step = DecodeBatchStep(spec) if batched else DecodeStep(spec)
+    step = DecodeBatchStep(spec, matmul) if batched else DecodeStep(spec)
     args = batch_example_inputs(spec) if batched else example_inputs(spec)
     k_len, v_len = args[2].dim() - 1, args[3].dim() - 2  # K^T views end in the cache length, V views in D
     dynamic = (None, None, {k_len: length}, {v_len: length}, None, None, None, None, None, [None] * len(args[-1]))
@@ -64,6 +67,32 @@ def build_package(spec: StepSpec, out: Path, batched: bool = False) -> Path:
     with atomic_path(out, tmp=temp_sibling(out, ".tmp.pt2")) as tmp:  # the compiler wants a .pt2 name
         torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
     return out
+
+
+def build_batch_package(spec: StepSpec, out: Path, rounds: int = 3, runs: int = 30) -> dict[str, float]:
+    """Build the batched step both ways (``BATCH_MATMULS``), time them on this machine and keep the faster at
+    ``out``. Returns each variant's median ms per step (interleaved rounds: the build runs beside a chat)."""
+    out = Path(out)
+    built = {m: build_package(spec, temp_sibling(out, f".{m}.pt2"), batched=True, matmul=m) for m in BATCH_MATMULS}
+    args = batch_example_inputs(spec)
+    flat = [*args[:-1], *args[-1]]
+    times: dict[str, list[float]] = {m: [] for m in built}
+    try:
+        steps = {m: CompiledStep(path) for m, path in built.items()}
+        for _ in range(rounds):
+            for m, step in steps.items():
+                step.run(flat)
+                t0 = time.perf_counter()
+                for _ in range(runs):
+                    step.run(flat)
+                times[m].append(1000 * (time.perf_counter() - t0) / runs)
+        ms = {m: sorted(ts)[len(ts) // 2] for m, ts in times.items()}
+        best = min(ms, key=ms.__getitem__)
+        os.replace(built[best], out)
+        return ms
+    finally:
+        for path in built.values():
+            path.unlink(missing_ok=True)
 
 
 class CompiledStep:
@@ -298,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         if not build.ready():
             build_package(spec, out)
         if not build.batch_path.is_file():
-            build_package(spec, build.batch_path, batched=True)
+            ms = build_batch_package(spec, build.batch_path)
+            print("batched step, ms per step: " + ", ".join(f"{m} {t:.2f}" for m, t in ms.items()), flush=True)
     except BaseException as e:  # noqa: BLE001 - any failure becomes the note the engine reports
         build._fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
         raise

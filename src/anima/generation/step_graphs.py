@@ -106,28 +106,35 @@ class DecodeStep(torch.nn.Module):
 
 def _linear_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, w)`` for a few rows x (B, K), as one matrix-vector product per row, which Inductor generates
-    as its own loops. BLAS gemm at B <= 8 packs the weight first: inside the step it cost ~2x as much (MKL, 2-core
-    EPYC Zen 5: whole step at B=8 2.7 ms via gemm, 2.0 ms this way; the eager batched step 3.8 ms)."""
+    as its own loops."""
     return torch.stack([torch.mv(w, x[i]) for i in range(x.shape[0])])
+
+
+#: How the batched step multiplies its rows by a weight; which is faster depends on the CPU and its BLAS, so the
+#: build times both and keeps the faster (compiled.build_batch_package). Tiny, 8 rows, whole step: on a 2-core
+#: EPYC Zen 5 "rows" 2.0 ms, "gemm" 2.7 (MKL packs the weight on every call); on a 2-core Xeon (AMX) "rows" 2.0,
+#: "gemm" 1.75.
+BATCH_MATMULS = {"rows": _linear_rows, "gemm": F.linear}
 
 
 class DecodeBatchStep(torch.nn.Module):
     """One token for each of ``BATCH_ROWS`` sequences, each at its own position: the continuous-batching step
     (batch.py). The row count is fixed (a batch of ``COMPILED_BATCH_MIN`` or more is padded to it; other batches
-    run eagerly): with it static Inductor unrolls the per-row products (``_linear_rows``); with a dynamic one its
-    loops ran 20x slower.
+    run eagerly): with it static Inductor unrolls the per-row products (``_linear_rows``, ``matmul="rows"``); with
+    a dynamic one its loops ran 20x slower. ``matmul="gemm"`` multiplies all rows at once through BLAS instead.
 
     ``k_old``/``v_old`` are the first B cache slots up to T = the longest row's position, (B, L, Hkv, D, T) and
     (B, L, Hkv, T, D); a row at position p attends to its first p entries (the rest are another row's length
     of stale cache, masked out) and to itself. Returns (B, vocab) logits and each row's new K and V,
     (B, L, Hkv, D). The same arithmetic as ``FastLlamaBackend._step_batch`` (the tests compare logits)."""
 
-    def __init__(self, spec: StepSpec):
+    def __init__(self, spec: StepSpec, matmul: str = "rows"):
         super().__init__()
         self.spec = spec
+        self.matmul = matmul
 
     def forward(self, toks, pos, k_old, v_old, embed, cos_t, sin_t, eps_h, head, weights: list[torch.Tensor]):
-        s = self.spec
+        s, linear = self.spec, BATCH_MATMULS[self.matmul]
         nq, nkv, hd, inter = s.n_heads, s.n_kv, s.head_dim, s.inter
         qk_dim, half, group = (nq + nkv) * hd, hd // 2, nq // nkv
         b, t = toks.shape[0], k_old.shape[-1]
@@ -139,7 +146,7 @@ class DecodeBatchStep(torch.nn.Module):
         ks, vs = [], []
         for li in range(s.n_layers):
             wqkv, wo, wgu, wd = weights[4 * li : 4 * li + 4]
-            qkv = _linear_rows(x, wqkv) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+            qkv = linear(x, wqkv) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
             qk = qkv[:, :qk_dim].view(b, nq + nkv, hd)
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
             q, k, v = qk[:, :nq].reshape(b, nkv, group, hd), qk[:, nq:], qkv[:, qk_dim:].reshape(b, nkv, hd)
@@ -148,12 +155,12 @@ class DecodeBatchStep(torch.nn.Module):
             old = (q.unsqueeze(-1) * k_old[:, li].unsqueeze(2)).sum(-2) + bias  # (B, Hkv, G, T)
             p = torch.softmax(torch.cat([old, (q * k.unsqueeze(2)).sum(-1, keepdim=True)], -1), -1)
             attn = (p[..., :-1].unsqueeze(-1) * v_old[:, li].unsqueeze(2)).sum(-2) + p[..., -1:] * v.unsqueeze(2)
-            x = x + _linear_rows(attn.reshape(b, nq * hd), wo)
-            gu = _linear_rows(x, wgu) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
-            x = x + _linear_rows(F.silu(gu[:, :inter]) * gu[:, inter:], wd)
+            x = x + linear(attn.reshape(b, nq * hd), wo)
+            gu = linear(x, wgu) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+            x = x + linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd)
             ks.append(k)
             vs.append(v)
-        logits = _linear_rows(x, head) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
+        logits = linear(x, head) * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps_h)
         return logits, torch.stack(ks, 1), torch.stack(vs, 1)
 
 
