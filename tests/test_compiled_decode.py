@@ -15,7 +15,6 @@ from anima.generation.backends import FastLlamaBackend
 from anima.generation.step_graphs import BATCH_MATMULS
 from anima.generation.compiled import (
     BATCH_ROWS,
-    COMPILED_BATCH_MIN,
     CompiledLlamaBackend,
     DecodeBatchStep,
     DecodeStep,
@@ -206,10 +205,10 @@ def test_the_batched_step_is_built_both_ways_and_the_faster_kept(built):
 
 @pytest.mark.slow
 @needs_compiler
-@pytest.mark.parametrize("rows", [COMPILED_BATCH_MIN, BATCH_ROWS])
+@pytest.mark.parametrize("rows", [2, BATCH_ROWS, BATCH_ROWS + 4])
 def test_compiled_batch_step_matches_eager(built, rows):
-    """The compiled batched step (padded; full) equals the eager one, logits and caches, over several steps of rows
-    at different positions."""
+    """The compiled batched step (padded; full; in two chunks) equals the eager one, logits and caches, over several
+    steps of rows at different positions (the first at position 1, below the compiled step's minimum cache)."""
     model_dir, cache, _ = built
     from anima.model.build import load_model_dir
 
@@ -218,23 +217,45 @@ def test_compiled_batch_step_matches_eager(built, rows):
     compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
     fast = FastLlamaBackend(model, ctx)
     assert compiled.compiled_batch is not None
+    compiled.batch_ways.fixed = "compiled"
     runs = []
     package_run = compiled.compiled_batch.run
     compiled.compiled_batch.run = lambda inputs: runs.append(1) or package_run(inputs)
-    lengths = [3 + 5 * i for i in range(rows)]
+    lengths = [1 + 4 * i for i in range(rows)]
     for backend in (compiled, fast):
         _ragged(backend, lengths)
     g = torch.Generator().manual_seed(4)
     for _ in range(4):
         toks = torch.randint(0, model.config.vocab_size, (rows,), generator=g).tolist()
         torch.testing.assert_close(compiled.step_batch(toks), fast.step_batch(toks), atol=1e-4, rtol=0)
-    assert len(runs) == 4
+    chunks = -(-rows // BATCH_ROWS)
+    assert len(runs) == 4 * chunks
     assert compiled.positions[:rows] == fast.positions[:rows] == [n + 4 for n in lengths]
     end = max(lengths) + 4
     torch.testing.assert_close(compiled.k_slots[:rows, ..., :end], fast.k_slots[:rows, ..., :end], atol=1e-5, rtol=0)
     torch.testing.assert_close(compiled.v_slots[:rows, :, :, :end], fast.v_slots[:rows, :, :, :end], atol=1e-5, rtol=0)
-    compiled.step_batch(toks[:2])  # a small batch: the eager step
-    assert len(runs) == 4
+    compiled.batch_ways.fixed = "eager"
+    compiled.step_batch(toks[:2])
+    assert len(runs) == 4 * chunks
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_batches_take_whichever_step_is_faster_here(built):
+    """Unforced, each batch size tries both steps, then keeps running the one that was faster."""
+    model_dir, cache, _ = built
+    from anima.model.build import load_model_dir
+
+    model = load_model_dir(model_dir, dtype=torch.float32).eval()
+    compiled = CompiledLlamaBackend(model, model.config.max_position_embeddings, cache, build="never")
+    _ragged(compiled, [5, 9, 13])
+    ways = compiled.batch_ways
+    for _ in range(2 * ways.trials + 2):
+        compiled.step_batch([7, 8, 9])
+    best = ways.best(3)
+    assert best in ("eager", "compiled")
+    assert all(len(ts) == ways.trials for ts in ways._times[3].values())
+    assert [ways.pick(3) for _ in range(5)] == [best] * 5
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ and a trip through Python. Inductor turns the whole step (every layer) into one 
 OpenMP region: about twice the eager step's tokens/s on 2 CPU cores (``scripts/bench/decode.py``).
 
 Two packages per architecture, exported from the graphs in step_graphs.py: the single-token step and the
-batched step that continuous batching runs when it has ``COMPILED_BATCH_MIN``..``BATCH_ROWS`` sequences (built
-both ways its matmuls can run, per-row products or BLAS gemm, and the faster on this machine kept).
+batched step that continuous batching runs on ``BATCH_ROWS`` sequences at a time (built both ways its matmuls
+can run, per-row products or BLAS gemm, and the faster on this machine kept; at run time it is used for the batch
+sizes where it beats the eager batched step, faster_path.py).
 Weights are inputs, not baked-in constants, so one package serves every model of one architecture (all
 versions of anima-tiny, merges, retrains). Packages live in the project cache, keyed by the architecture, the
 torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``.
@@ -33,10 +34,10 @@ import torch
 from anima.atomic import atomic_path, temp_sibling
 from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
+from anima.generation.faster_path import FasterPath
 from anima.generation.step_graphs import (
     BATCH_MATMULS,
     BATCH_ROWS,
-    COMPILED_BATCH_MIN,
     MIN_CACHE_LEN,
     DecodeBatchStep,
     DecodeStep,
@@ -47,7 +48,7 @@ from anima.generation.step_graphs import (
 )
 from anima.procs import pid_alive
 
-__all__ = ["BATCH_ROWS", "COMPILED_BATCH_MIN", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
+__all__ = ["BATCH_ROWS", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
            "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_batch_package", "build_package",
            "step_weights"]
 
@@ -236,6 +237,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.package = PackageBuild(self.spec, cache_dir)
         self.compiled: CompiledStep | None = None
         self.compiled_batch: CompiledStep | None = None
+        self.batch_ways = FasterPath(("eager", "compiled"))  # per row count, timed on this machine
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
@@ -289,30 +291,40 @@ class CompiledLlamaBackend(FastLlamaBackend):
         return logits
 
     def _step_batch(self, toks: list[int]) -> torch.Tensor:
-        """A nearly full batch (``COMPILED_BATCH_MIN``..``BATCH_ROWS`` rows) through the compiled batched step,
-        padded with rows at position 0 whose outputs are dropped; any other batch, and any while the package is
-        not built or a cache is too short or full, through the eager step on packed weights, which scales better
-        with rows: tiny, 2-core EPYC Zen 5, eager 1.4 / 2.0 / 2.1 / 2.6 ms at 2 / 6 / 8 / 12 rows, compiled 1.9 at
-        2-8 rows (and 3.8 as two chunks of 8)."""
+        """The compiled batched step or the eager one on packed weights, whichever has been faster at this many
+        rows on this machine (``batch_ways``); the eager one while the package is not built or a cache is full."""
         b = len(toks)
-        positions = self.positions[:b]
-        t = max(positions)
-        if (self.compiled_batch is None or not COMPILED_BATCH_MIN <= b <= BATCH_ROWS or t < MIN_CACHE_LEN
-                or t >= self.max_positions):
+        if self.compiled_batch is None or max(self.positions[:b]) >= self.max_positions:
             return super()._step_batch(toks)
-        pad = BATCH_ROWS - b
-        self.ensure_slots(BATCH_ROWS)  # the padding rows read (and ignore) whole slots
-        pos = torch.tensor(positions + [0] * pad)
-        logits, k, v = self.compiled_batch.run([torch.tensor(toks + [0] * pad), pos,
-                                                self.k_slots[:BATCH_ROWS].narrow(4, 0, t),
-                                                self.v_slots[:BATCH_ROWS].narrow(3, 0, t), self.embed, self.cos,
-                                                self.sin, self.eps_h, self.step_head, *self._weights])
-        idx, at = torch.arange(b), pos[:b]
-        self.k_slots[idx, :, :, :, at] = k[:b]
-        self.v_slots[idx, :, :, at] = v[:b]
+        way = self.batch_ways.pick(b)
+        t0 = time.perf_counter()
+        out = self._compiled_step_batch(toks) if way == "compiled" else super()._step_batch(toks)
+        self.batch_ways.record(b, way, time.perf_counter() - t0)
+        return out
+
+    def _compiled_step_batch(self, toks: list[int]) -> torch.Tensor:
+        """Rows in chunks of ``BATCH_ROWS`` through the compiled batched step, the last chunk padded with rows at
+        position 0 whose outputs are dropped."""
+        b = len(toks)
+        self.ensure_slots(-(-b // BATCH_ROWS) * BATCH_ROWS)  # the padding rows read (and ignore) whole slots
+        out = []
+        for c in range(0, b, BATCH_ROWS):
+            n = min(BATCH_ROWS, b - c)
+            positions = self.positions[c : c + n]
+            t = max(MIN_CACHE_LEN, *positions)  # entries past a row's position are masked out
+            pos = torch.tensor(positions + [0] * (BATCH_ROWS - n))
+            rows = slice(c, c + BATCH_ROWS)
+            logits, k, v = self.compiled_batch.run([torch.tensor(toks[c : c + n] + [0] * (BATCH_ROWS - n)), pos,
+                                                    self.k_slots[rows].narrow(4, 0, t),
+                                                    self.v_slots[rows].narrow(3, 0, t), self.embed, self.cos,
+                                                    self.sin, self.eps_h, self.step_head, *self._weights])
+            idx, at = torch.arange(c, c + n), pos[:n]
+            self.k_slots[idx, :, :, :, at] = k[:n]
+            self.v_slots[idx, :, :, at] = v[:n]
+            out.append(logits[:n])
         for i in range(b):
             self.positions[i] += 1
-        return logits[:b]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def main(argv: list[str] | None = None) -> int:

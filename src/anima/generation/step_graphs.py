@@ -22,7 +22,6 @@ from anima.generation.backends import FastLlamaBackend
 
 MIN_CACHE_LEN = 2  # shorter caches take the eager step (export specializes lengths 0 and 1)
 BATCH_ROWS = 8  # rows of the compiled batched step
-COMPILED_BATCH_MIN = 6  # smaller batches take the eager step (padding would cost more than it saves)
 #: Bumped when the exported graph or its build settings change, so packages built the old way are not reused.
 GRAPH_VERSION = 2
 
@@ -119,8 +118,8 @@ BATCH_MATMULS = {"rows": _linear_rows, "gemm": F.linear}
 
 class DecodeBatchStep(torch.nn.Module):
     """One token for each of ``BATCH_ROWS`` sequences, each at its own position: the continuous-batching step
-    (batch.py). The row count is fixed (a batch of ``COMPILED_BATCH_MIN`` or more is padded to it; other batches
-    run eagerly): with it static Inductor unrolls the per-row products (``_linear_rows``, ``matmul="rows"``); with
+    (batch.py). The row count is fixed (a smaller batch is padded to it, a larger one runs in chunks): with it
+    static Inductor unrolls the per-row products (``_linear_rows``, ``matmul="rows"``); with
     a dynamic one its loops ran 20x slower. ``matmul="gemm"`` multiplies all rows at once through BLAS instead.
 
     ``k_old``/``v_old`` are the first B cache slots up to T = the longest row's position, (B, L, Hkv, D, T) and

@@ -1,0 +1,44 @@
+"""FasterPath: per batch size, each way is timed (its very first run ever is warm-up), the faster one is kept, and
+the others are re-timed now and then so a change in the machine's load can flip the choice."""
+
+from __future__ import annotations
+
+from anima.generation.faster_path import FasterPath
+
+
+def _drive(path: FasterPath, key: int, cost: dict[str, float], calls: int) -> list[str]:
+    picked = []
+    for _ in range(calls):
+        way = path.pick(key)
+        path.record(key, way, cost[way])
+        picked.append(way)
+    return picked
+
+
+def test_each_way_is_timed_then_the_faster_one_is_kept():
+    path = FasterPath(("eager", "compiled"), trials=3, reprobe=1000)
+    picked = _drive(path, 4, {"eager": 2.2, "compiled": 1.6}, 30)
+    assert picked[:8].count("eager") == 4 and picked[:8].count("compiled") == 4  # 1 warm-up + 3 timed, interleaved
+    assert path.best(4) == "compiled" and set(picked[8:]) == {"compiled"}
+
+
+def test_batch_sizes_are_judged_separately():
+    path = FasterPath(("eager", "compiled"), trials=2, reprobe=1000)
+    _drive(path, 2, {"eager": 1.4, "compiled": 1.9}, 10)
+    _drive(path, 8, {"eager": 2.1, "compiled": 1.9}, 10)
+    assert (path.best(2), path.best(8)) == ("eager", "compiled")
+
+
+def test_the_loser_is_retimed_and_a_changed_machine_flips_the_choice():
+    path = FasterPath(("eager", "compiled"), trials=2, reprobe=5)
+    _drive(path, 3, {"eager": 1.0, "compiled": 2.0}, 20)
+    assert path.best(3) == "eager"
+    picked = _drive(path, 3, {"eager": 3.0, "compiled": 2.0}, 40)  # eager got slower (say, the machine is busy)
+    assert path.best(3) == "compiled"
+    assert picked[-10:].count("eager") == 2  # the loser, once every `reprobe` calls
+
+
+def test_a_fixed_way_is_always_used():
+    path = FasterPath(("eager", "compiled"))
+    path.fixed = "eager"
+    assert _drive(path, 8, {"eager": 9.0, "compiled": 1.0}, 5) == ["eager"] * 5
