@@ -77,7 +77,8 @@ def create_app(
     app.state.limits = served.limits
     app.state.model_name = served.name
     _add_error_handlers(app)
-    _require_api_key(app, f"Bearer {api_key}".encode() if api_key else None)
+    if api_key:
+        app.add_middleware(RequireApiKey, expected_auth=f"Bearer {api_key}".encode())
     app.add_middleware(CancelOnDisconnect)  # a client that goes away frees its decode slot
 
     @app.get("/health")
@@ -117,16 +118,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(request, APIError(500, "internal server error", type="server_error", code="internal_error"))
 
 
-def _require_api_key(app: FastAPI, expected_auth: bytes | None) -> None:
-    """When a key is set: 401 for any request but ``/health`` and the chat page (chat_page.PUBLIC_PATHS) without
-    ``Authorization: Bearer <key>`` (compared in constant time)."""
+class RequireApiKey:
+    """401 for any request but ``/health`` and the chat page (chat_page.PUBLIC_PATHS) without ``Authorization:
+    Bearer <key>`` (compared in constant time). A pure ASGI middleware: Starlette's ``@app.middleware("http")``
+    passes every streamed chunk through a memory stream and a second task."""
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        if expected_auth is not None and request.url.path not in PUBLIC_PATHS:
-            got = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(got, expected_auth):
-                return _error(request, APIError(401, "missing or incorrect API key (send 'Authorization: Bearer "
-                                                     "<key>')", code="invalid_api_key"),
-                              headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    def __init__(self, app: Any, expected_auth: bytes) -> None:
+        self.app, self.expected_auth = app, expected_auth
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            got = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(got, self.expected_auth):
+                response = _error(Request(scope), APIError(401, "missing or incorrect API key (send 'Authorization: "
+                                                                "Bearer <key>')", code="invalid_api_key"),
+                                  headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
