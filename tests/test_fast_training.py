@@ -11,7 +11,7 @@ from anima.train.linear_ce import linear_cross_entropy
 from anima.train.losses import IGNORE_INDEX, LanguageModelingLoss, token_cross_entropy
 from anima.train.module import CausalLMModule, fused_head
 from anima.train.precision import (attention_implementation, compile_training, cpu_has_bf16_matrix_units,
-                                   resolve_precision)
+                                   resolve_precision, validation_attention)
 from tests.helpers import NANO_FAST, compose_cfg
 
 
@@ -134,6 +134,8 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     cpu = OmegaConf.create({"accelerator": "cpu", "precision": "auto", "attention": "auto"})
     assert resolve_precision(cpu) == ("bf16-mixed" if amx else "32-true")
     assert attention_implementation(cpu) == ("eager" if amx else "sdpa")
+    assert validation_attention(cpu) == ("sdpa" if amx else None)  # eager only for its faster bf16 backward
+    assert validation_attention(OmegaConf.create({**cpu, "attention": "eager"})) is None  # the user's choice
     assert resolve_precision(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})) == "32-true"
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"])) == amx  # the default
     auto = "optim.compile=auto"
@@ -141,6 +143,29 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", auto]))  # too short
     assert not compile_training(compose_cfg("sft", ["model=nano", "trainer.max_steps=500", auto]))  # varying shapes
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", "optim.compile=true"]))
+
+
+def test_validation_runs_sdpa_and_training_gets_its_eager_attention_back():
+    """Validation is forward-only, where SDPA is faster than eager attention on a CPU: the module switches for
+    the validation pass alone, and scores exactly what eager attention scores."""
+    import lightning as L
+
+    model, vocab = _nano()
+    model.set_attn_implementation("eager")
+    rows = [{k: v[i:i + 1] for k, v in _batch(vocab).items()} for i in range(3)]
+    batches = torch.utils.data.DataLoader(rows, batch_size=None)  # one row a batch
+    seen = []
+    model.model.register_forward_pre_hook(lambda *_: seen.append(model.config._attn_implementation))
+    losses = {}
+    for val_attention in (None, "sdpa"):
+        module = CausalLMModule(model, [LanguageModelingLoss(1.0)], OmegaConf.create({"compile": False}), 10,
+                                val_attention=val_attention)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False)
+        losses[val_attention] = trainer.validate(module, batches, verbose=False)[0]["val/loss"]
+        assert model.config._attn_implementation == "eager"  # training's again
+    assert seen == ["eager"] * 3 + ["sdpa"] * 3
+    assert losses["sdpa"] == pytest.approx(losses[None], rel=1e-5)
 
 
 @pytest.mark.slow

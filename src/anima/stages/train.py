@@ -140,12 +140,14 @@ def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, i
 
 def _module(spec: TrainConfig, model, bundle, limit: int | None, compile_model: bool):
     from anima.train.module import CausalLMModule
+    from anima.train.precision import validation_attention
     from anima.train.schedule import duration_seconds
 
     budget_s = duration_seconds(spec.trainer.max_time) if spec.trainer.max_time else None
     return CausalLMModule(model, build_loss_terms(spec, model, bundle), spec.optim, limit,
                           val_names=list(bundle.val_sets), chars_per_token=bundle.chars_per_token,
-                          time_budget_s=budget_s, compile=compile_model)
+                          time_budget_s=budget_s, compile=compile_model,
+                          val_attention=validation_attention(spec.device))
 
 
 def _follow(spec: TrainConfig, callbacks: Sequence, rank: int) -> TrainResult:

@@ -36,7 +36,7 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, terms: Sequence[LossTerm], optim: OptimConfig, max_steps: int | None,
                  val_names: Sequence[str] = ("val",), chars_per_token: dict[str, float] | None = None,
-                 time_budget_s: float | None = None, compile: bool = False):
+                 time_budget_s: float | None = None, compile: bool = False, val_attention: str | None = None):
         super().__init__()
         self.model = model
         self.terms = list(terms)
@@ -55,6 +55,8 @@ class CausalLMModule(L.LightningModule):
             if self._decoder is not None:
                 object.__setattr__(self, "_train_decoder", torch.compile(self._decoder))
         self._val_sums: dict[str, list[float]] = {}
+        self._val_attention = val_attention  # validation's attention kernel, when it differs from training's
+        self._train_attention: str | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,6 +91,16 @@ class CausalLMModule(L.LightningModule):
     # -- validation: exact token-weighted means over the whole (limited) split ---------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {name: [0.0, 0.0] for name in self.val_names}
+        if self._val_attention:
+            self._train_attention = self._set_attention(self._val_attention)
+
+    def _set_attention(self, implementation: str) -> str:
+        """Switch the model's attention kernel (eager <-> sdpa: the same weights and result); the one it had."""
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        before = base.config._attn_implementation
+        if implementation != before:
+            base.set_attn_implementation(implementation)
+        return before
 
     def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         decoder = self._train_decoder if self.training else self._decoder
@@ -137,6 +149,9 @@ class CausalLMModule(L.LightningModule):
                 self.log(f"{name}/bpc", bpc, prog_bar=name == self.val_names[0], add_dataloader_idx=False)
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
+        if self._train_attention:
+            self._set_attention(self._train_attention)
+            self._train_attention = None
 
     # -- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -61,6 +61,15 @@ def attention_implementation(device: DeviceConfig) -> str:
     return "eager" if _on_cpu(device) and resolve_precision(device) == "bf16-mixed" else "sdpa"
 
 
+def validation_attention(device: DeviceConfig) -> str | None:
+    """The attention validation runs with when `auto` trains with `eager`: `sdpa`, whose CPU kernel is slow only
+    backwards. Validation is forward-only, and there SDPA scores the same tokens ~1.6x faster (16 val batches of
+    `tiny` on a 2-core EPYC Zen 4: 1.9 vs 3.1 s, inside a time-budgeted run's clock). None: keep training's."""
+    if device.attention == "auto" and attention_implementation(device) == "eager":
+        return "sdpa"
+    return None
+
+
 COMPILE_MIN_STEPS = 100
 COMPILE_MIN_SECONDS = 60
 
