@@ -45,11 +45,15 @@ def hf_engine(model_dir) -> ChatEngine:
 @pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True},
                                 {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}}])
 @pytest.mark.parametrize("table", [True, False])
-def test_fast_forward_matches_hf_logits(kw, table):
+@pytest.mark.parametrize("way", ["mv", "packed"])
+def test_fast_forward_matches_hf_logits(kw, table, way):
     from anima.generation.backends import FastLlamaBackend
 
     model = random_llama(**kw)
     fast = FastLlamaBackend(model)
+    if way == "packed" and fast.packed is None:
+        pytest.skip("this torch has no oneDNN")
+    fast.step_ways.fixed = way  # the single step's matrix-vector kernel: BLAS mv or oneDNN on packed weights
     if not table:
         fast.rope_mats = None  # the cos/sin path used for long contexts
     ids = torch.randint(0, 300, (30,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -63,6 +67,22 @@ def test_fast_forward_matches_hf_logits(kw, table):
     # truncate + re-prefill a chunk in the middle of the cache (prefix reuse path)
     fast.truncate(10)
     assert torch.allclose(fast.forward(ids[10:25]), ref[24], atol=1e-4, rtol=0)
+
+
+def test_single_steps_time_both_kernels_per_thread_count():
+    """Which matrix-vector kernel is faster depends on the CPU's BLAS (MKL's sgemv is slow on AMD EPYC): the
+    backend times both as it decodes, separately at each thread count, and then keeps the faster."""
+    from anima.generation.backends import FastLlamaBackend
+
+    fast = FastLlamaBackend(random_llama())
+    if fast.packed is None:
+        pytest.skip("this torch has no oneDNN")
+    fast.forward([1, 2, 3])
+    for _ in range(10):
+        fast.forward([4])
+    key = torch.get_num_threads()
+    assert fast.step_ways.best(key) in ("mv", "packed")
+    assert fast.step_ways.best(key + 1) is None  # another thread count is judged on its own
 
 
 def test_prefill_uses_packed_weights_and_matches_plain_ones():

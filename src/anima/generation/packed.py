@@ -41,3 +41,13 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torc
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, None, "add")
     return torch.addmm(residual, x, w.t())
+
+
+def packed_mv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.mv(W, x)`` through oneDNN, W packed by ``pack``."""
+    return linear(x.view(1, -1), w).view(-1)
+
+
+def packed_addmv(x: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``torch.addmv(x, W, v)`` (x + W v) through oneDNN, W packed by ``pack``."""
+    return linear_add(v.view(1, -1), w, x.view(1, -1)).view(-1)
