@@ -120,6 +120,31 @@ def test_module_fuses_only_when_no_term_needs_the_logits():
     assert float(fused) == pytest.approx(float(plain), rel=1e-6)
 
 
+def test_the_compiled_loss_is_served_from_the_autograd_cache(tmp_path, monkeypatch):
+    """A warm start loads the compiled chunked loss from AOTAutograd's on-disk cache instead of re-tracing and
+    re-partitioning it (by default that cache skips graphs with a custom autograd.Function), and the cached
+    loss computes the same gradients."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cold cache: the first compile must save
+    model, vocab = _nano()
+    batch = _batch(vocab)
+    decoder, head = fused_head(model)
+    hidden = decoder(input_ids=batch["input_ids"]).last_hidden_state.detach().requires_grad_()
+    grads, cache = [], []
+    for _ in range(2):
+        torch._dynamo.reset()  # forget the compiled code in memory, as a new process would
+        counters.clear()
+        hidden.grad = None
+        linear_cross_entropy(hidden, head.weight.detach(), batch["labels"], 32, compiled=True).backward()
+        grads.append(hidden.grad.clone())
+        cache.append(dict(counters["aot_autograd"]))
+    assert cache[0].get("autograd_cache_saved") == 1 and not cache[0].get("autograd_cache_bypass")
+    assert cache[1].get("autograd_cache_hit") == 1
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_heads_that_are_not_a_plain_linear_are_not_fused():
     model, _ = _nano()
     model.config.final_logit_softcapping = 30.0
