@@ -85,6 +85,25 @@ def test_single_steps_time_both_kernels_per_thread_count():
     assert fast.step_ways.best(key + 1) is None  # another thread count is judged on its own
 
 
+def test_the_packed_step_works_with_a_head_too_big_to_pack(monkeypatch):
+    """The layers fit the packed copy's budget but the (vocab x hidden) head does not: it stays plain."""
+    from anima.generation import backends, packed
+
+    real_pack = packed.pack
+    monkeypatch.setattr(backends, "pack", lambda mats, dtype: None if len(mats) == 1 else real_pack(mats, dtype))
+    model = random_llama()
+    fast = backends.FastLlamaBackend(model)
+    if fast.packed is None:
+        pytest.skip("this torch has no oneDNN")
+    assert fast.packed_head is fast.step_head
+    ids = [1, 5, 9, 2]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+    fast.step_ways.fixed = "packed"
+    fast.forward(ids[:3])
+    assert torch.allclose(fast.forward(ids[3:]), ref, atol=1e-4, rtol=0)
+
+
 def test_prefill_uses_packed_weights_and_matches_plain_ones():
     """Where oneDNN is there, prefill runs on packed weights (the point: ~3.6x cheaper at a prompt's few rows);
     logits equal the plain gemm path's and the caches hold the same K/V."""

@@ -174,7 +174,8 @@ class FastLlamaBackend:
         self.gqa = nkv != nq
         self._build_step_weights()
         self.packed = pack(self.step_layers, self.dtype)
-        self.packed_head = pack([(self.step_head,)], self.dtype)[0][0] if self.packed else None
+        head = pack([(self.step_head,)], self.dtype) if self.packed else None
+        self.packed_head = head[0][0] if head else self.step_head  # a head too big to copy stays plain
         self.step_ways = FasterPath(("mv", "packed"))  # per thread count, timed on this machine
 
     # ------------------------------------------------------------ slots (see generation/batch.py)
