@@ -20,7 +20,6 @@ and ``step_batch``: one forward for one token of each of several sequences, each
 from __future__ import annotations
 
 import math
-import time
 from typing import Protocol
 
 import torch
@@ -307,12 +306,7 @@ class FastLlamaBackend:
         vs 1.8 ms); on other CPUs mv may win."""
         if self.packed is None:
             return self._step_with(tok, "mv")
-        key = torch.get_num_threads()
-        way = self.step_ways.pick(key)
-        t0 = time.perf_counter()
-        logits = self._step_with(tok, way)
-        self.step_ways.record(key, way, time.perf_counter() - t0)
-        return logits
+        return self.step_ways.run(torch.get_num_threads(), lambda way: self._step_with(tok, way))
 
     def _step_with(self, tok: int, way: str) -> torch.Tensor:
         """One token. Everything is a 1-D vector (a (1, N) row for oneDNN), so each matmul is a single

@@ -296,11 +296,8 @@ class CompiledLlamaBackend(FastLlamaBackend):
         b = len(toks)
         if self.compiled_batch is None or max(self.positions[:b]) >= self.max_positions:
             return super()._step_batch(toks)
-        way = self.batch_ways.pick(b)
-        t0 = time.perf_counter()
-        out = self._compiled_step_batch(toks) if way == "compiled" else super()._step_batch(toks)
-        self.batch_ways.record(b, way, time.perf_counter() - t0)
-        return out
+        eager = super()._step_batch
+        return self.batch_ways.run(b, lambda way: self._compiled_step_batch(toks) if way == "compiled" else eager(toks))
 
     def _compiled_step_batch(self, toks: list[int]) -> torch.Tensor:
         """Rows in chunks of ``BATCH_ROWS`` through the compiled batched step, the last chunk padded with rows at

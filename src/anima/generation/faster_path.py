@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import collections
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class FasterPath:
@@ -41,6 +45,14 @@ class FasterPath:
             others = [w for w in self.ways if w != best]
             return others[(self._calls[key] // self.reprobe) % len(others)] if others else best
         return best
+
+    def run(self, key: int, call: Callable[[str], T]) -> T:
+        """``call(way)`` for the way ``pick`` chooses at ``key``, timed by wall clock and recorded."""
+        way = self.pick(key)
+        t0 = time.perf_counter()
+        out = call(way)
+        self.record(key, way, time.perf_counter() - t0)
+        return out
 
     def record(self, key: int, way: str, seconds: float) -> None:
         """How long a call at ``key`` took ``way``."""

@@ -122,7 +122,7 @@ def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, i
     import lightning as L
 
     from anima.train.initial_model import initial_model
-    from anima.train.precision import attention_implementation, compile_training
+    from anima.train.precision import attention_implementation, compile_training, set_attention
     from anima.train.prepare import prepare_data
     from anima.train.schedule import step_limit
 
@@ -130,7 +130,7 @@ def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, i
     bundle = prepare_data(spec)
     L.seed_everything(spec.seed, workers=True, verbose=False)  # init independent of data prep
     model, parent_uri = initial_model(spec, bundle.tokenizer)
-    getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention_implementation(spec.device))
+    set_attention(model, attention_implementation(spec.device))
     if spec.trainer.packing and spec.data.kind == "chat" and spec.model.arch == "hf":
         from anima.train.packing import check_packing_support
 

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Timer
 from anima.config.groups import OptimConfig
 from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
 from anima.train.optimizers import build_optimizer
+from anima.train.precision import set_attention
 from anima.train.schedule import lr_factor
 
 
@@ -91,16 +92,8 @@ class CausalLMModule(L.LightningModule):
     # -- validation: exact token-weighted means over the whole (limited) split ---------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {name: [0.0, 0.0] for name in self.val_names}
-        if self._val_attention:
-            self._train_attention = self._set_attention(self._val_attention)
-
-    def _set_attention(self, implementation: str) -> str:
-        """Switch the model's attention kernel (eager <-> sdpa: the same weights and result); the one it had."""
-        base = getattr(self.model, "get_base_model", lambda: self.model)()
-        before = base.config._attn_implementation
-        if implementation != before:
-            base.set_attn_implementation(implementation)
-        return before
+        if self._val_attention:  # eager <-> sdpa: the same weights and result
+            self._train_attention = set_attention(self.model, self._val_attention)
 
     def _hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         decoder = self._train_decoder if self.training else self._decoder
@@ -150,7 +143,7 @@ class CausalLMModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
         if self._train_attention:
-            self._set_attention(self._train_attention)
+            set_attention(self.model, self._train_attention)
             self._train_attention = None
 
     # -- optimisation -------------------------------------------------------------------------------------

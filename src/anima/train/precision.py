@@ -61,6 +61,16 @@ def attention_implementation(device: DeviceConfig) -> str:
     return "eager" if _on_cpu(device) and resolve_precision(device) == "bf16-mixed" else "sdpa"
 
 
+def set_attention(model, implementation: str) -> str:
+    """Switch a Hugging Face model's attention kernel (on the base model under a PEFT wrapper); returns the one
+    it had, so a caller can switch back."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    before = base.config._attn_implementation
+    if implementation != before:
+        base.set_attn_implementation(implementation)
+    return before
+
+
 def validation_attention(device: DeviceConfig) -> str | None:
     """The attention validation runs with when `auto` trains with `eager`: `sdpa`, whose CPU kernel is slow only
     backwards. Validation is forward-only, and there SDPA scores the same tokens ~1.6x faster (16 val batches of
