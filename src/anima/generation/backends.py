@@ -259,7 +259,7 @@ class FastLlamaBackend:
             x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd, x)
         for i in range(b):
             self.positions[i] += 1
-        return F.linear(x, self.step_head).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
+        return linear(x, self.packed_head).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
 
     def _build_step_weights(self) -> None:
         """Weights for the single-token step with constant factors folded in (fewer ops per token):
@@ -378,7 +378,7 @@ class FastLlamaBackend:
             x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd, x)
         self.position = end
         h = x[-1]
-        return torch.mv(self.step_head, h).mul_(h.dot(h).add_(eps_h).rsqrt_()).float()
+        return packed_mv(self.packed_head, h).mul_(h.dot(h).add_(eps_h).rsqrt_()).float()
 
     def matmul_weights(self) -> list[tuple]:
         """Per layer (W_qkv, W_o, W_gu, W_down) of the folded step weights for several rows at once: oneDNN-packed
