@@ -44,10 +44,10 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor) -> torc
 
 
 def packed_mv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``torch.mv(W, x)`` through oneDNN, W packed by ``pack``."""
+    """``torch.mv(W, x)``: through oneDNN when W is packed by ``pack``, as a one-row linear when it is plain."""
     return linear(x.view(1, -1), w).view(-1)
 
 
 def packed_addmv(x: torch.Tensor, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``torch.addmv(x, W, v)`` (x + W v) through oneDNN, W packed by ``pack``."""
+    """``torch.addmv(x, W, v)`` (x + W v): through oneDNN when W is packed by ``pack``, else a one-row addmm."""
     return linear_add(v.view(1, -1), w, x.view(1, -1)).view(-1)
