@@ -19,6 +19,7 @@ from typing import Any
 from anima.generation.sampling import SamplingParams
 from anima.generation.sequence import CANCEL
 from anima.serve.errors import engine_error, overloaded
+from anima.serve.inbox import inbox_for
 from anima.serve.limits import ServeLimits
 from anima.serve.models import ModelCard, check_model
 
@@ -149,12 +150,12 @@ class EngineRunner:
 
 async def _listened(stream: Any) -> AsyncIterator[tuple[str, Any]]:
     """The engine's TextStream, its events pushed from the scheduler's thread into this loop."""
-    loop = asyncio.get_running_loop()
+    inbox = inbox_for(asyncio.get_running_loop())  # one wake-up of this loop per burst of pieces (inbox.py)
     queue: asyncio.Queue[tuple[str, Any, list]] = asyncio.Queue()
 
     def on_event(kind: str, value: Any, entries: list) -> None:
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value, entries))
+            inbox.post(queue.put_nowait, (kind, value, entries))
         except RuntimeError:  # loop closed (server shutting down)
             stream.cancel.set()
 
