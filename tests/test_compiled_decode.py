@@ -5,6 +5,7 @@ built. One real build (the nano architecture) per test session; it needs a C++ c
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from anima.errors import ModelError
 from anima.generation import ChatEngine, SamplingParams
 from anima.generation.backends import FastLlamaBackend
+from anima.generation.frozen_batch import weights_digest
 from anima.generation.step_graphs import BATCH_MATMULS
 from anima.generation.compiled import (
     BATCH_ROWS,
@@ -127,6 +129,18 @@ def test_a_damaged_package_is_noted_and_decoding_stays_eager(tmp_path):
     assert torch.allclose(backend.forward([1, 2, 3]), fast.forward([1, 2, 3])) and backend.forward([4]).shape == (300,)
 
 
+def test_a_models_frozen_batched_step_is_keyed_by_its_weights(tmp_path):
+    model = random_llama()
+    digest = weights_digest(FastLlamaBackend(model))
+    assert weights_digest(FastLlamaBackend(model)) == digest
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] += 1
+    assert weights_digest(FastLlamaBackend(model)) != digest
+    # only a model loaded from a dir (the build loads it there) and allowed to build gets one
+    assert CompiledLlamaBackend(model, None, tmp_path, build="never", model_dir=tmp_path).frozen is None
+    assert CompiledLlamaBackend(model, None, tmp_path, build="never").frozen is None
+
+
 # --------------------------------------------------------------------------- one real build, shared
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -159,12 +173,31 @@ def test_background_build_is_picked_up_between_requests(built):
     eager = ChatEngine(model_dir, backend="fast").chat(msgs, params)
     assert (reply.text, reply.completion_tokens, reply.finish_reason) == (eager.text, eager.completion_tokens,
                                                                           eager.finish_reason)
-    # a later engine loads the cached package at once, and backend=compiled does not rebuild it
+    # with the shared packages in, the engine went on to build this model's own batched step (frozen_batch.py)
+    _wait_frozen(engine.backend)
+    # a later engine loads the cached packages at once, and backend=compiled does not rebuild them
     later = ChatEngine(model_dir, backend="compiled", cache_dir=cache)
-    assert later.backend_name == "compiled"
+    assert later.backend_name == "compiled" and later.backend.frozen_batch is not None
     built = sorted(p.name for p in (cache / "decode").iterdir() if not p.name.endswith(".log"))
-    assert len(built) == 2 and all(name.endswith(".pt2") for name in built), built  # the step and the batched step
+    # the step, the batched step (both per architecture), and this model's frozen batched step
+    assert len(built) == 3 and all(name.endswith(".pt2") for name in built), built
+    assert sum(name.endswith("-frozen.pt2") for name in built) == 1, built
     assert "batched step too" in later.backend_status()
+
+
+def _wait_frozen(backend: CompiledLlamaBackend, timeout: float = 900) -> None:
+    """Wait for the model's frozen batched step, started by the backend's refresh, and load it."""
+    frozen = backend.frozen
+    assert frozen is not None
+    deadline = time.monotonic() + timeout
+    while (not frozen.ready() and not frozen.failed() and (frozen.building() or not frozen.lock.exists())
+           and time.monotonic() < deadline):
+        backend.refresh()
+        time.sleep(0.5)
+    log = frozen.log.read_text() if frozen.log.exists() else ""
+    assert frozen.ready() and not frozen.failed(), log
+    backend.refresh()
+    assert backend.frozen_batch is not None, log
 
 
 @pytest.mark.slow
@@ -205,22 +238,30 @@ def test_the_batched_step_is_built_both_ways_and_the_faster_kept(built):
 
 @pytest.mark.slow
 @needs_compiler
+@pytest.mark.parametrize("package", ["shared", "frozen"])
 @pytest.mark.parametrize("rows", [2, BATCH_ROWS, BATCH_ROWS + 4])
-def test_compiled_batch_step_matches_eager(built, rows):
+def test_compiled_batch_step_matches_eager(built, rows, package):
     """The compiled batched step (padded; full; in two chunks) equals the eager one, logits and caches, over several
-    steps of rows at different positions (the first at position 1, below the compiled step's minimum cache)."""
+    steps of rows at different positions (the first at position 1, below the compiled step's minimum cache): the
+    package shared by the architecture, and the model's own with its weights frozen in."""
     model_dir, cache, _ = built
     from anima.model.build import load_model_dir
 
     model = load_model_dir(model_dir, dtype=torch.float32).eval()
     ctx = model.config.max_position_embeddings
-    compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
+    if package == "shared":
+        compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
+        assert compiled.frozen_batch is None
+    else:
+        compiled = CompiledLlamaBackend(model, ctx, cache, build="background", model_dir=model_dir)
+        _wait_frozen(compiled)
     fast = FastLlamaBackend(model, ctx)
     assert compiled.compiled_batch is not None
     compiled.batch_ways.fixed = "compiled"
     runs = []
-    package_run = compiled.compiled_batch.run
-    compiled.compiled_batch.run = lambda inputs: runs.append(1) or package_run(inputs)
+    used = compiled.frozen_batch or compiled.compiled_batch
+    package_run = used.run
+    used.run = lambda inputs: runs.append(1) or package_run(inputs)
     lengths = [1 + 4 * i for i in range(rows)]
     for backend in (compiled, fast):
         _ragged(backend, lengths)

@@ -1,4 +1,5 @@
-"""Process facts shared by the parts that judge whether another process is still there."""
+"""Process facts shared by the parts that judge whether another process is still there, and how background
+builds run."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lower_priority() -> None:
+    """``preexec_fn`` of a background build: it must not slow the chat that is decoding meanwhile."""
+    os.nice(10)

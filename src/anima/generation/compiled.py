@@ -35,6 +35,7 @@ from anima.atomic import atomic_path, temp_sibling
 from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.faster_path import FasterPath
+from anima.generation.frozen_batch import FrozenBatchBuild, weights_digest
 from anima.generation.step_graphs import (
     BATCH_MATMULS,
     BATCH_ROWS,
@@ -46,7 +47,7 @@ from anima.generation.step_graphs import (
     example_inputs,
     step_weights,
 )
-from anima.procs import pid_alive
+from anima.procs import lower_priority, pid_alive
 
 __all__ = ["BATCH_ROWS", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
            "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_batch_package", "build_package",
@@ -186,7 +187,7 @@ class PackageBuild:
         cmd = [sys.executable, "-m", "anima.generation.compiled", json.dumps(asdict(self.spec)), str(self.dir.parent)]
         with open(self.log, "w", encoding="utf-8") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True, preexec_fn=_lower_priority)
+                                          env=env, start_new_session=True, preexec_fn=lower_priority)
         with os.fdopen(fd, "w") as f:
             f.write(str(self._proc.pid))
         return True
@@ -219,17 +220,14 @@ class PackageBuild:
         return self.complete()
 
 
-def _lower_priority() -> None:
-    os.nice(10)  # the build must not slow the chat that is decoding meanwhile
-
-
 class CompiledLlamaBackend(FastLlamaBackend):
     """FastLlamaBackend whose single-token steps run the compiled package once it is loaded.
 
     Until then (and for caches shorter than MIN_CACHE_LEN) it is exactly the eager fast backend; prefill
     stays eager either way (it is one batched pass per prompt)."""
 
-    def __init__(self, model, max_positions: int | None, cache_dir: str | Path, build: str = "background"):
+    def __init__(self, model, max_positions: int | None, cache_dir: str | Path, build: str = "background",
+                 model_dir: str | Path | None = None):
         super().__init__(model, max_positions)
         if build not in ("never", "background", "wait"):
             raise ValueError(f"build={build!r}")
@@ -237,6 +235,10 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.package = PackageBuild(self.spec, cache_dir)
         self.compiled: CompiledStep | None = None
         self.compiled_batch: CompiledStep | None = None
+        # this model's own batched step (frozen_batch.py), built after the shared ones when the model has a dir
+        self.frozen = (FrozenBatchBuild(self.spec, weights_digest(self), cache_dir, model_dir)
+                       if model_dir is not None and build != "never" else None)
+        self.frozen_batch: CompiledStep | None = None
         self.batch_ways = FasterPath(("eager", "compiled"))  # per row count, timed on this machine
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
@@ -255,6 +257,10 @@ class CompiledLlamaBackend(FastLlamaBackend):
     def status(self) -> str:
         if self.compiled is not None:
             batched = ", batched step too" if self.compiled_batch is not None else ""
+            if self.frozen_batch is not None:
+                batched += ", frozen with this model's weights"
+            elif self.frozen is not None and self.frozen.building():
+                batched += "; this model's own batched step building"
             return f"compiled backend ({self.package.path.name}{batched})"
         if self.package.building():
             return "fast backend (compiled step building in the background)"
@@ -268,7 +274,22 @@ class CompiledLlamaBackend(FastLlamaBackend):
             self.compiled = self._load(self.package.path)
         if self.compiled is not None and self.compiled_batch is None and self.package.batch_path.is_file():
             self.compiled_batch = self._load(self.package.batch_path)
+        if self.compiled_batch is not None and self.frozen is not None and self.frozen_batch is None:
+            self._refresh_frozen(self.frozen)
         return self.compiled is not None
+
+    def _refresh_frozen(self, build: FrozenBatchBuild) -> None:
+        """Load this model's frozen batched step if it is built, else start building it (once)."""
+        if not build.ready():
+            build.start()
+            return
+        try:
+            self.frozen_batch = CompiledStep(build.path)
+        except ModelError as e:  # damaged: note it (no rebuild loop) and keep the shared package
+            build.failed_note.write_text(str(e) + "\n", encoding="utf-8")
+            self.frozen = None
+            return
+        self.batch_ways = FasterPath(("eager", "compiled"))  # the compiled way changed: time it afresh
 
     def _load(self, path: Path) -> CompiledStep | None:
         try:
@@ -311,10 +332,13 @@ class CompiledLlamaBackend(FastLlamaBackend):
             t = max(MIN_CACHE_LEN, *positions)  # entries past a row's position are masked out
             pos = torch.tensor(positions + [0] * (BATCH_ROWS - n))
             rows = slice(c, c + BATCH_ROWS)
-            logits, k, v = self.compiled_batch.run([torch.tensor(toks[c : c + n] + [0] * (BATCH_ROWS - n)), pos,
-                                                    self.k_slots[rows].narrow(4, 0, t),
-                                                    self.v_slots[rows].narrow(3, 0, t), self.embed, self.cos,
-                                                    self.sin, self.eps_h, self.step_head, *self._weights])
+            inputs = [torch.tensor(toks[c : c + n] + [0] * (BATCH_ROWS - n)), pos, self.k_slots[rows].narrow(4, 0, t),
+                      self.v_slots[rows].narrow(3, 0, t)]
+            if self.frozen_batch is not None:  # the weights are inside it
+                logits, k, v = self.frozen_batch.run(inputs)
+            else:
+                logits, k, v = self.compiled_batch.run([*inputs, self.embed, self.cos, self.sin, self.eps_h,
+                                                        self.step_head, *self._weights])
             idx, at = torch.arange(c, c + n), pos[:n]
             self.k_slots[idx, :, :, :, at] = k[:n]
             self.v_slots[idx, :, :, at] = v[:n]

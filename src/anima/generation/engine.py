@@ -143,7 +143,7 @@ class ChatEngine:
         from anima.generation.compiled import CompiledLlamaBackend
 
         return CompiledLlamaBackend(self.model, self.context_length, cache_dir,
-                                    build="wait" if which == "compiled" else build)
+                                    build="wait" if which == "compiled" else build, model_dir=self.model_dir)
 
     @property
     def backend_name(self) -> str:

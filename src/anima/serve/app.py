@@ -83,7 +83,9 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name, "backend": engine.backend_name}
+        status = getattr(engine, "backend_status", None)
+        return {"status": "ok", "model": served.name, "backend": engine.backend_name,
+                "backend_status": status() if status else engine.backend_name}
 
     app.include_router(openai_routes(served))
     app.include_router(ollama_routes(served))
