@@ -141,6 +141,19 @@ def test_a_models_frozen_batched_step_is_keyed_by_its_weights(tmp_path):
     assert CompiledLlamaBackend(model, None, tmp_path, build="never").frozen is None
 
 
+def test_a_frozen_build_whose_weights_changed_leaves_a_note(tmp_path):
+    """The child re-derives the digest from the model dir: a mismatch is a failure note, not a wrong package."""
+    from anima.generation import frozen_batch
+    from tests.helpers.models import build_nano_model_dir
+
+    model_dir = build_nano_model_dir(tmp_path / "nano")
+    out = tmp_path / "decode" / "some-frozen.pt2"
+    out.parent.mkdir()
+    with pytest.raises(ModelError, match="weights changed"):
+        frozen_batch.main([str(model_dir), "64", "0" * 16, str(out)])
+    assert "weights changed" in out.with_suffix(".failed").read_text() and not out.exists()
+
+
 # --------------------------------------------------------------------------- one real build, shared
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

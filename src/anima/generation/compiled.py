@@ -235,9 +235,9 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.package = PackageBuild(self.spec, cache_dir)
         self.compiled: CompiledStep | None = None
         self.compiled_batch: CompiledStep | None = None
-        # this model's own batched step (frozen_batch.py), built after the shared ones when the model has a dir
-        self.frozen = (FrozenBatchBuild(self.spec, weights_digest(self), cache_dir, model_dir)
-                       if model_dir is not None and build != "never" else None)
+        # this model's own batched step (frozen_batch.py): once the shared ones are in, for a model loaded from a dir
+        self._frozen_from = (cache_dir, model_dir) if model_dir is not None and build != "never" else None
+        self.frozen: FrozenBatchBuild | None = None
         self.frozen_batch: CompiledStep | None = None
         self.batch_ways = FasterPath(("eager", "compiled"))  # per row count, timed on this machine
         self._weights = step_weights(self)
@@ -274,20 +274,27 @@ class CompiledLlamaBackend(FastLlamaBackend):
             self.compiled = self._load(self.package.path)
         if self.compiled is not None and self.compiled_batch is None and self.package.batch_path.is_file():
             self.compiled_batch = self._load(self.package.batch_path)
-        if self.compiled_batch is not None and self.frozen is not None and self.frozen_batch is None:
-            self._refresh_frozen(self.frozen)
+        if self.compiled_batch is not None and self.frozen_batch is None and self._frozen_from is not None:
+            self._refresh_frozen()
         return self.compiled is not None
 
-    def _refresh_frozen(self, build: FrozenBatchBuild) -> None:
+    def _refresh_frozen(self) -> None:
         """Load this model's frozen batched step if it is built, else start building it (once)."""
+        if self.frozen is None:  # first time: key it by the weights (a model too big to copy gets none)
+            cache_dir, model_dir = self._frozen_from  # type: ignore[misc]
+            if self.packed is None:
+                self._frozen_from = None
+                return
+            self.frozen = FrozenBatchBuild(self.spec, weights_digest(self), cache_dir, model_dir)
+        build = self.frozen
         if not build.ready():
             build.start()
             return
         try:
             self.frozen_batch = CompiledStep(build.path)
         except ModelError as e:  # damaged: note it (no rebuild loop) and keep the shared package
-            build.failed_note.write_text(str(e) + "\n", encoding="utf-8")
-            self.frozen = None
+            build.note_failure(str(e))
+            self._frozen_from = None
             return
         self.batch_ways = FasterPath(("eager", "compiled"))  # the compiled way changed: time it afresh
 

@@ -14,7 +14,6 @@ Packages are keyed by the architecture's key and a digest of the weights the ste
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -103,6 +102,13 @@ class FrozenBatchBuild:
         except (OSError, ValueError):
             return False
 
+    def note_failure(self, why: str) -> None:
+        """Leave a note so that no engine retries the build (the shared batched step stays in use)."""
+        try:
+            self.failed_note.write_text(why.strip()[:500] + "\n", encoding="utf-8")
+        except OSError:
+            pass
+
     def start(self) -> None:
         """Start the background build unless it is done, failed before or running (a read-only cache: nothing)."""
         if self.ready() or self.failed() or self.building():
@@ -111,16 +117,21 @@ class FrozenBatchBuild:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.unlink(missing_ok=True)  # stale: its builder is gone
             fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except OSError:
+        except OSError:  # another engine won the race, or the cache is read-only
             return
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": str(self.spec.threads)}
         cmd = [sys.executable, "-m", "anima.generation.frozen_batch", str(self.model_dir), str(self.spec.max_positions),
                self.digest, str(self.path)]
-        with open(self.log, "w", encoding="utf-8") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True, preexec_fn=lower_priority)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(proc.pid))
+        with os.fdopen(fd, "w") as lock:
+            try:
+                with open(self.log, "w", encoding="utf-8") as log:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True, preexec_fn=lower_priority)
+            except OSError as e:
+                self.note_failure(f"cannot start the build: {e}")
+                self.lock.unlink(missing_ok=True)
+                return
+            lock.write(str(proc.pid))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,16 +141,20 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir, max_positions, digest, out = (sys.argv[1:] if argv is None else argv)[:4]
     out_path = Path(out)
-    failed_note, lock = out_path.with_suffix(".failed"), out_path.with_suffix(".building")
+    lock = out_path.with_suffix(".building")
     t0 = time.perf_counter()
     try:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()))
         backend = FastLlamaBackend(load_model_dir(Path(model_dir), dtype=torch.float32).eval(), int(max_positions))
         if weights_digest(backend) != digest:
             raise ModelError(f"{model_dir}: its weights changed since the engine asked for digest {digest}")
-        build_frozen_package(StepSpec.of(backend), step_constants(backend), out_path)
+        spec = StepSpec.of(backend)
+        build = FrozenBatchBuild(spec, digest, out_path.parent.parent, model_dir)
+        if build.path != out_path:
+            raise ModelError(f"{out_path}: not the package this model's step would be ({build.path.name})")
+        build_frozen_package(spec, step_constants(backend), out_path)
     except BaseException as e:  # noqa: BLE001 - any failure becomes a note; the engine keeps the shared package
-        failed_note.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"[:500]}) + "\n", encoding="utf-8")
+        out_path.with_suffix(".failed").write_text(f"{type(e).__name__}: {e}"[:500] + "\n", encoding="utf-8")
         raise
     finally:
         if lock.is_file() and lock.read_text().strip() == str(os.getpid()):
