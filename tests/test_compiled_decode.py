@@ -186,8 +186,17 @@ def test_background_build_is_picked_up_between_requests(built):
     eager = ChatEngine(model_dir, backend="fast").chat(msgs, params)
     assert (reply.text, reply.completion_tokens, reply.finish_reason) == (eager.text, eager.completion_tokens,
                                                                           eager.finish_reason)
-    # with the shared packages in, the engine went on to build this model's own batched step (frozen_batch.py)
-    _wait_frozen(engine.backend)
+    # one request at a time: no batch, so no model-specific package; two at once: a batch, and the engine goes on
+    # to build this model's own batched step (frozen_batch.py) once the shared packages are in
+    assert engine.backend.frozen is not None and not engine.backend.batched and not engine.backend.frozen.lock.exists()
+    engine.scheduler.peak_batch = 0
+    streams = [engine.stream_completion(p, SamplingParams(temperature=1.0, seed=i, max_new_tokens=30))
+               for i, p in enumerate(["Once upon a time", "the sea", "one two three four"])]
+    for stream in streams:
+        "".join(stream)
+    assert engine.scheduler.peak_batch >= 2, [s.completion_tokens for s in streams]
+    engine.chat(msgs, params)  # between requests the engine starts the build
+    _wait_frozen(engine.backend.frozen)
     # a later engine loads the cached packages at once, and backend=compiled does not rebuild them
     later = ChatEngine(model_dir, backend="compiled", cache_dir=cache)
     assert later.backend_name == "compiled" and later.backend.frozen_batch is not None
@@ -198,19 +207,14 @@ def test_background_build_is_picked_up_between_requests(built):
     assert "batched step too" in later.backend_status()
 
 
-def _wait_frozen(backend: CompiledLlamaBackend, timeout: float = 900) -> None:
-    """Wait for the model's frozen batched step, started by the backend's refresh, and load it."""
-    frozen = backend.frozen
-    assert frozen is not None
+def _wait_frozen(frozen, timeout: float = 900) -> None:
+    """Wait for a model's frozen batched step that an engine started building."""
+    assert frozen is not None and (frozen.ready() or frozen.lock.exists())
     deadline = time.monotonic() + timeout
-    while (not frozen.ready() and not frozen.failed() and (frozen.building() or not frozen.lock.exists())
-           and time.monotonic() < deadline):
-        backend.refresh()
+    while not frozen.ready() and frozen.building() and time.monotonic() < deadline:
         time.sleep(0.5)
     log = frozen.log.read_text() if frozen.log.exists() else ""
     assert frozen.ready() and not frozen.failed(), log
-    backend.refresh()
-    assert backend.frozen_batch is not None, log
 
 
 @pytest.mark.slow
@@ -265,9 +269,14 @@ def test_compiled_batch_step_matches_eager(built, rows, package):
     if package == "shared":
         compiled = CompiledLlamaBackend(model, ctx, cache, build="never")
         assert compiled.frozen_batch is None
-    else:
+    else:  # built by test_background_build_is_picked_up_between_requests, or here when this test runs alone
         compiled = CompiledLlamaBackend(model, ctx, cache, build="background", model_dir=model_dir)
-        _wait_frozen(compiled)
+        if compiled.frozen_batch is None:
+            compiled.batched = True  # as after a first batch
+            compiled.refresh()
+            _wait_frozen(compiled.frozen)
+            compiled.refresh()
+        assert compiled.frozen_batch is not None
     fast = FastLlamaBackend(model, ctx)
     assert compiled.compiled_batch is not None
     compiled.batch_ways.fixed = "compiled"

@@ -239,6 +239,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self._frozen_from = (cache_dir, model_dir) if model_dir is not None and build != "never" else None
         self.frozen: FrozenBatchBuild | None = None
         self.frozen_batch: CompiledStep | None = None
+        self.batched = False  # a batch has run: this model is served to several clients, its own step pays
         self.batch_ways = FasterPath(("eager", "compiled"))  # per row count, timed on this machine
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
@@ -279,7 +280,8 @@ class CompiledLlamaBackend(FastLlamaBackend):
         return self.compiled is not None
 
     def _refresh_frozen(self) -> None:
-        """Load this model's frozen batched step if it is built, else start building it (once)."""
+        """Load this model's frozen batched step if it is built, else, once a batch has run, start building it (a
+        chat with one user never batches: it gets no package)."""
         if self.frozen is None:  # first time: key it by the weights (a model too big to copy gets none)
             cache_dir, model_dir = self._frozen_from  # type: ignore[misc]
             if self.packed is None:
@@ -288,7 +290,8 @@ class CompiledLlamaBackend(FastLlamaBackend):
             self.frozen = FrozenBatchBuild(self.spec, weights_digest(self), cache_dir, model_dir)
         build = self.frozen
         if not build.ready():
-            build.start()
+            if self.batched:
+                build.start()
             return
         try:
             self.frozen_batch = CompiledStep(build.path)
@@ -321,6 +324,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
     def _step_batch(self, toks: list[int]) -> torch.Tensor:
         """The compiled batched step or the eager one on packed weights, whichever has been faster at this many
         rows on this machine (``batch_ways``); the eager one while the package is not built or a cache is full."""
+        self.batched = True
         b = len(toks)
         if self.compiled_batch is None or max(self.positions[:b]) >= self.max_positions:
             return super()._step_batch(toks)
