@@ -10,7 +10,8 @@ can run, per-row products or BLAS gemm, and the faster on this machine kept; at 
 sizes where it beats the eager batched step, faster_path.py).
 Weights are inputs, not baked-in constants, so one package serves every model of one architecture (all
 versions of anima-tiny, merges, retrains). Packages live in the project cache, keyed by the architecture, the
-torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``.
+torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.pt2``. A model that serves batches
+later gets a third, its own batched step with its weights frozen in (frozen_batch.py).
 
 Building them takes about a minute of CPU on 2 cores, so ``anima chat`` / ``anima serve`` build them in a
 detached, low-priority child process (``python -m anima.generation.compiled``) the first time and talk
