@@ -48,7 +48,7 @@ from anima.generation.step_graphs import (
     example_inputs,
     step_weights,
 )
-from anima.procs import lower_priority, pid_alive
+from anima.procs import build_env, lock_holder_alive, release_lock, spawn_holding
 
 __all__ = ["BATCH_ROWS", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
            "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_batch_package", "build_package",
@@ -158,11 +158,7 @@ class PackageBuild:
     def building(self) -> bool:
         if self._proc is not None and self._proc.poll() is None:
             return True
-        try:
-            pid = int(self.lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        return pid_alive(pid)
+        return lock_holder_alive(self.lock)
 
     def start(self) -> bool:
         """Start a background build unless one is running, done or known to fail. True when one runs."""
@@ -179,18 +175,10 @@ class PackageBuild:
 
     def _spawn(self) -> bool:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.lock.unlink(missing_ok=True)  # stale: its builder is gone
-        try:
-            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return True  # another process won the race
-        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": str(self.spec.threads)}
         cmd = [sys.executable, "-m", "anima.generation.compiled", json.dumps(asdict(self.spec)), str(self.dir.parent)]
-        with open(self.log, "w", encoding="utf-8") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True, preexec_fn=lower_priority)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(self._proc.pid))
+        proc = spawn_holding(self.lock, cmd, self.log, build_env(self.spec.threads))
+        if proc is not None:  # else another process won the race and builds it
+            self._proc = proc
         return True
 
     def build_now(self, timeout: float = 1800) -> Path:
@@ -378,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         build._fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
         raise
     finally:
-        if build.lock.is_file() and build.lock.read_text().strip() == str(os.getpid()):
-            build.lock.unlink(missing_ok=True)
+        release_lock(build.lock)
     build.failed_note.unlink(missing_ok=True)  # an earlier failure no longer holds
     print(f"built {out} in {time.perf_counter() - t0:.1f}s", flush=True)
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from anima.generation.step_graphs import (
     batch_example_inputs,
     step_weights,
 )
-from anima.procs import lower_priority, pid_alive
+from anima.procs import build_env, lock_holder_alive, release_lock, spawn_holding
 
 
 def step_constants(backend) -> tuple[torch.Tensor, ...]:
@@ -97,10 +96,7 @@ class FrozenBatchBuild:
         return self.failed_note.is_file()
 
     def building(self) -> bool:
-        try:
-            return pid_alive(int(self.lock.read_text().strip() or 0))
-        except (OSError, ValueError):
-            return False
+        return lock_holder_alive(self.lock)
 
     def note_failure(self, why: str) -> None:
         """Leave a note so that no engine retries the build (the shared batched step stays in use)."""
@@ -113,25 +109,13 @@ class FrozenBatchBuild:
         """Start the background build unless it is done, failed before or running (a read-only cache: nothing)."""
         if self.ready() or self.failed() or self.building():
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.lock.unlink(missing_ok=True)  # stale: its builder is gone
-            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except OSError:  # another engine won the race, or the cache is read-only
-            return
-        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_NUM_THREADS": str(self.spec.threads)}
         cmd = [sys.executable, "-m", "anima.generation.frozen_batch", str(self.model_dir), str(self.spec.max_positions),
                self.digest, str(self.path)]
-        with os.fdopen(fd, "w") as lock:
-            try:
-                with open(self.log, "w", encoding="utf-8") as log:
-                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True, preexec_fn=lower_priority)
-            except OSError as e:
-                self.note_failure(f"cannot start the build: {e}")
-                self.lock.unlink(missing_ok=True)
-                return
-            lock.write(str(proc.pid))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            spawn_holding(self.lock, cmd, self.log, build_env(self.spec.threads))  # None: another engine builds it
+        except OSError as e:  # a read-only cache cannot take the note either: then nothing happens
+            self.note_failure(f"cannot start the build: {e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         out_path.with_suffix(".failed").write_text(f"{type(e).__name__}: {e}"[:500] + "\n", encoding="utf-8")
         raise
     finally:
-        if lock.is_file() and lock.read_text().strip() == str(os.getpid()):
-            lock.unlink(missing_ok=True)
+        release_lock(lock)
     print(f"built {out_path} in {time.perf_counter() - t0:.1f}s", flush=True)
     return 0
 
