@@ -87,6 +87,19 @@ def test_overrides_render_as_hydra_command_line(project):
     assert "device=gpu" in ov and not any(o.startswith("device.") for o in ov)
 
 
+def test_preset_narrows_a_sweep_search_space_keeping_its_other_fields(project):
+    """The demo narrows sft_lr's learning-rate bounds; the parameter's type and log scale still come from
+    conf/sweep/sft_lr.yaml, and the other parameters are left as they are."""
+    from anima.pipeline.runner import compose_step, step_overrides
+
+    cfg = compose_cfg("pipeline", ["experiment=demo"])
+    step = _steps(["experiment=demo"])["sweep"]
+    uri = {"model_uri": "models:/anima-tiny/1"}
+    sweep = compose_step(step, step_overrides(_spec(cfg), step, {"pretrain": uri, "sft": uri})).sweep
+    assert dict(sweep.params.optim.lr) == {"type": "float", "low": 3.0e-4, "high": 1.5e-3, "log": True}
+    assert sweep.params.optim.warmup_steps.high == 40 and sweep.params.loss.persona_guard.weight.high == 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["demo", "arianna", "persona_distill"])
 def test_presets_compose_every_step(project, raw_dir, preset):
