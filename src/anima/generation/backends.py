@@ -294,10 +294,12 @@ class FastLlamaBackend:
         return torch.addcmul(x * cos, torch.matmul(x, self.rot), sin)
 
     def forward(self, ids: list[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            if len(ids) == 1:
-                return self._step(ids[0])
-            return self._prefill(ids)
+        if not torch.is_inference_mode_enabled():  # the batch scheduler's decode loop already runs in it
+            with torch.inference_mode():
+                return self.forward(ids)
+        if len(ids) == 1:
+            return self._step(ids[0])
+        return self._prefill(ids)
 
     def _step(self, tok: int) -> torch.Tensor:
         """One token, by whichever matrix-vector kernel has been faster at this thread count here

@@ -87,20 +87,25 @@ class BatchScheduler:
     # ----------------------------------------------------------------- loop
     def _run(self) -> None:
         while True:
-            self._run_calls()
-            admit = self._take_admissions()
-            for seq in admit:
-                self._admit(seq)
-            self._sample_and_retire()
-            if self._active:
-                try:
-                    self._forward()
-                except BaseException as e:  # noqa: BLE001 - every active request learns why; the caches are unknown
-                    for seq in self._active:
-                        seq.stream.fail(e)
-                    self._active.clear()
-                    self._cached = [[] for _ in self._cached]
-                    self.engine.backend.truncate(0)
+            self._run_calls()  # outside inference mode: a call may load a model or build tensors kept for later
+            with torch.inference_mode():  # entered once for a run of steps, not once per step (~20 us a token)
+                while not self._calls:
+                    self._iterate()
+
+    def _iterate(self) -> None:
+        """Admit, sample and retire, then one forward over the active sequences (waits while there is no work)."""
+        for seq in self._take_admissions():
+            self._admit(seq)
+        self._sample_and_retire()
+        if self._active:
+            try:
+                self._forward()
+            except BaseException as e:  # noqa: BLE001 - every active request learns why; the caches are unknown
+                for seq in self._active:
+                    seq.stream.fail(e)
+                self._active.clear()
+                self._cached = [[] for _ in self._cached]
+                self.engine.backend.truncate(0)
 
     def _run_calls(self) -> None:
         while self._calls:

@@ -301,12 +301,13 @@ class CompiledLlamaBackend(FastLlamaBackend):
         pos = self.position
         if self.compiled is None or pos < MIN_CACHE_LEN or pos >= self.max_positions:
             return super()._step(tok)
-        self._tok[0], self._pos[0] = tok, pos
+        self._tok.fill_(tok)  # the fewest Python-level ops between steps: each runs on caches the step just flushed
+        self._pos.fill_(pos)
         logits, k, v = self.compiled.run([self._tok, self._pos, self.k_cache.narrow(3, 0, pos),
                                           self.v_cache.narrow(2, 0, pos), self.embed, self.cos, self.sin,
                                           self.eps_h, self.step_head, *self._weights])
-        self.k_cache[:, :, :, pos] = k
-        self.v_cache[:, :, pos] = v
+        self.k_cache.select(3, pos).copy_(k)
+        self.v_cache.select(2, pos).copy_(v)
         self.position = pos + 1
         return logits
 
