@@ -330,6 +330,17 @@ def test_history_trimmed_to_context_keeps_system(engine):
     assert c.prompt_tokens == len(ids) and c.prompt_tokens + c.completion_tokens <= engine.context_length
 
 
+def test_loading_a_model_prints_no_progress_bar(model_dir, capfd):
+    """`anima chat` and the eval open with the model's name, not with transformers' "Loading weights" bar."""
+    from transformers.utils import logging as hf_logging
+
+    from anima.model.build import load_model_dir
+
+    hf_logging.enable_progress_bar()  # as in a fresh process, whatever an earlier test switched off
+    load_model_dir(model_dir)
+    assert "Loading weights" not in capfd.readouterr().err
+
+
 def test_errors_are_one_line(engine, tmp_path):
     with pytest.raises(AnimaError, match="context"):
         engine.complete("word " * 400, SamplingParams(max_new_tokens=4))

@@ -36,12 +36,9 @@ def load_for_eval(model_dir: Path | str):
     global MODEL_LOADS
     import torch
 
-    from transformers.utils import logging as hf_logging
-
     from anima.model.build import load_model_dir
     from anima.tokenizer.hf import load_tokenizer
 
-    hf_logging.disable_progress_bar()
     model_dir = Path(model_dir)
     model = load_model_dir(model_dir, dtype=torch.float32)
     MODEL_LOADS += 1

@@ -46,14 +46,11 @@ def suite_prompts(opts: EvalOptions) -> list[dict]:
 def generate_replies(model_dir, prompts: Sequence[dict], sampling: Any, seed: int, backend: str = "auto"
                      ) -> list[str]:
     """One reply per prompt, in the model's own chat template (greedy when sampling.temperature=0)."""
-    from transformers.utils import logging as hf_logging
-
     from anima.generation.engine import ChatEngine
     from anima.generation.sampling import sampling_from_config
 
     if not prompts:
         return []
-    hf_logging.disable_progress_bar()
     engine = ChatEngine(model_dir, backend=backend)
     params = sampling_from_config(sampling, seed=seed)
     replies = []

@@ -75,9 +75,11 @@ def load_model_dir(path: str | Path, dtype=None, **load_kwargs: Any):
     """Load a HF causal LM dir (safetensors only; never unpickles). `load_kwargs` go to `from_pretrained`
     (QLoRA: `quantization_config`, `device_map`)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from anima.model.resolve import require_safetensors
 
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar, e.g. at the top of `anima chat`
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a Hugging Face model dir (no config.json)")
