@@ -301,7 +301,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         pos = self.position
         if self.compiled is None or pos < MIN_CACHE_LEN or pos >= self.max_positions:
             return super()._step(tok)
-        self._tok.fill_(tok)  # the fewest Python-level ops between steps: each runs on caches the step just flushed
+        self._tok.fill_(tok)  # the fewest Python-level ops between steps: there each costs several times its hot cost
         self._pos.fill_(pos)
         logits, k, v = self.compiled.run([self._tok, self._pos, self.k_cache.narrow(3, 0, pos),
                                           self.v_cache.narrow(2, 0, pos), self.embed, self.cos, self.sin,
