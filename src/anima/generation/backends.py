@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from anima.generation.faster_path import FasterPath
+from anima.generation.inference import in_inference_mode
 from anima.generation.packed import linear, linear_add, pack, packed_addmv, packed_mv
+
 
 _STATIC_ROPE = {"default", "linear", "llama3"}
 _MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
@@ -73,7 +75,7 @@ class HFBackend:
                 return
         self.position = min(n, self.position)
 
-    @torch.inference_mode()
+    @in_inference_mode
     def forward(self, ids: list[int]) -> torch.Tensor:
         if self.position + len(ids) > self.max_positions:
             raise ValueError(f"sequence of {self.position + len(ids)} tokens exceeds the context of {self.max_positions}")
@@ -219,11 +221,11 @@ class FastLlamaBackend:
             self.v_slots[idx, :, :, :n] = self.v_slots[rev, :, :, :n]
         self.positions[a], self.positions[b] = self.positions[b], self.positions[a]
 
+    @in_inference_mode
     def step_batch(self, toks: list[int]) -> torch.Tensor:
         """One token for each of slots 0..B-1 (B = len(toks)) at its own position: one batched forward, so the
         weights are read once per step for the whole batch. Returns (B, vocab) float32 logits."""
-        with torch.inference_mode():
-            return self._step_batch(toks)
+        return self._step_batch(toks)
 
     def _step_batch(self, toks: list[int]) -> torch.Tensor:
         b = len(toks)
@@ -293,10 +295,8 @@ class FastLlamaBackend:
         sin = self.sin[start : start + t].unsqueeze(1)
         return torch.addcmul(x * cos, torch.matmul(x, self.rot), sin)
 
+    @in_inference_mode
     def forward(self, ids: list[int]) -> torch.Tensor:
-        if not torch.is_inference_mode_enabled():  # the batch scheduler's decode loop already runs in it
-            with torch.inference_mode():
-                return self.forward(ids)
         if len(ids) == 1:
             return self._step(ids[0])
         return self._prefill(ids)
