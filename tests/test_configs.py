@@ -158,3 +158,19 @@ def test_bad_added_source_is_one_line_naming_the_key(project: Path, override: st
     with pytest.raises(ConfigError, match=message) as e:
         compose_cfg("data", ["data=chat_mix", override])
     assert "\n" not in str(e.value)
+
+
+def test_composing_a_stage_stores_only_its_own_schema(monkeypatch):
+    """Hydra deep-copies the whole ConfigStore for every group it reads, so a schema stored for nothing makes
+    every composition (and `anima <stage> --help`) slower; composing `status` must not store the others."""
+    from hydra.core.config_store import ConfigStore
+
+    import anima.config.store as store
+
+    repo = ConfigStore.instance().repo
+    monkeypatch.setattr(store, "_stored", {})
+    for key in [k for k in repo if k.endswith("_schema.yaml")]:
+        monkeypatch.delitem(repo, key)
+    cfg = compose_cfg("status", [])
+    assert cfg.stage == "status"
+    assert sorted(k for k in repo if k.endswith("_schema.yaml")) == ["status_schema.yaml"]

@@ -56,7 +56,7 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
     if all(f in MULTIRUN_FLAGS for f in flags):
         check_jobs(name, [a for a in argv if not a.startswith("-")], multirun=bool(flags))
     argv, values = split_value_overrides(name, argv)
-    register_configs()
+    register_configs(name)
     if values and _cfg_job_only(argv):
         # Hydra would print the config without the late overrides: print what the job will run with.
         from omegaconf import OmegaConf

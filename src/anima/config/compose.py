@@ -40,7 +40,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), validate: bool = Tr
     from anima.paths import conf_dir
 
     schema = schema_for(config_name)
-    register_configs()
+    register_configs(config_name)
     overrides, values = split_value_overrides(config_name, overrides)
     GlobalHydra.instance().clear()
     try:

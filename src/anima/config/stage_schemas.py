@@ -96,11 +96,9 @@ STAGE_SCHEMAS: dict[str, type] = {
 
 def register_schema(name: str, schema: type) -> None:
     """Let a stage module add its own top-level schema: used for validation and, as `<name>_schema`, as the
-    first entry of conf/<name>.yaml's defaults (stored now, so the order of imports does not matter)."""
-    from hydra.core.config_store import ConfigStore
-
+    first entry of conf/<name>.yaml's defaults (`anima.config.store.register_configs` stores it with Hydra
+    when that config is composed)."""
     STAGE_SCHEMAS[name] = schema
-    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
 
 
 __all__ = ["STAGE_SCHEMAS", "StageConfig", "TrainConfig", "register_schema", "Any", "List"]
