@@ -72,6 +72,23 @@ def test_batched_step_logits_match_single_steps(engine):
     assert fast.positions[:3] == [6, 3, 4]
 
 
+def test_swapping_slots_exchanges_their_caches_and_positions(engine):
+    """The batch moves a finished sequence past the active ones by swapping slots; each slot must then decode on
+    from the other's cache exactly as before the swap (and untouched slots stay as they were)."""
+    from anima.generation.backends import FastLlamaBackend
+
+    fast = FastLlamaBackend(engine.model)
+    fast.ensure_slots(3)
+    for slot, ids in enumerate([[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16]]):
+        fast.select(slot)
+        fast.forward(ids)
+    before = fast.k_slots.clone(), fast.v_slots.clone()
+    fast.swap_slots(0, 1)
+    assert fast.positions[:3] == [2, 7, 3]
+    for cache, old in zip((fast.k_slots, fast.v_slots), before):
+        assert torch.equal(cache[0], old[1]) and torch.equal(cache[1], old[0]) and torch.equal(cache[2], old[2])
+
+
 def test_cancelled_and_timed_out_requests_leave_the_batch(engine):
     slow = engine.stream_completion("hello", SamplingParams(temperature=0.0, max_new_tokens=300))
     next(slow)
