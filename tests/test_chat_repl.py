@@ -129,6 +129,21 @@ def test_without_feedback_path(engine):
     assert "(answering from your earlier correction)" in out.getvalue()  # still used within the session
 
 
+def test_an_empty_reply_is_said_to_be_empty(engine):
+    """A model that ends its turn at its first token (every token a stop token here) gets a note, not a bare
+    prompt that looks like a hang; the turn still asks for a rating."""
+    session = ChatSession(engine, SamplingParams(max_new_tokens=4), feedback_path=None, max_retries=0)
+    saved = engine.stop_ids
+    engine.stop_ids = frozenset(range(engine.tokenizer.vocab_size + 64))
+    try:
+        out = io.StringIO()
+        run_repl(session, io.StringIO("hello\ns\n"), out)
+    finally:
+        engine.stop_ids = saved
+    assert "(empty reply: the model ended its turn at once)" in out.getvalue()
+    assert "rate [y/n/s]" in out.getvalue()
+
+
 class _Pty:
     """Drive a child process on a pseudo-terminal: wait for text, type lines."""
 

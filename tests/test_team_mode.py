@@ -101,7 +101,10 @@ def test_two_roots_share_nothing_but_the_server(team, tmp_path, raw_dir):
     champion = c.get_model_version_by_alias(NAME, "champion")
     chat = anima(root_b, "chat", f"model=models:/{NAME}@champion", "chat.compile=false", "chat.feedback=null",
                  "sampling.max_new_tokens=6", "device.threads=1", *common, input="Hello\n/quit\n").stdout
-    assert re.search(r"^anima> \S", chat, re.M), chat[-2000:]
+    # the champion resolved through the server answered a turn (the rating prompt follows a reply); the reply's
+    # text is not asserted: this nano merge of a shared sweep differs run to run and may end at its first token
+    assert f"chatting with models:/{NAME}/{champion.version}" in chat, chat[-2000:]
+    assert re.search(r"^anima> ", chat, re.M) and "rate [y/n/s]" in chat, chat[-2000:]
     anima(root_b, "export", f"model=models:/{NAME}@champion", "export.verify=false", *common)
     assert list((root_b / "exports").rglob("*.gguf"))
     lineage = anima(root_b, "lineage", f"models:/{NAME}@champion", f"tracking.uri={uri}").stdout

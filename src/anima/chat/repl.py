@@ -265,9 +265,12 @@ def _show_reply(io: _IO, session: ChatSession, pieces: Iterator[str]) -> tuple[s
         if close is not None:
             close()
     io.reply_end()
+    text = "".join(parts)
     if interrupted:
         io.info("(interrupted)")
-    return "".join(parts), interrupted
+    elif not text.strip():  # a blank line alone reads like a hang or a bug; small models do end at once
+        io.info("(empty reply: the model ended its turn at once)")
+    return text, interrupted
 
 
 def run_repl(session: ChatSession, input_stream: IO[str] | None = None, output: IO[str] | None = None) -> int:

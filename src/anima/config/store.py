@@ -50,7 +50,7 @@ def register_configs(config_name: str | None = None) -> None:
 
     Only the schema being composed: Hydra deep-copies the whole store for every config group it reads, so
     each stored schema costs every composition (`anima sweep --help`, which reads every group option, took
-    2.8 s with all of them stored and 0.8 s with its own alone)."""
+    2.2 s with all of them stored and 0.6 s with its own alone, on a 2-core Xeon)."""
     if not OmegaConf.has_resolver("anima_root"):
         OmegaConf.register_new_resolver("anima_root", lambda: str(project_root()))
     Plugins.instance().register(UserConfSearchPath)
