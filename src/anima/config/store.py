@@ -55,7 +55,7 @@ def register_configs(config_name: str | None = None) -> None:
         OmegaConf.register_new_resolver("anima_root", lambda: str(project_root()))
     Plugins.instance().register(UserConfSearchPath)
     cs = ConfigStore.instance()
-    names = STAGE_SCHEMAS if config_name is None else [config_name] if config_name in STAGE_SCHEMAS else []
+    names = STAGE_SCHEMAS.keys() if config_name is None else STAGE_SCHEMAS.keys() & {config_name}
     for name in names:
         key, schema = f"{name}_schema", STAGE_SCHEMAS[name]
         if _stored.get(key) is schema and f"{key}.yaml" in cs.repo:

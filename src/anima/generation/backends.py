@@ -29,7 +29,6 @@ from anima.generation.faster_path import FasterPath
 from anima.generation.inference import in_inference_mode
 from anima.generation.packed import linear, linear_add, pack, packed_addmv, packed_mv
 
-
 _STATIC_ROPE = {"default", "linear", "llama3"}
 _MAX_ROPE_TABLE_BYTES = 64 * 1024 * 1024
 
