@@ -6,11 +6,13 @@ loop from the first timed step to the end of training: data, forward/backward, o
 callback in between (not a step timed hook to hook). Start-up (imports, data prep, model build) is printed
 separately. Runs are interleaved (bare exact fp32, bare at anima's precision, anima, ...) so noise hits all.
 
-    python scripts/bench/train_throughput.py [--steps 110] [--warmup 5] [--rounds 2] [--threads 2] [overrides...]
+    python scripts/bench/train_throughput.py [--steps 110] [--warmup 5] [--rounds 2] [--threads 2]
+        [--variant 'OVERRIDES' ...] [overrides...]
 
 Printed ratios: anima's default against an exact-fp32 bare loop (what a user gets vs the plain reference), and
 anima against a bare loop at the same matmul precision (what the framework itself costs or gains).
-Extra arguments are Hydra overrides for the anima side (e.g. device.matmul_precision=highest).
+Extra arguments are Hydra overrides for the anima side (e.g. device.matmul_precision=highest). Each `--variant`
+adds one more anima run per round with its overrides on top, interleaved with the rest (an A/B in one run).
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                    help="another anima run per round, with these space-separated overrides added (repeatable), "
+                         "e.g. --variant 'optim.compile=true'")
     args, overrides = ap.parse_known_args()
     torch.set_num_threads(args.threads)
     os.environ["ANIMA_ROOT"] = tempfile.mkdtemp(prefix="anima-bench-")
@@ -169,6 +174,7 @@ def main() -> None:
     # Without bf16 units (AMD EPYC Zen 2 here) bf16 matmuls are emulated ~60x slower than fp32: no bf16 column.
     has_bf16 = cpu_has_bf16_matrix_units()
     exact, same, bf16, ours, startup = [], [], [], [], []
+    variants: dict[str, list[float]] = {v: [] for v in args.variant}
     for r in range(args.rounds):
         exact.append(bare_loop(cfg, tokens, args.steps, args.warmup, "highest"))
         same.append(bare_loop(cfg, tokens, args.steps, args.warmup, precision))
@@ -178,6 +184,9 @@ def main() -> None:
         startup.append(up)
         print(f"round {r + 1}: bare fp32 {exact[-1]:,.0f}  bare {precision} {same[-1]:,.0f}  bare bf16 autocast "
               f"{bf16[-1]:,.0f}  anima {ours[-1]:,.0f} tok/s  (anima start-up {up:.1f} s)", flush=True)
+        for v in args.variant:
+            variants[v].append(anima_run([*overrides, *v.split()], raw, args.steps, args.warmup)[0])
+            print(f"round {r + 1}: anima with {v}: {variants[v][-1]:,.0f} tok/s", flush=True)
     e, s, b, a = (statistics.median(x) for x in (exact, same, bf16, ours))
     flops = train_flops_per_token(cfg)
     peak_exact, peak_same = matmul_peak("highest"), matmul_peak(precision)
@@ -199,6 +208,8 @@ def main() -> None:
     print(f"ratio anima / bare exact fp32             : {a / e:.2f}x")
     print(f"ratio anima / bare at matmul precision {precision}: {a / s:.2f}x")
     print(f"ratio anima / bare bf16 autocast          : {a / b:.2f}x")
+    for v, runs in variants.items():
+        print(f"anima with {v}: {statistics.median(runs):,.0f} tokens/s = {statistics.median(runs) / e:.2f}x bare exact fp32")
 
 
 if __name__ == "__main__":
