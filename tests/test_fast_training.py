@@ -162,9 +162,13 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     assert validation_attention(cpu) == ("sdpa" if amx else None)  # eager only for its faster bf16 backward
     assert validation_attention(OmegaConf.create({**cpu, "attention": "eager"})) is None  # the user's choice
     assert resolve_precision(OmegaConf.create({"accelerator": "cpu", "precision": "32-true"})) == "32-true"
-    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"])) == amx  # the default
+    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500"]))  # the default
     auto = "optim.compile=auto"
-    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", auto])) == amx
+    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", auto]))  # fp32 too
+    exact = ["device.precision=32-true", "device.matmul_precision=highest"]
+    assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", *exact, auto]))
+    assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=500", auto,
+                                                         "device=gpu"]))  # on a CPU only
     assert not compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", auto]))  # too short
     assert not compile_training(compose_cfg("sft", ["model=nano", "trainer.max_steps=500", auto]))  # varying shapes
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", "optim.compile=true"]))

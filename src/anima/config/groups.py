@@ -154,7 +154,7 @@ class OptimConfig:
     muon_momentum: float = setting(0.95, "Muon's Nesterov momentum (optim=muon only).", ge=0, lt=1)
     fused: str = setting("auto", "Fused AdamW kernel: auto (when supported), true, false.",
                          choices=["auto", "true", "false"])
-    compile: str = setting("auto", "torch.compile the training forward: auto (bf16 on a CPU, text batches, long "
+    compile: str = setting("auto", "torch.compile the training forward: auto (on a CPU: text batches in long "
                            "runs), true, false.",
                            choices=["auto", "true", "false"])
 
