@@ -209,7 +209,8 @@ def main() -> None:
     print(f"ratio anima / bare at matmul precision {precision}: {a / s:.2f}x")
     print(f"ratio anima / bare bf16 autocast          : {a / b:.2f}x")
     for v, runs in variants.items():
-        print(f"anima with {v}: {statistics.median(runs):,.0f} tokens/s = {statistics.median(runs) / e:.2f}x bare exact fp32")
+        median = statistics.median(runs)
+        print(f"anima with {v}: {median:,.0f} tokens/s = {median / e:.2f}x bare exact fp32")
 
 
 if __name__ == "__main__":
