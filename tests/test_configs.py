@@ -37,7 +37,7 @@ def test_group_options_compose(group, option):
 
 def test_model_sizes_match_the_spec():
     sizes = {o: compose_cfg("pretrain", [f"model={o}"]).model for o in ("tiny", "small", "base")}
-    assert (sizes["tiny"].dim, sizes["tiny"].n_layers, sizes["tiny"].n_heads) == (192, 4, 6)
+    assert (sizes["tiny"].dim, sizes["tiny"].n_layers, sizes["tiny"].n_heads) == (144, 3, 6)
     assert (sizes["tiny"].vocab_size, sizes["tiny"].max_seq_len) == (4096, 256)
     assert (sizes["small"].dim, sizes["small"].n_layers, sizes["small"].n_heads) == (512, 8, 8)
     assert (sizes["base"].dim, sizes["base"].n_layers, sizes["base"].n_heads) == (768, 12, 12)
@@ -52,8 +52,8 @@ def test_tiny_builds_as_llama_with_expected_parameter_count():
 
     model = build_model(compose_cfg("pretrain", ["model=tiny"]).model)
     assert type(model).__name__ == "LlamaForCausalLM"
-    # 4096*192 embeddings (tied) + 4 * (4*192^2 attention + 3*192*512 MLP + 2*192 norms) + 192 final norm
-    assert count_parameters(model) == 4096 * 192 + 4 * (4 * 192 * 192 + 3 * 192 * 512 + 2 * 192) + 192
+    # 4096*144 embeddings (tied) + 3 * (4*144^2 attention + 3*144*384 MLP + 2*144 norms) + 144 final norm
+    assert count_parameters(model) == 4096 * 144 + 3 * (4 * 144 * 144 + 3 * 144 * 384 + 2 * 144) + 144
 
 
 @pytest.mark.parametrize("override,message", [

@@ -84,7 +84,7 @@ def test_bad_init_from_and_teacher_fail_with_one_line(parent, raw_dir, tmp_path)
     with pytest.raises(ModelError, match=r"no alias 'best'; aliases: .*@latest") as e:
         train(compose_cfg("sft", [*FAST, "init_from=models:/anima-nano@best"], raw_dir))
     assert "\n" not in str(e.value)
-    with pytest.raises(ModelError, match=r"differs from model=tiny: hidden_size: 192 != 64"):
+    with pytest.raises(ModelError, match=r"differs from model=tiny: hidden_size: 144 != 64"):
         train(compose_cfg("sft", [*NANO_FAST[1:], "model=tiny", "init_from=models:/anima-nano/1"], raw_dir))
     other = build_nano_model_dir(tmp_path / "other", vocab_size=420, seed=3)
     with pytest.raises(ModelError, match=r"teacher=.* and the student tokenizer differ: .*distill.mode=sequence"):
