@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from anima.procs import pid_alive
 from tests.helpers import NANO_FAST
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,13 @@ def test_sigkill_at_several_points_then_resume_auto_equals_an_uninterrupted_run(
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     (run,) = _pretrain_runs()
-    assert run.info.status == "RUNNING"  # what a kill -9 leaves behind, until someone looks
+    # the tracking helper that held the run (its pid tag) sees the trainer go and ends the run KILLED
+    helper = int(run.data.tags["anima.pid"])
+    deadline = time.monotonic() + 60
+    while pid_alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run = mlflow.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and "is gone" in run.data.tags["anima.killed"]
 
     # 2. resume=auto restarts it from step 0 in the same run; killed again mid-write of the step-8 checkpoint
     proc, log = _start(project, raw_dir, ["resume=auto"], delay=2.0)

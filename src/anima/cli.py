@@ -76,7 +76,7 @@ def _run_hydra(stage: Stage, argv: list[str]) -> int:
         sys.argv = [program, *stage.name.split(), *job.overrides.task, *(v.text for v in values)]
         try:
             apply_values(cfg, values)
-            with run_context(output_dir=job.runtime.output_dir, overrides=list(job.overrides.task)):
+            with run_context(output_dir=job.runtime.output_dir, overrides=list(job.overrides.task), command_line=True):
                 run_stage(stage, cfg)
         except AnimaError as e:
             print(f"anima: error: {e}", file=sys.stderr)

@@ -31,6 +31,10 @@ class TrackingConfig:
     experiment: str = setting("anima", "MLflow experiment name; every stage logs into it, tagged by stage.")
     log_checkpoints: bool = setting(True, "Upload best/last Lightning checkpoints as run artifacts.")
     log_every_n_steps: int = setting(10, "Metric logging interval in optimizer steps.", ge=1)
+    helper: str = setting("auto", "Run a training stage's MLflow calls in a helper process that opens the run while "
+                          "the trainer imports torch and logs off the training loop: true, false, or auto (the fresh, "
+                          "single-process run an `anima <stage>` command starts).",
+                          choices=["auto", "true", "false"])
 
 
 @dataclass

@@ -93,28 +93,22 @@ def train(cfg: DictConfig, callbacks: Sequence = (), overrides: Sequence[str] | 
     """Run one training stage end to end. `callbacks` lets tests and sweeps hook into the Lightning loop.
 
     `cfg` is converted once to its typed view (`TrainConfig`), which the libraries receive; `cfg` itself stays
-    for what needs the composed DictConfig: the run's logged config, the resume lookup and hash, config_hash."""
+    for what needs the composed DictConfig: the run's logged config, the resume lookup and hash, config_hash.
+    Rank 0 (or the only process) decides, records and registers; other data-parallel ranks follow it."""
+    from anima.train.distributed import env_rank
     from anima.train.hardware import check_hardware
 
     spec = typed(cfg, TrainConfig)
     check_hardware(spec)  # a GPU or bitsandbytes this machine lacks: one line, before any work
+    rank = env_rank(spec.device.num_nodes)
+    if rank == 0 and not (spec.stage == "distill" and spec.distill.mode == "generate"):
+        return _lead(cfg, spec, callbacks, overrides, nested)  # its run opens before torch is imported
     with torch_settings(spec.device):
-        return _train(cfg, spec, callbacks, overrides, nested)
-
-
-def _train(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Sequence[str] | None,
-           nested: bool) -> TrainResult:
-    """Rank 0 (or the only process) decides, records and registers; other data-parallel ranks follow it."""
-    from anima.train.distributed import env_rank
-
-    if spec.stage == "distill" and spec.distill.mode == "generate":
+        if rank > 0:
+            return _follow(spec, callbacks, rank)
         from anima.train.seqdistill import generate_stage
 
         return generate_stage(cfg, spec, overrides=overrides, nested=nested)
-    rank = env_rank(spec.device.num_nodes)
-    if rank > 0:
-        return _follow(spec, callbacks, rank)
-    return _lead(cfg, spec, callbacks, overrides, nested)
 
 
 def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, int | None]:
@@ -166,73 +160,77 @@ def _follow(spec: TrainConfig, callbacks: Sequence, rank: int) -> TrainResult:
 
 def _lead(cfg: DictConfig, spec: TrainConfig, callbacks: Sequence, overrides: Sequence[str] | None,
           nested: bool) -> TrainResult:
-    import mlflow
-
-    from anima.model.build import count_parameters
-    from anima.train.distributed import clear_plan, share_plan
-    from anima.train.logger import StageRunLogger
+    from anima.train.distributed import clear_plan, share_plan, torchrun_launched
     from anima.train.resume import CHECKPOINT_TAG, RESUME_HASH_TAG, find_resume, resume_hash
-    from anima.tracking.run import stage_run
+    from anima.tracking.tracker import open_tracker, use_helper
 
     run_id, ckpt_path, point = None, None, None
     if spec.resume != "none":
         point = find_resume(cfg, spec)  # before any work: a config that differs from the run's fails here
         run_id, ckpt_path = point.run_id, point.ckpt
-    bundle, model, parent_uri, compile_model, limit = _build(spec)
+    single = str(spec.device.devices) == "1" and spec.device.num_nodes == 1 and not torchrun_launched()
+    tracker = open_tracker(use_helper(spec.tracking.helper, point is None and not nested, single))
     out_dir = point.ckpt_dir.parent if point else stage_output_dir(cfg)
     ckpt_dir = out_dir / "checkpoints"
     tags = {CHECKPOINT_TAG: str(ckpt_dir), RESUME_HASH_TAG: resume_hash(cfg)}
     if point and point.changed:
         tags["anima.resumed_with"] = ", ".join(f"{k}={new}" for k, (_, new) in point.changed.items())[:5000]
-    with stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested, extra_tags=tags) as active:
-        run_id = active.info.run_id
+    with tracker.stage_run(cfg, run_id=run_id, overrides=overrides, nested=nested, extra_tags=tags) as active, \
+            torch_settings(spec.device):
+        from anima.model.build import count_parameters
+        from anima.train.logger import HelperRunLogger, StageRunLogger
+
+        bundle, model, parent_uri, compile_model, limit = _build(spec)
+        run_id = active.run_id  # the run starts here (with the helper: it has opened meanwhile)
         n_params = count_parameters(model)
-        params = mlflow.get_run(run_id).data.params if point is not None else {}
+        params = tracker.call("anima.tracking.run:run_params", run_id) if point is not None else {}
         if "model.n_parameters" not in params:  # once per run
-            _log_run_inputs(spec, model, bundle, n_params, parent_uri, compile_model)
+            _log_run_inputs(tracker, spec, model, bundle, n_params, parent_uri, compile_model)
         module = _module(spec, model, bundle, limit, compile_model)
-        logger = StageRunLogger(experiment_name=spec.tracking.experiment, tracking_uri=spec.tracking.uri,
-                                run_id=run_id, log_model=False)
+        if tracker.name == "helper":
+            logger = HelperRunLogger(tracker, run_id, spec.tracking.experiment)
+        else:
+            logger = StageRunLogger(experiment_name=spec.tracking.experiment, tracking_uri=spec.tracking.uri,
+                                    run_id=run_id, log_model=False)
         share_plan({"run_id": run_id, "out_dir": str(out_dir), "ckpt": str(ckpt_path) if ckpt_path else None},
                    0, spec.device.accelerator)  # data-parallel ranks > 0 follow this
         try:
             trainer, val_loaders = _fit(spec, module, bundle, ckpt_dir, ckpt_path, logger, callbacks, limit, 0,
-                                        record=lambda p: mlflow.log_params({k: v for k, v in p.items()
-                                                                            if k not in params}))
+                                        record=lambda p: tracker.send("mlflow:log_params", {
+                                            k: v for k, v in p.items() if k not in params}))
         finally:
             clear_plan()
         metrics = _final_metrics(trainer, module, val_loaders)
         if spec.tracking.log_checkpoints:
             for name in ("best.ckpt", "last.ckpt"):
                 if (ckpt_dir / name).is_file():
-                    mlflow.log_artifact(str(ckpt_dir / name), "checkpoints")
-        result = _finish(cfg, spec, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params, trainer)
+                    tracker.send("mlflow:log_artifact", str(ckpt_dir / name), "checkpoints")
+        result = _finish(tracker, cfg, spec, module.model, bundle, out_dir, run_id, metrics, parent_uri, n_params,
+                         trainer)
     return result
 
 
-def _log_run_inputs(spec: TrainConfig, model, bundle, n_params: int, parent_uri: str | None,
+def _log_run_inputs(tracker, spec: TrainConfig, model, bundle, n_params: int, parent_uri: str | None,
                     compile_model: bool) -> None:
     """Once per run (not again on resume): model size, what the run resolved (precision, attention, compile),
     data stats, and the datasets it read (training, prompts, persona seeds) with their lineage tags."""
-    import mlflow
-
     from anima.train.precision import attention_implementation, resolve_precision
-    from anima.tracking.datasets import log_dataset_input
 
     n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
-    mlflow.log_params({"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
+    tracker.send("mlflow:log_params", {"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
                        "trainer.schedule_horizon": "time" if spec.trainer.max_time else "steps",
                        "device.precision_used": resolve_precision(spec.device),
                        "device.attention_used": attention_implementation(spec.device),
                        "optim.compile_used": compile_model,
                        **{f"data.{k}": v for k, v in bundle.stats.items()}})
-    mlflow.set_tags({"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
-                     "anima.tokenizer": bundle.tokenizer_dir.name})
-    log_dataset_input(bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
+    tracker.send("mlflow:set_tags", {"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",
+                                     "anima.tokenizer": bundle.tokenizer_dir.name})
+    log_input = "anima.tracking.datasets:log_dataset_input"
+    tracker.send(log_input, bundle.dataset_name, bundle.fingerprint, bundle.dataset_path, "training")
     for name, fp, path, context in bundle.aux.get("inputs", []):  # prompts, persona seeds
-        log_dataset_input(name, fp, path, context)
+        tracker.send(log_input, name, fp, path, context)
     if bundle.lineage:
-        mlflow.set_tags({f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
+        tracker.send("mlflow:set_tags", {f"anima.lineage.{k}": v for k, v in bundle.lineage.items()})
 
 
 def _fit(spec: TrainConfig, module, bundle, ckpt_dir: Path, ckpt_path: Path | None, logger, callbacks: Sequence,
@@ -303,15 +301,13 @@ def _final_metrics(trainer, module, val_loaders: list) -> dict[str, float]:
     return metrics
 
 
-def _finish(cfg: DictConfig, spec: TrainConfig, model, bundle, out_dir: Path, run_id: str,
+def _finish(tracker, cfg: DictConfig, spec: TrainConfig, model, bundle, out_dir: Path, run_id: str,
             metrics: dict[str, float], parent_uri: str | None, n_params: int, trainer=None) -> TrainResult:
     """Save the final model dir, log it with sample generations, register a version with its lineage tags
     (its config_hash is of the composed `cfg`)."""
-    import mlflow
-
     from anima.model.save import save_model_dir
     from anima.train.callbacks import generate_samples, samples_of
-    from anima.tracking.registry import log_model_dir, metric_tags, register_model
+    from anima.tracking.registry import metric_tags
     from anima.tracking.run import config_hash
 
     model = getattr(model, "merged_for_save", lambda: model)()
@@ -322,8 +318,8 @@ def _finish(cfg: DictConfig, spec: TrainConfig, model, bundle, out_dir: Path, ru
         samples = (samples_of(trainer, model) if trainer is not None else None) or generate_samples(
             model, bundle.tokenizer, bundle.sample_prompts, spec.trainer.sample_tokens, spec.sampling,
             spec.seed)  # the final validation's samples when they are of this model at this step
-        mlflow.log_text("\n\n---\n\n".join(samples), "samples/final.md")
-    source = log_model_dir(model_dir)
+        tracker.send("mlflow:log_text", "\n\n---\n\n".join(samples), "samples/final.md")
+    source = tracker.call("anima.tracking.registry:log_model_dir", model_dir)
     result = TrainResult(run_id, model_dir, metrics)
     if spec.registry.register:
         tags = {
@@ -332,6 +328,7 @@ def _finish(cfg: DictConfig, spec: TrainConfig, model, bundle, out_dir: Path, ru
             "n_parameters": n_params, "chat_template": spec.chat.template,
             **bundle.lineage,  # datasets used, canonical teacher URI, persona seed set
         }
-        mv = register_model(spec.registry.name, run_id, source, tags, alias=spec.registry.alias)
+        mv = tracker.call("anima.tracking.registry:register_model", spec.registry.name, run_id, source, tags,
+                          alias=spec.registry.alias)
         result.version, result.registered_name = mv.version, mv.name
     return result

@@ -23,6 +23,7 @@ class RunContext:
     output_dir: Path | None = None  # the job's folder; None: the stage makes `<experiments_dir>/<stage>/<time>`
     overrides: tuple[str, ...] = ()  # the command line the stage's run records (`anima <stage> <overrides>`)
     tags: Mapping[str, str] = field(default_factory=dict)  # added to every run `stage_run` starts
+    command_line: bool = False  # the stage is the `anima <stage>` process's own job (see tracking.tracker)
 
 
 _CURRENT: ContextVar[RunContext] = ContextVar("anima_run_context", default=RunContext())
@@ -34,7 +35,7 @@ def current() -> RunContext:
 
 @contextlib.contextmanager
 def run_context(output_dir: str | Path | None = None, overrides: Sequence[str] | None = None,
-                tags: Mapping[str, str] | None = None) -> Iterator[RunContext]:
+                tags: Mapping[str, str] | None = None, command_line: bool | None = None) -> Iterator[RunContext]:
     """Stages called inside this block see this context: a given output dir (created) and overrides replace the
     enclosing ones, tags are added to them (an explicit parent run of a nested run still wins, see stage_run)."""
     outer = current()
@@ -42,7 +43,7 @@ def run_context(output_dir: str | Path | None = None, overrides: Sequence[str] |
     if output_dir is not None:
         out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(out, tuple(overrides) if overrides is not None else outer.overrides,
-                     {**outer.tags, **(tags or {})})
+                     {**outer.tags, **(tags or {})}, outer.command_line if command_line is None else command_line)
     token = _CURRENT.set(ctx)
     try:
         yield ctx

@@ -111,3 +111,17 @@ def stage_run(
         lock.release()
 
 
+
+
+def log_metric_rows(run_id: str, rows: Sequence[tuple[str, float, int, int]]) -> None:
+    """(key, value, timestamp ms, step) rows as one batch: what the tracking helper's Lightning logger sends."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in rows])
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    import mlflow
+
+    return dict(mlflow.get_run(run_id).data.params)
