@@ -32,7 +32,7 @@ def test_calls_run_in_the_helper_and_a_failed_send_is_raised_by_the_next_call():
     assert helper.proc.returncode == 0
 
 
-def test_auto_uses_the_helper_for_the_command_lines_own_fresh_single_process_run():
+def test_auto_uses_the_helper_for_the_command_lines_own_fresh_single_process_run(tmp_path):
     from anima.tracking.context import run_context
 
     assert use_helper("true", False, False) and not use_helper("False", True, True)
@@ -40,6 +40,8 @@ def test_auto_uses_the_helper_for_the_command_lines_own_fresh_single_process_run
     with run_context(command_line=True):
         assert use_helper("auto", True, True)
         assert not use_helper("auto", False, True) and not use_helper("auto", True, False)  # resumed; ranks
+        with run_context(output_dir=tmp_path / "step"):  # a pipeline step or sweep trial inside the command
+            assert not use_helper("auto", True, True)
     with pytest.raises(ConfigError, match="tracking.helper=sometimes"):
         use_helper("sometimes", True, True)
 

@@ -35,15 +35,17 @@ def current() -> RunContext:
 
 @contextlib.contextmanager
 def run_context(output_dir: str | Path | None = None, overrides: Sequence[str] | None = None,
-                tags: Mapping[str, str] | None = None, command_line: bool | None = None) -> Iterator[RunContext]:
+                tags: Mapping[str, str] | None = None, command_line: bool = False) -> Iterator[RunContext]:
     """Stages called inside this block see this context: a given output dir (created) and overrides replace the
-    enclosing ones, tags are added to them (an explicit parent run of a nested run still wins, see stage_run)."""
+    enclosing ones, tags are added to them (an explicit parent run of a nested run still wins, see stage_run).
+    ``command_line``: the block is the `anima <stage>` command's own job (not inherited: a pipeline's steps and a
+    sweep's trials are library calls of their stage)."""
     outer = current()
     out = Path(output_dir) if output_dir is not None else outer.output_dir
     if output_dir is not None:
         out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(out, tuple(overrides) if overrides is not None else outer.overrides,
-                     {**outer.tags, **(tags or {})}, outer.command_line if command_line is None else command_line)
+                     {**outer.tags, **(tags or {})}, command_line)
     token = _CURRENT.set(ctx)
     try:
         yield ctx

@@ -3,13 +3,14 @@
 Why: importing MLflow and opening its store (SQLAlchemy, Alembic's schema check, the run with its tags and config)
 took ~1.5 s of the trainer's start-up on 2 cores, while the second core sat idle during the trainer's own imports.
 Started before those imports, the helper does that work beside them, and later takes every metric, text and
-artifact upload off the training loop: most calls are fire-and-forget (``send``), and a failure among them is
-raised by the next call that waits for an answer. (wandb runs a service process for the same reasons.)
+artifact upload off the training loop: most calls are fire-and-forget (``send``). (wandb runs a service process
+for the same reasons.)
 
-Protocol: requests ``(target, args, kwargs, wants_reply)`` over one pipe, replies ``(ok, value)`` over another, in
-order. ``target`` is "module:function", "client:<MlflowClient method>", or the run's own "enter" / "exit". The
-helper ignores Ctrl-C (the trainer decides how the run ends); when the trainer dies its pipe closes and the helper
-ends the run KILLED.
+Protocol: requests ``(target, args, kwargs, wants_reply)`` over one pipe; over the other, ``("reply", ok, value)`` in
+request order, and ``("notice", False, error)`` for a fire-and-forget request that failed, which the trainer raises
+at its next request (a tracking server that went away: the same one-line error as in-process). ``target`` is
+"module:function", "client:<MlflowClient method>", or the run's own "enter" / "exit". The helper ignores Ctrl-C
+(the trainer decides how the run ends); when the trainer dies its pipe closes and the helper ends the run KILLED.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class _Pending:
 
     def result(self) -> Any:
         while not self.done:
-            self.helper._read_reply()
+            self.helper._read_one(self.target)
         if self.ok:
             return self.value
         raise self.value
@@ -86,7 +87,9 @@ class TrackingHelper:
         return self.submit(target, *args, **kwargs).result()
 
     def send(self, target: str, *args: Any, **kwargs: Any) -> None:
-        """Fire and forget: a failure is raised by the next request that waits for an answer."""
+        """Fire and forget: a failure comes back as a notice, raised by this helper's next send or call."""
+        while self._in.poll():  # a notice (or replies not asked for yet) waiting: read it now
+            self._read_one(target)
         self._send(target, args, kwargs, False)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -104,13 +107,16 @@ class TrackingHelper:
         except OSError:
             raise self._gone(target) from None
 
-    def _read_reply(self) -> None:
-        pending = self._waiting.popleft()
+    def _read_one(self, target: str) -> None:
+        """Read the next message: a reply goes to the oldest request waiting for one; a notice is raised."""
         try:
-            pending.ok, pending.value = self._in.recv()
+            kind, ok, value = self._in.recv()
         except (EOFError, OSError):
-            pending.ok, pending.value = False, self._gone(pending.target)
-        pending.done = True
+            raise self._gone(target) from None
+        if kind == "notice":
+            raise value
+        pending = self._waiting.popleft()
+        pending.ok, pending.value, pending.done = ok, value, True
 
     def _gone(self, target: str) -> AnimaError:
         code = self.proc.poll()
@@ -157,7 +163,15 @@ class _Run:
                 MlflowClient().delete_run(run_id)
 
 
-def _picklable(e: BaseException) -> BaseException:
+def _failure(e: BaseException) -> BaseException:
+    """What the trainer is told: a server that went away as the one-line error naming it, else ``e`` itself."""
+    import mlflow
+
+    from anima.tracking.store import tracking_failure
+
+    failure = tracking_failure(e, mlflow.get_tracking_uri())
+    if failure is not None:
+        return failure
     try:
         pickle.loads(pickle.dumps(e))
         return e
@@ -170,7 +184,7 @@ def serve(inbox: Connection, outbox: Connection) -> int:
     import mlflow  # noqa: F401 - loaded now, while the trainer imports torch and Lightning
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-    run, failed, trainer = _Run(), None, os.getppid()
+    run, trainer = _Run(), os.getppid()
     while True:
         try:
             target, args, kwargs, reply = inbox.recv()
@@ -178,18 +192,12 @@ def serve(inbox: Connection, outbox: Connection) -> int:
             run.exit("KILLED", f"its process {trainer} is gone (the tracking helper saw it go)")
             return 0
         try:
-            if failed is not None and target != "exit":
-                value, ok = failed, False  # an earlier fire-and-forget request failed: the trainer hears it now
-                failed = None
-            else:
-                fn = run.enter if target == "enter" else run.exit if target == "exit" else resolve(target)
-                value, ok = fn(*args, **kwargs), True
+            fn = run.enter if target == "enter" else run.exit if target == "exit" else resolve(target)
+            message = ("reply", True, fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the trainer
-            value, ok = _picklable(e), False
-        if reply:
-            outbox.send((ok, value))
-        elif not ok and failed is None:
-            failed = value
+            message = ("reply" if reply else "notice", False, _failure(e))
+        if reply or message[0] == "notice":
+            outbox.send(message)
 
 
 def main(argv: list[str]) -> int:
