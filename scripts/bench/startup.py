@@ -5,8 +5,9 @@ corpora), and reads each run's `startup_s` metric: seconds from process start to
 optimizer step, logged by `anima.train.callbacks.StartupTime`. The first run trains the tokenizer and fills
 the corpus and token caches (cold); the medians are over the warm runs after it.
 
-`--floor` also times, interleaved with those runs, a bare `python -c "import ..."` of the libraries the first step
-cannot do without (FLOOR: torch, Lightning, the Llama model class, MLflow with its sqlite store, Hydra): the part
+`--floor` also times, interleaved with those runs, a bare `python -c "import ..."` of the libraries the trainer's
+first step cannot do without (FLOOR: torch, Lightning, the Llama model class, Hydra; MLflow is imported by the
+tracking helper process beside them, see anima.tracking.helper; `tracking.helper=false` puts it back): the part
 of start-up no change to anima can cut (Lightning alone imports torchmetrics, scipy.signal, matplotlib and
 torch._dynamo).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = ["pretrain", "model=tiny", "trainer.max_steps=10"]
-FLOOR = ("import torch, lightning, hydra, mlflow, mlflow.store.tracking.sqlalchemy_store; "
+FLOOR = ("import torch, lightning, hydra; "
          "from transformers import LlamaForCausalLM")
 
 
