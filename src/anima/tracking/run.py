@@ -111,8 +111,6 @@ def stage_run(
         lock.release()
 
 
-
-
 def log_metric_rows(run_id: str, rows: Sequence[tuple[str, float, int, int]]) -> None:
     """(key, value, timestamp ms, step) rows as one batch: what the tracking helper's Lightning logger sends."""
     from mlflow import MlflowClient
