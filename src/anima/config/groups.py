@@ -114,8 +114,10 @@ class DeviceConfig:
     threads: Optional[int] = setting(None, "torch intra-op threads (CPU); default: all cores.", ge=1)
     matmul_precision: str = setting("highest", "torch.set_float32_matmul_precision.",
                                     choices=["highest", "high", "medium"])
-    attention: str = setting("auto", "Attention kernel for training: auto (eager under bf16 on a CPU, else "
-                             "sdpa), sdpa, eager.", choices=["auto", "sdpa", "eager"])
+    attention: str = setting("auto", "Attention kernel for training: auto (eager under bf16 on a CPU; in fp32 on "
+                             "a CPU sdpa_blocks when the training forward is compiled, else sdpa; sdpa on a GPU), "
+                             "sdpa, eager, sdpa_blocks (SDPA's forward, a block-causal backward the compiler fuses).",
+                             choices=["auto", "sdpa", "eager", "sdpa_blocks"])
 
 
 @dataclass

@@ -116,7 +116,7 @@ def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, i
     import lightning as L
 
     from anima.train.initial_model import initial_model
-    from anima.train.precision import attention_implementation, compile_training, set_attention
+    from anima.train.precision import compile_training, use_training_kernels
     from anima.train.prepare import prepare_data
     from anima.train.schedule import step_limit
 
@@ -124,12 +124,13 @@ def _build(spec: TrainConfig, point=None) -> tuple[Any, Any, str | None, bool, i
     bundle = prepare_data(spec)
     L.seed_everything(spec.seed, workers=True, verbose=False)  # init independent of data prep
     model, parent_uri = initial_model(spec, bundle.tokenizer)
-    set_attention(model, attention_implementation(spec.device))
+    compile_model = compile_training(spec)
+    use_training_kernels(model, spec.device, compile_model, spec.model.max_seq_len)
     if spec.trainer.packing and spec.data.kind == "chat" and spec.model.arch == "hf":
         from anima.train.packing import check_packing_support
 
         check_packing_support(model, f"model.path={spec.model.path}")  # anima's own Llama builds: tested
-    return bundle, model, parent_uri, compile_training(spec), step_limit(spec.trainer)
+    return bundle, model, parent_uri, compile_model, step_limit(spec.trainer)
 
 
 def _module(spec: TrainConfig, model, bundle, limit: int | None, compile_model: bool):
@@ -220,7 +221,7 @@ def _log_run_inputs(tracker, spec: TrainConfig, model, bundle, n_params: int, pa
     tracker.send("mlflow:log_params", {"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
                        "trainer.schedule_horizon": "time" if spec.trainer.max_time else "steps",
                        "device.precision_used": resolve_precision(spec.device),
-                       "device.attention_used": attention_implementation(spec.device),
+                       "device.attention_used": attention_implementation(spec.device, compile_model),
                        "optim.compile_used": compile_model,
                        **{f"data.{k}": v for k, v in bundle.stats.items()}})
     tracker.send("mlflow:set_tags", {"anima.data_fingerprint": bundle.fingerprint, "anima.parent": parent_uri or "",

@@ -52,13 +52,18 @@ def trainer_precision(device: DeviceConfig) -> tuple[str | None, list]:
     return None, [Bf16Mixed("bf16-mixed", "cpu" if _on_cpu(device) else "cuda")]
 
 
-def attention_implementation(device: DeviceConfig) -> str:
+def attention_implementation(device: DeviceConfig, compiled: bool = False) -> str:
     """`device.attention`; auto: `eager` (plain matmuls + softmax) under bf16 autocast on a CPU, where it beat
-    SDPA's CPU flash kernel by ~5% per step here (its bf16 backward is slow); `sdpa` everywhere else (faster in
-    fp32). Training only: a saved model's config does not record it."""
+    SDPA's CPU flash kernel by ~5% per step here (its bf16 backward is slow); in fp32 on a CPU, `sdpa_blocks`
+    (SDPA's forward, a block-causal backward the compiler fuses: train/causal_attention.py) when the training
+    forward is `compiled`, else `sdpa`; `sdpa` on a GPU. Training only: a saved model's config does not record it."""
     if device.attention != "auto":
         return device.attention
-    return "eager" if _on_cpu(device) and resolve_precision(device) == "bf16-mixed" else "sdpa"
+    if not _on_cpu(device):
+        return "sdpa"
+    if resolve_precision(device) == "bf16-mixed":
+        return "eager"
+    return "sdpa_blocks" if compiled else "sdpa"
 
 
 def set_attention(model, implementation: str) -> str:
@@ -67,8 +72,23 @@ def set_attention(model, implementation: str) -> str:
     base = getattr(model, "get_base_model", lambda: model)()
     before = base.config._attn_implementation
     if implementation != before:
+        if implementation == "sdpa_blocks":
+            from anima.train.causal_attention import register
+
+            register()
         base.set_attn_implementation(implementation)
     return before
+
+
+def use_training_kernels(model, device: DeviceConfig, compiled: bool, positions: int) -> None:
+    """Put the training kernels in place: the attention `device.attention` resolves to and, when the training
+    forward is `compiled`, the rotary table (train/rotary_table.py) for positions below `positions`."""
+    set_attention(model, attention_implementation(device, compiled))
+    if compiled:
+        from anima.train.rotary_table import use_rotary_table
+
+        base = getattr(model, "get_base_model", lambda: model)()
+        use_rotary_table(base.get_decoder(), max(positions, getattr(base.config, "max_position_embeddings", 0)))
 
 
 def validation_attention(device: DeviceConfig) -> str | None:
