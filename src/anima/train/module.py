@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Timer
 from anima.config.groups import OptimConfig
 from anima.train.losses import IGNORE_INDEX, LossTerm, token_cross_entropy
 from anima.train.optimizers import build_optimizer
-from anima.train.precision import set_attention
+from anima.train.precision import base_model, set_attention
 from anima.train.schedule import lr_factor
 
 
@@ -21,7 +21,7 @@ def fused_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear
     """(decoder, lm_head) when the logits are exactly `lm_head(decoder(...).last_hidden_state)` — a plain
     bias-free linear head with no soft-capping or scaling (Llama and friends, LoRA on the body included) — so
     the LM loss can be fused with the head; None otherwise (the loss then goes through the logits)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     get_decoder, head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", lambda: None)()
     config = getattr(base, "config", None)
     if get_decoder is None or type(head) is not torch.nn.Linear or head.bias is not None or config is None:

@@ -66,10 +66,15 @@ def attention_implementation(device: DeviceConfig, compiled: bool = False) -> st
     return "sdpa_blocks" if compiled else "sdpa"
 
 
+def base_model(model):
+    """The Hugging Face model itself: under a PEFT (LoRA) wrapper, the model it wraps."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def set_attention(model, implementation: str) -> str:
     """Switch a Hugging Face model's attention kernel (on the base model under a PEFT wrapper); returns the one
     it had, so a caller can switch back."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base = base_model(model)
     before = base.config._attn_implementation
     if implementation != before:
         if implementation == "sdpa_blocks":
@@ -87,7 +92,7 @@ def use_training_kernels(model, device: DeviceConfig, compiled: bool, positions:
     if compiled:
         from anima.train.rotary_table import use_rotary_table
 
-        base = getattr(model, "get_base_model", lambda: model)()
+        base = base_model(model)
         use_rotary_table(base.get_decoder(), max(positions, getattr(base.config, "max_position_embeddings", 0)))
 
 
