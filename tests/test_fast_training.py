@@ -11,7 +11,8 @@ from anima.train.linear_ce import linear_cross_entropy
 from anima.train.losses import IGNORE_INDEX, LanguageModelingLoss, token_cross_entropy
 from anima.train.module import CausalLMModule, fused_head
 from anima.train.precision import (attention_implementation, compile_training, cpu_has_bf16_matrix_units,
-                                   resolve_precision, validation_attention)
+                                   resolve_matmul_precision, resolve_precision, validation_attention)
+from anima.train.settings import torch_settings
 from tests.helpers import NANO_FAST, compose_cfg
 
 
@@ -174,6 +175,23 @@ def test_auto_precision_attention_and_compile_follow_the_hardware():
     assert compile_training(compose_cfg("pretrain", ["model=nano", "trainer.max_steps=10", "optim.compile=true"]))
 
 
+@pytest.mark.parametrize("bf16_units, expected", [(True, "medium"), (False, "highest")])
+def test_auto_matmul_precision_takes_bf16_kernels_only_where_the_cpu_has_bf16_units(monkeypatch, bf16_units,
+                                                                                     expected):
+    """On an AVX-512 CPU without bf16 units (Xeon Ice Lake) oneDNN still takes `medium`'s matmuls, slower than
+    MKL's exact fp32 ones, so `auto` asks for them only where bf16 units exist; a run applies it and restores."""
+    monkeypatch.setattr("anima.train.precision.cpu_has_bf16_matrix_units", lambda: bf16_units)
+    cpu = compose_cfg("pretrain", ["model=nano"]).device
+    assert cpu.matmul_precision == "auto"  # device=cpu's preset
+    assert resolve_matmul_precision(cpu) == expected
+    assert resolve_matmul_precision(compose_cfg("pretrain", ["model=nano", "device=gpu"]).device) == "high"
+    assert resolve_matmul_precision(OmegaConf.create({**cpu, "matmul_precision": "medium"})) == "medium"
+    before = torch.get_float32_matmul_precision()
+    with torch_settings(cpu):
+        assert torch.get_float32_matmul_precision() == expected
+    assert torch.get_float32_matmul_precision() == before
+
+
 def test_validation_runs_sdpa_and_training_gets_its_eager_attention_back():
     """Validation is forward-only, where SDPA is faster than eager attention on a CPU: the module switches for
     the validation pass alone, and scores exactly what eager attention scores."""
@@ -215,3 +233,4 @@ def test_bf16_mixed_trains_as_well_as_fp32_at_equal_steps(raw_dir, project):
     params = mlflow.get_run(bf16.run_id).data.params
     assert params["device.precision_used"] == "bf16-mixed"
     assert mlflow.get_run(fp32.run_id).data.params["device.precision_used"] == "32-true"
+    assert params["device.matmul_precision_used"] == ("medium" if cpu_has_bf16_matrix_units() else "highest")

@@ -165,11 +165,12 @@ def main() -> None:
     fetch_demo_data(raw)
     overrides = [f"device.threads={args.threads}", *overrides]
     cfg = compose_cfg("pretrain", [*STORIES, *overrides], raw)
-    precision = str(cfg.device.matmul_precision)
+    from anima.train.precision import cpu_has_bf16_matrix_units, resolve_matmul_precision, resolve_precision
+
+    precision = resolve_matmul_precision(cfg.device)
     corpus = load_text_corpus(cfg.data, raw)
     tok_dir, _ = ensure_tokenizer(corpus, typed(cfg, TrainConfig).tokenizer, "chatml", cfg.paths.cache_dir)
     tokens = build_token_cache(corpus, tok_dir, cfg.paths.cache_dir)[0]["train"].tokens
-    from anima.train.precision import cpu_has_bf16_matrix_units, resolve_precision
 
     # Without bf16 units (AMD EPYC Zen 2 here) bf16 matmuls are emulated ~60x slower than fp32: no bf16 column.
     has_bf16 = cpu_has_bf16_matrix_units()

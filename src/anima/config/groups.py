@@ -112,8 +112,10 @@ class DeviceConfig:
                              "bf16-mixed on a CPU with AMX or a bf16 GPU, else 32-true.",
                              choices=["auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"])
     threads: Optional[int] = setting(None, "torch intra-op threads (CPU); default: all cores.", ge=1)
-    matmul_precision: str = setting("highest", "torch.set_float32_matmul_precision.",
-                                    choices=["highest", "high", "medium"])
+    matmul_precision: str = setting("highest", "torch.set_float32_matmul_precision; auto: medium (oneDNN bf16 "
+                                    "kernels, fp32 accumulation) on a CPU with bf16 matrix units, high (TF32) on a "
+                                    "GPU, highest (exact fp32) on any other CPU.",
+                                    choices=["auto", "highest", "high", "medium"])
     attention: str = setting("auto", "Attention kernel for training: auto (eager under bf16 on a CPU; in fp32 on "
                              "a CPU sdpa_blocks when the training forward is compiled, else sdpa; sdpa on a GPU), "
                              "sdpa, eager, sdpa_blocks (SDPA's forward, a block-causal backward the compiler fuses).",

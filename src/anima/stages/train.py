@@ -215,12 +215,13 @@ def _log_run_inputs(tracker, spec: TrainConfig, model, bundle, n_params: int, pa
                     compile_model: bool) -> None:
     """Once per run (not again on resume): model size, what the run resolved (precision, attention, compile),
     data stats, and the datasets it read (training, prompts, persona seeds) with their lineage tags."""
-    from anima.train.precision import attention_implementation, resolve_precision
+    from anima.train.precision import attention_implementation, resolve_matmul_precision, resolve_precision
 
     n_trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
     tracker.send("mlflow:log_params", {"model.n_parameters": n_params, "model.n_trainable_parameters": n_trainable,
                        "trainer.schedule_horizon": "time" if spec.trainer.max_time else "steps",
                        "device.precision_used": resolve_precision(spec.device),
+                       "device.matmul_precision_used": resolve_matmul_precision(spec.device),
                        "device.attention_used": attention_implementation(spec.device, compile_model),
                        "optim.compile_used": compile_model,
                        **{f"data.{k}": v for k, v in bundle.stats.items()}})

@@ -6,6 +6,7 @@ import contextlib
 from typing import Iterator
 
 from anima.config.groups import DeviceConfig
+from anima.train.precision import resolve_matmul_precision
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def torch_settings(device: DeviceConfig) -> Iterator[None]:
     saved = (torch.get_num_threads(), torch.get_float32_matmul_precision())
     if device.threads:
         torch.set_num_threads(device.threads)
-    torch.set_float32_matmul_precision(device.matmul_precision)
+    torch.set_float32_matmul_precision(resolve_matmul_precision(device))
     try:
         yield
     finally:
