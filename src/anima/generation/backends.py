@@ -85,6 +85,12 @@ class HFBackend:
         return out.logits[0, -1].float()
 
 
+def causal_bias(t: int, start: int, dtype: torch.dtype) -> torch.Tensor:
+    """(t, start + t) additive mask for t new tokens after `start` cached ones: 0 where a token may look, -inf after."""
+    later = torch.arange(start + t) > torch.arange(start, start + t).unsqueeze(1)  # bool tril took ~0.17 ms
+    return torch.zeros(t, start + t, dtype=dtype).masked_fill_(later, float("-inf"))
+
+
 def fast_llama_unsupported(model) -> str | None:
     """Why the hand-written forward cannot run this model (None when it can)."""
     hf = model.config
@@ -171,7 +177,6 @@ class FastLlamaBackend:
         self.v_slots = torch.zeros(1, len(self.layers), nkv, self.max_positions, hd, dtype=self.dtype)
         self.select(0)
         self.scale = 1.0 / math.sqrt(hd)
-        self.gqa = nkv != nq
         self._build_step_weights()
         self.packed = pack(self.step_layers, self.dtype)
         head = pack([(self.step_head,)], self.dtype) if self.packed else None
@@ -363,20 +368,22 @@ class FastLlamaBackend:
         nq, nkv, hd, eps_h = self.n_heads, self.n_kv, self.head_dim, self.eps_h
         q_dim, qk_dim, inter = self.q_dim, self.q_dim + self.kv_dim, self.inter
         x = self.embed[torch.tensor(ids, dtype=torch.long)] if t > 1 else self.embed[ids[0]].unsqueeze(0)
-        mask = None
-        if t > 1:
-            mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
+        group = nq // nkv
+        bias = causal_bias(t, start, x.dtype).repeat(group, 1) if t > 1 else None  # (G*T, L)
         for li, (wqkv, wo, wgu, wd) in enumerate(self.matmul_weights()):
             qkv = linear(x, wqkv).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())  # (T, q+2kv)
             qk = self._rope(qkv[:, :qk_dim].view(t, nq + nkv, hd), start, t)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc[:, :, start:end] = qk[:, nq:].permute(1, 2, 0)
             vc[:, start:end] = qkv[:, qk_dim:].view(t, nkv, hd).transpose(0, 1)
-            q = qk[:, :nq].transpose(0, 1)  # (H, T, D)
-            k = kc[:, :, :end].transpose(1, 2)  # (Hkv, L, D)
-            v = vc[:, :end]
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.gqa)
-            x = linear_add(attn.transpose(0, 1).reshape(t, q_dim), wo, x)
+            # Against the cache's own K^T layout (Hkv, D, L), each K/V head with its G query heads as G*T rows:
+            # SDPA copied that transposed view every call (10 tokens after 40 cached, a layer: 0.51 vs 0.07 ms).
+            q = qk[:, :nq].reshape(t, nkv, group, hd).permute(1, 2, 0, 3).reshape(nkv, group * t, hd)
+            k_t = kc[:, :, :end]
+            scores = torch.bmm(q, k_t) if bias is None else torch.baddbmm(bias, q, k_t)  # scale is in W_q
+            attn = torch.bmm(torch.softmax(scores, -1), vc[:, :end])  # (Hkv, G*T, D)
+            attn = attn.view(nkv, group, t, hd).permute(2, 0, 1, 3).reshape(t, q_dim)
+            x = linear_add(attn, wo, x)
             gu = linear(x, wgu).mul_(x.pow(2).sum(-1, keepdim=True).add_(eps_h).rsqrt_())
             x = linear_add(F.silu(gu[:, :inter]).mul_(gu[:, inter:]), wd, x)
         self.position = end
