@@ -201,7 +201,10 @@ def test_background_build_is_picked_up_between_requests(built):
     later = ChatEngine(model_dir, backend="compiled", cache_dir=cache)
     assert later.backend_name == "compiled" and later.backend.frozen_batch is not None
     built = sorted(p.name for p in (cache / "decode").iterdir() if not p.name.endswith(".log"))
-    # the step, the batched step (both per architecture), and this model's frozen batched step
+    # the native kernel (one per machine), the step, the batched step (both per architecture), and this model's
+    # frozen batched step
+    assert [name for name in built if name.startswith("native-")] == [later.backend.native.library.name], built
+    built = [name for name in built if not name.startswith("native-")]
     assert len(built) == 3 and all(name.endswith(".pt2") for name in built), built
     assert sum(name.endswith("-frozen.pt2") for name in built) == 1, built
     assert "batched step too" in later.backend_status()

@@ -10,9 +10,11 @@ reference source (``--run-c``, default /work/shared/anchors/llama2.c/run.c) into
 its column is skipped. Rounds are interleaved (run.c, anima step, anima engine, run.c, ...) so machine noise hits
 all alike. Columns:
   run.c          its own "achieved tok/s" (greedy, -t 0; every position is one forward, prompt included)
-  anima step     backend.forward([tok]) for positions 1..steps-1 (the compiled step when built, else eager), run on
-                 the engine's own thread as the engine runs it (a second thread's OpenMP pool would slow both)
-  anima engine   ChatEngine.stream_completion end to end (scheduler thread, sampling, detokenization)
+  anima step     backend.forward([tok]) for positions 1..steps-1, run on the engine's own thread as the engine
+                 runs it (a second thread's OpenMP pool would slow both): one column per single-token kernel the
+                 compiled backend has, "native" (native_step.py's C++ kernel) and "aoti" (the AOTInductor package)
+  anima engine   ChatEngine.stream_completion end to end (scheduler thread, sampling, detokenization), on whichever
+                 kernel has been faster (the backend's ``step_kernels``)
 """
 
 from __future__ import annotations
@@ -97,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{steps} positions per run")
         backend = engine.backend
 
-        def step_tok_s() -> float:
-            return engine.scheduler.call(step_loop)
+        def step_tok_s(kernel: str | None) -> float:
+            kernels = getattr(backend, "step_kernels", None)
+            if kernels is not None:
+                kernels.fixed = kernel
+            try:
+                return engine.scheduler.call(step_loop)
+            finally:
+                if kernels is not None:
+                    kernels.fixed = None
 
         def step_loop() -> float:
             torch.set_num_threads(args.threads)  # the engine's thread tuner may have left it at 1
@@ -121,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return stream.completion_tokens / (time.perf_counter() - t0)
 
-        runs = {"anima step": step_tok_s, "anima engine": engine_tok_s}
+        kernels = [k for k, there in (("native", getattr(backend, "native", None)),
+                                      ("aoti", getattr(backend, "compiled", None))) if there is not None]
+        runs = {f"anima step {k}": (lambda k=k: step_tok_s("compiled" if k == "aoti" else k)) for k in kernels}
+        runs = {**(runs or {"anima step": lambda: step_tok_s(None)}), "anima engine": engine_tok_s}
         if exe is not None:
             runs = {"run.c": lambda: run_c_tok_s(exe, model_bin, tok_bin, steps, args.threads), **runs}
         for fn in runs.values():
@@ -138,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, v in got.items():
             ratio = f"{statistics.median(v) / ref:.2f}x" if ref else "-"
             print(f"| {label} | {statistics.median(v):.1f} | {max(v):.1f} | {ratio} |")
+        kernels = getattr(backend, "step_kernels", None)
+        if kernels is not None:
+            picked = {n: kernels.best(n) for n in sorted({1, args.threads})}
+            print("the engine's kernel by thread count: " + ", ".join(f"{n}: {k or '-'}" for n, k in picked.items()))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

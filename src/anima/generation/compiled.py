@@ -14,9 +14,9 @@ torch version and the CPU: ``<cache_dir>/decode/<key>.pt2`` and ``<key>-batch8.p
 later gets a third, its own batched step with its weights frozen in (frozen_batch.py).
 
 Building them takes about a minute of CPU on 2 cores, so ``anima chat`` / ``anima serve`` build them in a
-detached, low-priority child process (``python -m anima.generation.compiled``) the first time and talk
-with the eager step until they are ready; a crash or a missing compiler leaves a ``.failed`` note and the
-eager step simply stays in use.
+detached, low-priority child process (``python -m anima.generation.compiled``) the first time and talk with the
+eager step (or the single-token C++ kernel of native_step.py, built in a second) until they are ready; a crash or a
+missing compiler leaves a ``.failed`` note and the eager step simply stays in use.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from anima.errors import ModelError
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.faster_path import FasterPath
 from anima.generation.frozen_batch import FrozenBatchBuild, weights_digest
+from anima.generation.native_step import load_native_step
 from anima.generation.step_graphs import (
     BATCH_MATMULS,
     BATCH_ROWS,
@@ -233,6 +234,9 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
+        # the C++ single-token kernel (native_step.py): built here in about a second, so it serves from the start
+        self.native, self.native_note = load_native_step(self, cache_dir, compiler_available(), build != "never")
+        self.step_kernels = FasterPath(("native", "compiled"))  # per thread count, once both are in
         self.refresh()  # what is built already (a damaged package leaves a note, and no build starts over it)
         if build == "wait":
             self.package.build_now()
@@ -245,6 +249,10 @@ class CompiledLlamaBackend(FastLlamaBackend):
         return "compiled" if self.compiled is not None else "fast"
 
     def status(self) -> str:
+        native = "native step" if self.native is not None else f"no native step: {self.native_note}"
+        return f"{self._package_status()}; {native}"
+
+    def _package_status(self) -> str:
         if self.compiled is not None:
             batched = ", batched step too" if self.compiled_batch is not None else ""
             if self.frozen_batch is not None:
@@ -298,9 +306,24 @@ class CompiledLlamaBackend(FastLlamaBackend):
             return None
 
     def _step(self, tok: int) -> torch.Tensor:
+        """The native kernel or the AOTI package, whichever has been faster here (``step_kernels``)."""
         pos = self.position
-        if self.compiled is None or pos < MIN_CACHE_LEN or pos >= self.max_positions:
-            return super()._step(tok)
+        aoti = self.compiled is not None and MIN_CACHE_LEN <= pos < self.max_positions
+        if self.native is None or pos >= self.max_positions:
+            return self._compiled_step(tok) if aoti else super()._step(tok)  # eager: also the context's error
+        if not aoti:
+            return self._native_step(tok)
+        return self.step_kernels.run(torch.get_num_threads(), lambda way: self._native_step(tok)
+                                     if way == "native" else self._compiled_step(tok))
+
+    def _native_step(self, tok: int) -> torch.Tensor:
+        pos = self.position
+        logits = self.native.run(tok, pos, self.k_cache, self.v_cache)  # type: ignore[union-attr]
+        self.position = pos + 1
+        return logits
+
+    def _compiled_step(self, tok: int) -> torch.Tensor:
+        pos = self.position
         self._tok.fill_(tok)  # the fewest Python-level ops between steps: there each costs several times its hot cost
         self._pos.fill_(pos)
         logits, k, v = self.compiled.run([self._tok, self._pos, self.k_cache.narrow(3, 0, pos),

@@ -52,12 +52,12 @@ class StepSpec:
     def key(self) -> str:
         """Architecture + torch + CPU: a package built for one never loads on another."""
         ident = {**asdict(self), "graph": GRAPH_VERSION, "torch": torch.__version__, "machine": platform.machine(),
-                 "cpu": _cpu_flags()}
+                 "cpu": cpu_flags()}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         return f"llama-{self.n_layers}x{self.hidden}-v{self.vocab}-p{self.max_positions}-t{self.threads}-{digest}"
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     """The CPU's instruction-set flags (Inductor compiles for the ISA it finds)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
