@@ -42,3 +42,13 @@ def test_a_fixed_way_is_always_used():
     path = FasterPath(("eager", "compiled"))
     path.fixed = "eager"
     assert _drive(path, 8, {"eager": 9.0, "compiled": 1.0}, 5) == ["eager"] * 5
+
+
+def test_a_burst_of_slow_calls_does_not_hand_the_steps_to_the_slower_way():
+    """Noise only adds time: two slow calls of the faster way (the machine busy for a moment) keep it chosen."""
+    path = FasterPath(("native", "compiled"), trials=3, reprobe=1000)
+    _drive(path, 2, {"native": 1.1, "compiled": 1.5}, 10)
+    for _ in range(2):
+        assert path.pick(2) == "native"
+        path.record(2, "native", 4.0)
+    assert _drive(path, 2, {"native": 1.1, "compiled": 1.5}, 20) == ["native"] * 20
