@@ -126,7 +126,9 @@ def test_a_damaged_package_is_noted_and_decoding_stays_eager(tmp_path):
     backend = CompiledLlamaBackend(model, None, tmp_path, build="background")
     assert backend.name == "fast" and "cannot load the compiled decode step" in backend.status()
     fast = FastLlamaBackend(model)
-    assert torch.allclose(backend.forward([1, 2, 3]), fast.forward([1, 2, 3])) and backend.forward([4]).shape == (300,)
+    # (the native kernels may run: FMA rounding, so not bit for bit)
+    assert torch.allclose(backend.forward([1, 2, 3]), fast.forward([1, 2, 3]), atol=1e-5)
+    assert backend.forward([4]).shape == (300,)
 
 
 def test_a_models_frozen_batched_step_is_keyed_by_its_weights(tmp_path):
@@ -308,7 +310,8 @@ def test_compiled_batch_step_matches_eager(built, rows, package):
 @pytest.mark.slow
 @needs_compiler
 def test_batches_take_whichever_step_is_faster_here(built):
-    """Unforced, each batch size tries both steps, then keeps running the one that was faster."""
+    """Unforced, each batch size tries every step that is in (eager, compiled, and the native kernel, which the
+    module's engine built into the same cache), then keeps running the one that was faster."""
     model_dir, cache, _ = built
     from anima.model.build import load_model_dir
 
@@ -316,10 +319,11 @@ def test_batches_take_whichever_step_is_faster_here(built):
     compiled = CompiledLlamaBackend(model, model.config.max_position_embeddings, cache, build="never")
     _ragged(compiled, [5, 9, 13])
     ways = compiled.batch_ways
-    for _ in range(2 * ways.trials + 2):
+    assert ways.ways == ("eager", "compiled", "native")
+    for _ in range(len(ways.ways) * (ways.trials + 1) + 2):
         compiled.step_batch([7, 8, 9])
     best = ways.best(3)
-    assert best in ("eager", "compiled")
+    assert best in ways.ways
     assert all(len(ts) == ways.trials for ts in ways._times[3].values())
     assert [ways.pick(3) for _ in range(5)] == [best] * 5
 

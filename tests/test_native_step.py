@@ -1,5 +1,6 @@
-"""The single-token C++ decode kernel (native_step.py): the eager fast step's logits and KV cache, at any position,
-thread count and head layout; built once per machine and reused; a failed build is a note, not a crash."""
+"""The C++ decode kernels (native_step.py): the eager fast backend's logits and KV cache for one token, a batch of
+sequences at their own positions, and a prompt, at any thread count and head layout; built once per machine and
+reused; a failed build is a note, not a crash."""
 
 from __future__ import annotations
 
@@ -49,10 +50,7 @@ def test_native_step_is_the_fast_step(kw, threads, cache_dir, cxx_compiler):
                     mine.forward(ids[:start])
                 for tok in ids[start:]:
                     pos = mine.position
-                    logits = native.run(tok, pos, mine.k_cache, mine.v_cache)
-                    mine.position = pos + 1
-                    expected = ref._step(tok)
-                    assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-5), (start, pos)
+                    assert torch.allclose(native.step(tok), ref._step(tok), atol=1e-4, rtol=1e-5), (start, pos)
                 n = mine.position
                 assert torch.allclose(mine.k_cache[..., :n], ref.k_cache[..., :n], atol=1e-5)
                 assert torch.allclose(mine.v_cache[:, :, :n], ref.v_cache[:, :, :n], atol=1e-5)
@@ -60,13 +58,46 @@ def test_native_step_is_the_fast_step(kw, threads, cache_dir, cxx_compiler):
         torch.set_num_threads(old)
 
 
-def test_a_token_outside_the_vocabulary_is_an_error_not_a_crash(cache_dir, cxx_compiler):
+@pytest.mark.parametrize("kw", [{}, {"num_key_value_heads": 2, "hidden_size": 40, "num_attention_heads": 4,
+                                     "intermediate_size": 70}])
+def test_native_batch_step_and_prefill_are_the_fast_ones(kw, cache_dir, cxx_compiler):
+    """Six sequences at ragged positions decoded together, and prompts prefilled from an empty slot and after a
+    cached prefix: the eager batched step's and prefill's logits and K/V."""
+    model = random_llama(**kw)
+    ref, mine = FastLlamaBackend(model), FastLlamaBackend(model)
+    native = _native(mine, cache_dir, cxx_compiler)
+    g = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        for backend in (ref, mine):
+            backend.ensure_slots(8)  # two idle slots beyond the batch
+        for slot in range(6):
+            ids = torch.randint(0, 300, (3 + 5 * slot,), generator=g).tolist()
+            ref.select(slot)
+            mine.select(slot)
+            expected = ref.forward(ids)
+            mine.forward(ids[:1])  # one token, then the rest through the kernel after that cached prefix
+            assert torch.allclose(native.prefill(ids[1:]), expected, atol=1e-4, rtol=1e-5), slot
+        for _ in range(3):
+            toks = torch.randint(0, 300, (6,), generator=g).tolist()
+            assert torch.allclose(native.step_batch(toks), ref.step_batch(toks), atol=1e-4, rtol=1e-5)
+        assert mine.positions == ref.positions
+        assert torch.allclose(mine.k_slots, ref.k_slots, atol=1e-5)
+        assert torch.allclose(mine.v_slots, ref.v_slots, atol=1e-5)
+
+
+def test_out_of_range_is_an_error_not_a_crash(cache_dir, cxx_compiler):
     backend = FastLlamaBackend(random_llama())
     native = _native(backend, cache_dir, cxx_compiler)
     with pytest.raises(ValueError, match="outside the vocabulary of 300"):
-        native.run(300, 0, backend.k_cache, backend.v_cache)
+        native.step(300)
+    with pytest.raises(ValueError, match="outside the vocabulary of 300"):
+        native.step_batch([1, 300])
+    backend.position = 64
     with pytest.raises(ValueError, match="context of 64"):
-        native.run(1, 64, backend.k_cache, backend.v_cache)
+        native.step(1)
+    with pytest.raises(ValueError, match="1 to 64 at once"):
+        native.rows(list(range(65)), range(65), [0] * 65)
+    assert backend.position == 64 and backend.positions == [64]  # nothing advanced
 
 
 def test_built_once_per_machine_and_reused(tmp_path, cxx_compiler):
@@ -101,22 +132,30 @@ def test_a_failed_build_is_noted_once_and_decoding_goes_on(tmp_path, monkeypatch
         assert torch.allclose(backend.forward([4]), ref.forward([4]), atol=1e-5)
 
 
-def test_the_compiled_backend_decodes_with_the_native_step_before_any_package(tmp_path, cxx_compiler):
-    """With the kernel and no AOTI package (as while one builds in the background), the backend's steps are the
-    kernel's, and a greedy decode through it equals the eager fast step token for token."""
+def test_the_compiled_backend_decodes_with_the_native_kernels_before_any_package(tmp_path, cxx_compiler):
+    """With the kernels and no AOTI package (as while one builds in the background), the backend's prefills,
+    single steps and batched steps time the kernels against the eager ones and match the eager fast backend."""
     model = random_llama()
     backend = CompiledLlamaBackend(model, None, tmp_path / "cache", build="never")
-    assert backend.native is None
+    assert backend.native is None and backend.batch_ways.ways == ("eager",)
     backend.native, _ = load_native_step(backend, tmp_path / "cache", cxx_compiler, build=True)
-    assert backend.native is not None and backend.compiled is None
+    backend.batch_ways = backend._batch_ways()
+    assert backend.native is not None and backend.compiled is None and backend.batch_ways.ways == ("eager", "native")
     assert backend.status().endswith("; native step")
     ref = FastLlamaBackend(model)
     with torch.inference_mode():
-        a, b = backend.forward([5, 6, 7]), ref.forward([5, 6, 7])
-        for _ in range(10):
-            tok = int(a.argmax())
-            assert tok == int(b.argmax())
-            a, b = backend.forward([tok]), ref.forward([tok])
-            assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
-    assert backend.position == ref.position == 13
-
+        for backend_ in (backend, ref):
+            backend_.ensure_slots(3)
+        for round_ in range(6):  # each way of each FasterPath runs (a warm-up, then timed ones)
+            for slot in range(3):
+                backend.select(slot)
+                ref.select(slot)
+                prompt = [5 + slot, 6, 7, round_ + 1] if round_ == 0 else [round_ + 1, 9]
+                a, b = backend.forward(prompt), ref.forward(prompt)
+                assert int(a.argmax()) == int(b.argmax()) and torch.allclose(a, b, atol=1e-4, rtol=1e-5)
+                tok = int(a.argmax())
+                assert torch.allclose(backend.forward([tok]), ref.forward([tok]), atol=1e-4, rtol=1e-5)
+            toks = [round_, round_ + 1, round_ + 2]
+            assert torch.allclose(backend.step_batch(toks), ref.step_batch(toks), atol=1e-4, rtol=1e-5)
+    assert backend.positions == ref.positions
+    assert set(backend.prefill_ways._warm) == {"native", "eager"} and set(backend.batch_ways._warm) == {"eager", "native"}

@@ -15,7 +15,7 @@ later gets a third, its own batched step with its weights frozen in (frozen_batc
 
 Building them takes about a minute of CPU on 2 cores, so ``anima chat`` / ``anima serve`` build them in a
 detached, low-priority child process (``python -m anima.generation.compiled``) the first time and talk with the
-eager step (or the single-token C++ kernel of native_step.py, built in a second) until they are ready; a crash or a
+eager step (or the C++ kernels of native_step.py, built in a second) until they are ready; a crash or a
 missing compiler leaves a ``.failed`` note and the eager step simply stays in use.
 """
 
@@ -32,21 +32,18 @@ from pathlib import Path
 
 import torch
 
-from anima.atomic import atomic_path, temp_sibling
 from anima.errors import ModelError
+from anima.generation.aoti import CompiledStep, build_batch_package, build_package
 from anima.generation.backends import FastLlamaBackend
 from anima.generation.faster_path import FasterPath
 from anima.generation.frozen_batch import FrozenBatchBuild, weights_digest
-from anima.generation.native_step import load_native_step
+from anima.generation.native_step import MAX_ROWS, load_native_step
 from anima.generation.step_graphs import (
-    BATCH_MATMULS,
     BATCH_ROWS,
     MIN_CACHE_LEN,
     DecodeBatchStep,
     DecodeStep,
     StepSpec,
-    batch_example_inputs,
-    example_inputs,
     step_weights,
 )
 from anima.procs import build_env, lock_holder_alive, release_lock, spawn_holding
@@ -54,64 +51,6 @@ from anima.procs import build_env, lock_holder_alive, release_lock, spawn_holdin
 __all__ = ["BATCH_ROWS", "MIN_CACHE_LEN", "CompiledLlamaBackend", "CompiledStep",
            "DecodeBatchStep", "DecodeStep", "PackageBuild", "StepSpec", "build_batch_package", "build_package",
            "step_weights"]
-
-def build_package(spec: StepSpec, out: Path, batched: bool = False, matmul: str = "rows") -> Path:
-    """Export the step with a dynamic cache length and compile it to a .pt2 package (temp file, then rename)."""
-    import torch._inductor
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    length = torch.export.Dim("cache_len", min=MIN_CACHE_LEN, max=spec.max_positions - 1)
-    step = DecodeBatchStep(spec, matmul) if batched else DecodeStep(spec)
-    args = batch_example_inputs(spec) if batched else example_inputs(spec)
-    k_len, v_len = args[2].dim() - 1, args[3].dim() - 2  # K^T views end in the cache length, V views in D
-    dynamic = (None, None, {k_len: length}, {v_len: length}, None, None, None, None, None, [None] * len(args[-1]))
-    with torch.inference_mode():
-        exported = torch.export.export(step, args, dynamic_shapes=dynamic)
-    with atomic_path(out, tmp=temp_sibling(out, ".tmp.pt2")) as tmp:  # the compiler wants a .pt2 name
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp))
-    return out
-
-
-def build_batch_package(spec: StepSpec, out: Path, rounds: int = 3, runs: int = 30) -> dict[str, float]:
-    """Build the batched step both ways (``BATCH_MATMULS``), time them on this machine and keep the faster at
-    ``out``. Returns each variant's median ms per step (interleaved rounds: the build runs beside a chat)."""
-    out = Path(out)
-    built = {m: build_package(spec, temp_sibling(out, f".{m}.pt2"), batched=True, matmul=m) for m in BATCH_MATMULS}
-    args = batch_example_inputs(spec)
-    flat = [*args[:-1], *args[-1]]
-    times: dict[str, list[float]] = {m: [] for m in built}
-    try:
-        steps = {m: CompiledStep(path) for m, path in built.items()}
-        for _ in range(rounds):
-            for m, step in steps.items():
-                step.run(flat)
-                t0 = time.perf_counter()
-                for _ in range(runs):
-                    step.run(flat)
-                times[m].append(1000 * (time.perf_counter() - t0) / runs)
-        ms = {m: sorted(ts)[len(ts) // 2] for m, ts in times.items()}
-        best = min(ms, key=ms.__getitem__)
-        os.replace(built[best], out)
-        return ms
-    finally:
-        for path in built.values():
-            path.unlink(missing_ok=True)
-
-
-class CompiledStep:
-    """A loaded package: ``run(...)`` takes the flat inputs of ``DecodeStep.forward``."""
-
-    def __init__(self, path: Path):
-        try:
-            self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)
-        except RuntimeError as e:
-            raise ModelError(f"{path}: cannot load the compiled decode step ({str(e).splitlines()[0]})") from None
-        self.path = path
-
-    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self._loader.run(inputs)
-
 
 def compiler_available() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
@@ -230,13 +169,14 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self.frozen: FrozenBatchBuild | None = None
         self.frozen_batch: CompiledStep | None = None
         self.batched = False  # a batch has run: this model is served to several clients, its own step pays
-        self.batch_ways = FasterPath(("eager", "compiled"))  # per row count, timed on this machine
         self._weights = step_weights(self)
         self._tok = torch.zeros(1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
-        # the C++ single-token kernel (native_step.py): built here in about a second, so it serves from the start
+        # the C++ kernels (native_step.py): built here in about a second, so they serve from the start
         self.native, self.native_note = load_native_step(self, cache_dir, compiler_available(), build != "never")
         self.step_kernels = FasterPath(("native", "compiled"))  # per thread count, once both are in
+        self.prefill_ways = FasterPath(("native", "eager"))  # per prompt length (its bit length)
+        self.batch_ways = self._batch_ways()  # per row count
         self.refresh()  # what is built already (a damaged package leaves a note, and no build starts over it)
         if build == "wait":
             self.package.build_now()
@@ -272,6 +212,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
             self.compiled = self._load(self.package.path)
         if self.compiled is not None and self.compiled_batch is None and self.package.batch_path.is_file():
             self.compiled_batch = self._load(self.package.batch_path)
+            self.batch_ways = self._batch_ways()
         if self.compiled_batch is not None and self.frozen_batch is None and self._frozen_from is not None:
             self._refresh_frozen()
         return self.compiled is not None
@@ -296,7 +237,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
             build.note_failure(str(e))
             self._frozen_from = None
             return
-        self.batch_ways = FasterPath(("eager", "compiled"))  # the compiled way changed: time it afresh
+        self.batch_ways = self._batch_ways()
 
     def _load(self, path: Path) -> CompiledStep | None:
         try:
@@ -311,16 +252,20 @@ class CompiledLlamaBackend(FastLlamaBackend):
         aoti = self.compiled is not None and MIN_CACHE_LEN <= pos < self.max_positions
         if self.native is None or pos >= self.max_positions:
             return self._compiled_step(tok) if aoti else super()._step(tok)  # eager: also the context's error
+        native = self.native.step
         if not aoti:
-            return self._native_step(tok)
-        return self.step_kernels.run(torch.get_num_threads(), lambda way: self._native_step(tok)
-                                     if way == "native" else self._compiled_step(tok))
+            return native(tok)
+        return self.step_kernels.run(torch.get_num_threads(),
+                                     lambda way: native(tok) if way == "native" else self._compiled_step(tok))
 
-    def _native_step(self, tok: int) -> torch.Tensor:
-        pos = self.position
-        logits = self.native.run(tok, pos, self.k_cache, self.v_cache)  # type: ignore[union-attr]
-        self.position = pos + 1
-        return logits
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
+        """The native kernel's rows or the eager pass (oneDNN's GEMMs), whichever has been faster here for prompts
+        of about this length (``prefill_ways``; tiny, EPYC Zen 2: 8 tokens 1.9 vs 4.7 ms, 64 tokens 13.6 vs 11.0)."""
+        eager, n = super()._prefill, len(ids)
+        if self.native is None or n > MAX_ROWS or self.position + n > self.max_positions:
+            return eager(ids)
+        native = self.native.prefill
+        return self.prefill_ways.run(n.bit_length(), lambda way: native(ids) if way == "native" else eager(ids))
 
     def _compiled_step(self, tok: int) -> torch.Tensor:
         pos = self.position
@@ -335,14 +280,19 @@ class CompiledLlamaBackend(FastLlamaBackend):
         return logits
 
     def _step_batch(self, toks: list[int]) -> torch.Tensor:
-        """The compiled batched step or the eager one on packed weights, whichever has been faster at this many
-        rows on this machine (``batch_ways``); the eager one while the package is not built or a cache is full."""
+        """Whichever of the native kernel's rows, the compiled batched step and the eager one on packed weights
+        has been faster at this many rows on this machine (``batch_ways``, of those that are in)."""
         self.batched = True
-        b = len(toks)
-        if self.compiled_batch is None or max(self.positions[:b]) >= self.max_positions:
-            return super()._step_batch(toks)
-        eager = super()._step_batch
-        return self.batch_ways.run(b, lambda way: self._compiled_step_batch(toks) if way == "compiled" else eager(toks))
+        if max(self.positions[: len(toks)]) >= self.max_positions:
+            return super()._step_batch(toks)  # the context's error
+        ways = {"eager": super()._step_batch, "compiled": self._compiled_step_batch,
+                "native": self.native.step_batch if self.native is not None else None}
+        return self.batch_ways.run(len(toks), lambda way: ways[way](toks))
+
+    def _batch_ways(self) -> FasterPath:
+        """A fresh timer over the batched steps that are in (per row count; a new way is timed afresh)."""
+        there = {"eager": True, "compiled": self.compiled_batch is not None, "native": self.native is not None}
+        return FasterPath([way for way, ok in there.items() if ok])
 
     def _compiled_step_batch(self, toks: list[int]) -> torch.Tensor:
         """Rows in chunks of ``BATCH_ROWS`` through the compiled batched step, the last chunk padded with rows at

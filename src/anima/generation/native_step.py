@@ -29,6 +29,8 @@ from anima.generation.step_graphs import cpu_flags
 SOURCE = Path(__file__).with_name("native_step.cpp")
 #: Bumped when the build flags change, so a library built the old way is not reused.
 BUILD_VERSION = 1
+#: Rows ``run_rows`` takes in one call (the kernel's per-thread arrays are this long).
+MAX_ROWS = 64
 
 
 def _flags() -> list[str]:
@@ -72,6 +74,8 @@ def unsupported(backend) -> str | None:
     """Why the kernel cannot run this backend's step (None when it can)."""
     if backend.dtype != torch.float32:
         return f"weights are {str(backend.dtype).removeprefix('torch.')}, the kernel is fp32"
+    if backend.head_dim > 512:
+        return f"head_dim {backend.head_dim} > 512"
     k, v = backend.k_cache, backend.v_cache
     if k.stride(3) != 1 or v.stride(3) != 1:
         return "the KV cache is not laid out as (L, Hkv, D, P) and (L, Hkv, P, D)"
@@ -79,7 +83,9 @@ def unsupported(backend) -> str | None:
 
 
 class NativeStep:
-    """The kernel bound to one backend's weights; ``run`` decodes one token at the backend's selected slot."""
+    """The kernels bound to one fast backend's weights and KV cache: ``step`` (one token at the selected slot),
+    ``step_batch`` (one token for each of slots 0..B-1) and ``prefill`` (a prompt's tokens at the selected slot),
+    each advancing the positions as the backend's own steps do."""
 
     def __init__(self, backend, library: Path):
         lib = ctypes.CDLL(str(library))
@@ -87,8 +93,13 @@ class NativeStep:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.POINTER(_Spec), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        self._fn, self.library = fn, library
-        b = backend
+        rows = lib.anima_decode_rows
+        rows.restype = ctypes.c_int
+        rows.argtypes = [ctypes.POINTER(_Spec), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self._fn, self._rows, self.library = fn, rows, library
+        self.backend = b = backend
         # held here: the kernel reads them through raw pointers
         self._weights = [w.contiguous() for layer in b.step_layers for w in layer]
         self._tables = [t.contiguous() for t in (b.embed, b.cos, b.sin, b.step_head)]
@@ -103,16 +114,59 @@ class NativeStep:
         self._scratch = torch.empty(b.hidden + (b.n_heads + 2 * b.n_kv) * b.head_dim + b.q_dim + b.inter
                                     + b.n_heads * per_head)
         self._vocab = int(b.embed.shape[0])
+        self._row_floats = (b.hidden + (b.n_heads + 2 * b.n_kv) * b.head_dim + b.q_dim + b.inter
+                            + b.n_heads * per_head)
+        self._row_scratch = torch.empty(0)
 
-    def run(self, tok: int, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        """The logits after ``tok`` at ``pos``; its K/V go into the caches (views of one slot) at ``pos``."""
+    def step(self, tok: int) -> torch.Tensor:
+        """The logits after ``tok`` at the selected slot's position; its K/V go into that slot."""
+        b = self.backend
+        pos = b.position
         logits = torch.empty(self._vocab)
-        status = self._fn(self._spec_ref, tok, pos, k_cache.data_ptr(), v_cache.data_ptr(), logits.data_ptr(),
+        status = self._fn(self._spec_ref, tok, pos, b.k_cache.data_ptr(), b.v_cache.data_ptr(), logits.data_ptr(),
                           self._scratch.data_ptr(), torch.get_num_threads())
         if status != 0:
-            raise ValueError(f"token {tok} at position {pos}: outside the vocabulary of {self._vocab} "
-                             f"or the context of {self._spec.max_positions}")
+            raise self._out_of_range([tok], [pos])
+        b.position = pos + 1
         return logits
+
+    def step_batch(self, toks: list[int]) -> torch.Tensor:
+        """One token for each of slots 0..B-1 at its own position: (B, vocab) logits."""
+        b, n = self.backend, len(toks)
+        chunks = [range(c, min(c + MAX_ROWS, n)) for c in range(0, n, MAX_ROWS)]
+        out = [self.rows(toks[r.start : r.stop], b.positions[r.start : r.stop], r) for r in chunks]
+        for i in range(n):
+            b.positions[i] += 1
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """A prompt's tokens (at most ``MAX_ROWS``) at the selected slot from its position on: the last one's logits."""
+        b = self.backend
+        pos, n = b.position, len(ids)
+        logits = self.rows(ids, range(pos, pos + n), [b.slot] * n, logits_from=n - 1)[0]
+        b.position = pos + n
+        return logits
+
+    def rows(self, toks: list[int], positions, slots, logits_from: int = 0) -> torch.Tensor:
+        """Up to ``MAX_ROWS`` tokens in one pass, each in its slot at its position (a batch's decode step, or a
+        prompt in one slot); their K/V go into the caches. The logits of rows ``logits_from``.. as (rows, vocab)."""
+        n, b = len(toks), self.backend
+        if not 0 < n <= MAX_ROWS:
+            raise ValueError(f"{n} rows: the native kernel takes 1 to {MAX_ROWS} at once")
+        if self._row_scratch.numel() < n * self._row_floats:
+            self._row_scratch = torch.empty(n * self._row_floats)
+        ints = ctypes.c_int64 * n
+        logits = torch.empty(n - logits_from, self._vocab)
+        status = self._rows(self._spec_ref, n, ints(*toks), ints(*positions), ints(*slots), b.k_slots.stride(0),
+                            b.v_slots.stride(0), b.k_slots.data_ptr(), b.v_slots.data_ptr(), logits_from,
+                            logits.data_ptr(), self._row_scratch.data_ptr(), torch.get_num_threads())
+        if status != 0:
+            raise self._out_of_range(toks, list(positions))
+        return logits
+
+    def _out_of_range(self, toks: list[int], positions: list[int]) -> ValueError:
+        return ValueError(f"tokens {toks} at positions {positions}: outside the vocabulary of {self._vocab} or the "
+                          f"context of {self._spec.max_positions}")
 
 
 def load_native_step(backend, cache_dir: str | Path, compiler: str | None, build: bool) -> tuple[NativeStep | None, str]:

@@ -110,7 +110,7 @@ def _linear_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 #: How the batched step multiplies its rows by a weight; which is faster depends on the CPU and its BLAS, so the
-#: build times both and keeps the faster (compiled.build_batch_package). Tiny, 8 rows, whole step: on a 2-core
+#: build times both and keeps the faster (aoti.build_batch_package). Tiny, 8 rows, whole step: on a 2-core
 #: EPYC Zen 5 "rows" 2.0 ms, "gemm" 2.7 (MKL packs the weight on every call); on a 2-core Xeon (AMX) "rows" 2.0,
 #: "gemm" 1.75.
 BATCH_MATMULS = {"rows": _linear_rows, "gemm": F.linear}
