@@ -9,6 +9,8 @@
 
 namespace {
 
+constexpr int64_t kMaxRows = 64;  // tokens anima_decode_rows takes at once (native_step.MAX_ROWS)
+
 struct Spec {
   int64_t n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, max_positions;
   int64_t k_layer, k_head, k_dim;    // strides of the K^T cache (layer, head, dim); positions are contiguous
@@ -205,11 +207,11 @@ extern "C" int anima_decode_step(const Spec* sp, int64_t tok, int64_t pos, float
 // X[r, :] += W @ IN[r] for every row r (W: H rows of n), the residual matmuls of anima_decode_rows: an orphaned
 // worksharing loop, called from inside its parallel region.
 inline void residual_rows(const float* w, const float* in, int64_t n, int64_t R, int64_t H, float* X) {
-  float ones[64];
+  float ones[kMaxRows];
   for (int64_t r = 0; r < R; ++r) ones[r] = 1.f;
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < H; ++i) {
-    float add[64];
+    float add[kMaxRows];
     dot_rows(w + i * n, in, n, R, n, ones, add, 1);
     for (int64_t r = 0; r < R; ++r) X[r * H + i] += add[r];
   }
@@ -225,7 +227,7 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
                                  int64_t logits_from, float* logits, float* scratch, int threads) {
   const Spec& s = *sp;
   const int64_t R = n_rows;
-  if (R < 1 || R > 64 || logits_from < 0 || logits_from >= R) return -1;
+  if (R < 1 || R > kMaxRows || logits_from < 0 || logits_from >= R) return -1;
   for (int64_t r = 0; r < R; ++r)
     if (toks[r] < 0 || toks[r] >= s.vocab || positions[r] < 0 || positions[r] >= s.max_positions || slots[r] < 0)
       return -1;
@@ -241,7 +243,7 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
 
 #pragma omp parallel num_threads(threads)
   {
-    float scale[64];
+    float scale[kMaxRows];
     for (int64_t li = 0; li < s.n_layers; ++li) {
       const float* const* w = s.weights + 4 * li;
       float* k_layer = kc + li * s.k_layer;
@@ -279,7 +281,7 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
       for (int64_t r = 0; r < R; ++r) scale[r] = inv_rms(X + r * H, H, s.eps);
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < inter; ++i) {
-        float g[64], u[64];
+        float g[kMaxRows], u[kMaxRows];
         dot_rows(w[2] + i * H, X, H, R, H, scale, g, 1);
         dot_rows(w[2] + (inter + i) * H, X, H, R, H, scale, u, 1);
         for (int64_t r = 0; r < R; ++r) ACT[r * inter + i] = g[r] / (1.f + std::exp(-g[r])) * u[r];

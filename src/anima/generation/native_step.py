@@ -113,12 +113,12 @@ class NativeStep:
                            *[t.data_ptr() for t in self._tables], ctypes.cast(self._pointers, ctypes.c_void_p))
         self._spec_ref = ctypes.byref(self._spec)
         per_head = 2 * b.head_dim + b.max_positions + 1
-        self._scratch = torch.empty(b.hidden + (b.n_heads + 2 * b.n_kv) * b.head_dim + b.q_dim + b.inter
-                                    + b.n_heads * per_head)
-        self._vocab = int(b.embed.shape[0])
+        # per token: x, q|k|v, attention output, MLP activation, and each query head's q, k and scores
         self._row_floats = (b.hidden + (b.n_heads + 2 * b.n_kv) * b.head_dim + b.q_dim + b.inter
                             + b.n_heads * per_head)
-        self._row_scratch = torch.empty(0)
+        self._scratch = torch.empty(self._row_floats)  # the single step's (one token)
+        self._row_scratch = torch.empty(0)  # the rows kernel's, grown to the most rows seen
+        self._vocab = int(b.embed.shape[0])
 
     def step(self, tok: int) -> torch.Tensor:
         """The logits after ``tok`` at the selected slot's position; its K/V go into that slot."""
