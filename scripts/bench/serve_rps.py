@@ -48,7 +48,16 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise SystemExit("server did not come up")
 
 
-def _run(client, clients: int, requests: int, max_tokens: int) -> dict:
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid`` (Linux /proc)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(client, clients: int, requests: int, max_tokens: int, server_pid: int | None = None) -> dict:
     model = client.models.list().data[0].id  # the server answers only to the model it serves
 
     def one(i: int) -> tuple[float, int]:
@@ -66,14 +75,18 @@ def _run(client, clients: int, requests: int, max_tokens: int) -> dict:
         return time.perf_counter() - t0, toks
 
     total = clients * requests
+    has_proc = server_pid is not None and Path(f"/proc/{server_pid}/stat").is_file()
+    cpu0 = (_cpu_s(), _cpu_s(server_pid) if has_proc else 0.0)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, range(total)))
     wall = time.perf_counter() - t0
+    client_cpu, server_cpu = _cpu_s() - cpu0[0], (_cpu_s(server_pid) - cpu0[1]) if has_proc else float("nan")
     lat = sorted(r[0] for r in results)
     toks = sum(r[1] for r in results)
     return {"clients": clients, "requests": total, "wall_s": wall, "rps": total / wall, "tok_s": toks / wall,
-            "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))]}
+            "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))],
+            "server_cpu_ms": 1000 * server_cpu / total, "client_cpu_ms": 1000 * client_cpu / total}
 
 
 def _serve_and_measure(args, model_dir: Path, backend: str, levels: list[int]) -> list[dict]:
@@ -107,12 +120,13 @@ def _serve_and_measure(args, model_dir: Path, backend: str, levels: list[int]) -
             time.sleep(1)
         print(f"server: {httpx.get(url + '/health').json().get('backend_status')}", flush=True)
         for clients in levels:
-            r = _run(client, clients, max(args.requests, 8 // clients), args.max_tokens)
+            r = _run(client, clients, max(args.requests, 8 // clients), args.max_tokens, proc.pid)
             r["backend"] = backend
             rows.append(r)
             print(f"{backend:8s} clients={r['clients']:2d} requests={r['requests']:3d} wall={r['wall_s']:.2f}s "
                   f"requests/s={r['rps']:.1f} completion tok/s={r['tok_s']:.0f} "
-                  f"p50={r['p50_ms']:.0f}ms p95={r['p95_ms']:.0f}ms", flush=True)
+                  f"p50={r['p50_ms']:.0f}ms p95={r['p95_ms']:.0f}ms CPU ms/request: server {r['server_cpu_ms']:.1f} "
+                  f"clients {r['client_cpu_ms']:.1f}", flush=True)
     finally:
         proc.terminate()
         try:
@@ -149,12 +163,14 @@ def main() -> int:
 
                 model_dir = build_nano_model_dir(Path(tmp) / "nano")
         rows = [r for b in args.backends.split(",") for r in _serve_and_measure(args, model_dir, b, levels)]
-    print("\n| backend | clients | requests | requests/s | completion tok/s | p50 ms | p95 ms | x 1 client |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| backend | clients | requests | requests/s | completion tok/s | p50 ms | p95 ms | x 1 client "
+          "| CPU ms/request: server / clients |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(x["rps"] for x in rows if x["backend"] == r["backend"] and x["clients"] == levels[0])
         print(f"| {r['backend']} | {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['tok_s']:.0f} | "
-              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['rps'] / base:.2f} |")
+              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['rps'] / base:.2f} | "
+              f"{r['server_cpu_ms']:.1f} / {r['client_cpu_ms']:.1f} |")
     return 0
 
 

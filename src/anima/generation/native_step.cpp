@@ -37,49 +37,109 @@ inline float dot_row(const float* __restrict w, const float* __restrict x, int64
   return s;
 }
 
-// Eight floats as one value (GCC/Clang vector extension): 4 AVX2 or NEON registers' worth of lanes without
-// intrinsics. The vectorizer turned the same loop written on arrays into shuffles, 4x slower.
-typedef float v8 __attribute__((vector_size(32)));
+// A vector of floats as one value (GCC/Clang vector extension): whole registers' worth of lanes without
+// intrinsics, 16 with AVX-512 and 8 otherwise (AVX2, NEON pairs). The vectorizer turned the same loops written on
+// arrays into shuffles, 4x slower.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+constexpr int kBlock = 4;  // weight rows per block: 4 x 4 accumulators of 32 registers
+#else
+constexpr int kLanes = 8;
+constexpr int kBlock = 2;  // 2 x 4 accumulators of 16 registers
+#endif
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
 
-inline v8 load8(const float* p) {
-  v8 v;
+inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline float sum8(v8 v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
+
+// The sum of v's lanes by halving (vector adds, then three scalar ones): summed lane by lane, the 16 sums that end a
+// block of 4 x 4 dot products took longer than the block's FMAs.
+inline float hsum(vf v) {
+  v8 a;
+  if constexpr (kLanes == 16) {
+    v8 hi;
+    std::memcpy(&a, &v, sizeof a);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof a, sizeof hi);
+    a += hi;
+  } else {
+    std::memcpy(&a, &v, sizeof a);
+  }
+  v4 b, hi4;
+  std::memcpy(&b, &a, sizeof b);
+  std::memcpy(&hi4, reinterpret_cast<const char*>(&a) + sizeof b, sizeof hi4);
+  b += hi4;
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-// Weight row w times R input rows (X, row stride ldx), four at a time so each loaded weight serves four rows:
-// out[r * ldo] = w . X[r] * scale[r].
-inline void dot_rows(const float* __restrict w, const float* __restrict X, int64_t ldx, int64_t R, int64_t n,
-                     const float* __restrict scale, float* __restrict out, int64_t ldo) {
+// M weight rows (w[m]) times NR input rows (x[q]), n long: out[m][q * ldo] = w[m] . x[q] * scale[q]. Each loaded
+// weight vector serves NR input rows and each loaded input vector M weight rows, so a block of several tokens is
+// bound by the FMAs, not by the loads (one weight row times four inputs at a time was load-bound: an 8-row step
+// cost twice a 4-row one).
+template <int M, int NR>
+__attribute__((always_inline)) inline void dot_block(const float* const* w, const float* const* x, int64_t n,
+                                                     const float* scale, float* const* out, int64_t ldo) {
+  vf acc[M][NR] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    vf xv[NR];
+    for (int q = 0; q < NR; ++q) xv[q] = loadv(x[q] + j);
+    for (int m = 0; m < M; ++m) {
+      const vf wv = loadv(w[m] + j);
+      for (int q = 0; q < NR; ++q) acc[m][q] += wv * xv[q];
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int q = 0; q < NR; ++q) {
+      float s = hsum(acc[m][q]);
+      for (int64_t t = j; t < n; ++t) s += w[m][t] * x[q][t];
+      out[m][q * ldo] = s * scale[q];
+    }
+}
+
+// M weight rows times R input rows of X (row stride ldx): out[m][r * ldo] = w[m] . X[r] * scale[r]. Four input
+// rows at a time, then two, and a last single row with dot_row's partial sums.
+template <int M>
+inline void dot_rows(const float* const* w, const float* X, int64_t ldx, int64_t R, int64_t n, const float* scale,
+                     float* const* out, int64_t ldo) {
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) {
-    const float *x0 = X + r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-    v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-      const v8 wv = load8(w + j);
-      a0 += wv * load8(x0 + j);
-      a1 += wv * load8(x1 + j);
-      a2 += wv * load8(x2 + j);
-      a3 += wv * load8(x3 + j);
-    }
-    float s0 = sum8(a0), s1 = sum8(a1), s2 = sum8(a2), s3 = sum8(a3);
-    for (; j < n; ++j) {
-      s0 += w[j] * x0[j];
-      s1 += w[j] * x1[j];
-      s2 += w[j] * x2[j];
-      s3 += w[j] * x3[j];
-    }
-    out[r * ldo] = s0 * scale[r];
-    out[(r + 1) * ldo] = s1 * scale[r + 1];
-    out[(r + 2) * ldo] = s2 * scale[r + 2];
-    out[(r + 3) * ldo] = s3 * scale[r + 3];
+    const float* x[4] = {X + r * ldx, X + (r + 1) * ldx, X + (r + 2) * ldx, X + (r + 3) * ldx};
+    float* o[M];
+    for (int m = 0; m < M; ++m) o[m] = out[m] + r * ldo;
+    dot_block<M, 4>(w, x, n, scale + r, o, ldo);
   }
-  for (; r < R; ++r) out[r * ldo] = dot_row(w, X + r * ldx, n) * scale[r];
+  if (r + 2 <= R) {
+    const float* x[2] = {X + r * ldx, X + (r + 1) * ldx};
+    float* o[M];
+    for (int m = 0; m < M; ++m) o[m] = out[m] + r * ldo;
+    dot_block<M, 2>(w, x, n, scale + r, o, ldo);
+    r += 2;
+  }
+  if (r < R)
+    for (int m = 0; m < M; ++m) out[m][r * ldo] = dot_row(w[m], X + r * ldx, n) * scale[r];
+}
+
+// out[r * ldo + i] = W[i] . X[r] * scale[r] for the `rows` rows of W (n long) and the R rows of X, kBlock weight rows
+// at a time: an orphaned worksharing loop, called from inside a parallel region.
+inline void matmul_rows(const float* W, int64_t n, int64_t rows, const float* X, int64_t ldx, int64_t R,
+                        const float* scale, float* out, int64_t ldo) {
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < (rows + kBlock - 1) / kBlock; ++b) {
+    const int64_t i = b * kBlock, m = rows - i < kBlock ? rows - i : kBlock;
+    const float* w[kBlock];
+    float* o[kBlock];
+    for (int64_t k = 0; k < m; ++k) w[k] = W + (i + k) * n, o[k] = out + i + k;
+    if (m == kBlock)
+      dot_rows<kBlock>(w, X, ldx, R, n, scale, o, ldo);
+    else
+      for (int64_t k = 0; k < m; ++k) dot_rows<1>(w + k, X, ldx, R, n, scale, o + k, ldo);
+  }
 }
 
 inline float inv_rms(const float* x, int64_t n, double eps) {
@@ -206,14 +266,22 @@ extern "C" int anima_decode_step(const Spec* sp, int64_t tok, int64_t pos, float
 
 // X[r, :] += W @ IN[r] for every row r (W: H rows of n), the residual matmuls of anima_decode_rows: an orphaned
 // worksharing loop, called from inside its parallel region.
-inline void residual_rows(const float* w, const float* in, int64_t n, int64_t R, int64_t H, float* X) {
+inline void residual_rows(const float* W, const float* in, int64_t n, int64_t R, int64_t H, float* X) {
   float ones[kMaxRows];
   for (int64_t r = 0; r < R; ++r) ones[r] = 1.f;
 #pragma omp for schedule(static)
-  for (int64_t i = 0; i < H; ++i) {
-    float add[kMaxRows];
-    dot_rows(w + i * n, in, n, R, n, ones, add, 1);
-    for (int64_t r = 0; r < R; ++r) X[r * H + i] += add[r];
+  for (int64_t b = 0; b < (H + kBlock - 1) / kBlock; ++b) {
+    const int64_t i = b * kBlock, m = H - i < kBlock ? H - i : kBlock;
+    float add[kBlock][kMaxRows];
+    const float* w[kBlock];
+    float* o[kBlock];
+    for (int64_t k = 0; k < m; ++k) w[k] = W + (i + k) * n, o[k] = add[k];
+    if (m == kBlock)
+      dot_rows<kBlock>(w, in, n, R, n, ones, o, 1);
+    else
+      for (int64_t k = 0; k < m; ++k) dot_rows<1>(w + k, in, n, R, n, ones, o + k, 1);
+    for (int64_t k = 0; k < m; ++k)
+      for (int64_t r = 0; r < R; ++r) X[r * H + i + k] += add[k][r];
   }
 }
 
@@ -249,8 +317,7 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
       float* k_layer = kc + li * s.k_layer;
       float* v_layer = vc + li * s.v_layer;
       for (int64_t r = 0; r < R; ++r) scale[r] = inv_rms(X + r * H, H, s.eps);
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < qkv_rows; ++i) dot_rows(w[0] + i * H, X, H, R, H, scale, QKV + i, qkv_rows);
+      matmul_rows(w[0], H, qkv_rows, X, H, R, scale, QKV, qkv_rows);
 #pragma omp for schedule(static)
       for (int64_t rh = 0; rh < R * s.n_kv; ++rh) {  // every row's new K (RoPE'd) and V into its slot
         const int64_t r = rh / s.n_kv, h = rh % s.n_kv, pos = positions[r];
@@ -279,19 +346,32 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
       }
       residual_rows(w[1], ATT, q_dim, R, H, X);
       for (int64_t r = 0; r < R; ++r) scale[r] = inv_rms(X + r * H, H, s.eps);
+      constexpr int kPairs = kBlock / 2;  // (gate, up) row pairs per block: SiLU(g) * u with no second pass
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < inter; ++i) {
-        float g[kMaxRows], u[kMaxRows];
-        dot_rows(w[2] + i * H, X, H, R, H, scale, g, 1);
-        dot_rows(w[2] + (inter + i) * H, X, H, R, H, scale, u, 1);
-        for (int64_t r = 0; r < R; ++r) ACT[r * inter + i] = g[r] / (1.f + std::exp(-g[r])) * u[r];
+      for (int64_t b = 0; b < (inter + kPairs - 1) / kPairs; ++b) {
+        const int64_t i = b * kPairs, m = inter - i < kPairs ? inter - i : kPairs;
+        float gu[kBlock][kMaxRows];
+        const float* w_gu[kBlock];
+        float* o[kBlock];
+        for (int64_t k = 0; k < m; ++k) {
+          w_gu[2 * k] = w[2] + (i + k) * H, w_gu[2 * k + 1] = w[2] + (inter + i + k) * H;
+          o[2 * k] = gu[2 * k], o[2 * k + 1] = gu[2 * k + 1];
+        }
+        if (m == kPairs)
+          dot_rows<kBlock>(w_gu, X, H, R, H, scale, o, 1);
+        else
+          for (int64_t k = 0; k < m; ++k) dot_rows<2>(w_gu + 2 * k, X, H, R, H, scale, o + 2 * k, 1);
+        for (int64_t k = 0; k < m; ++k)
+          for (int64_t r = 0; r < R; ++r) {
+            const float g = gu[2 * k][r];
+            ACT[r * inter + i + k] = g / (1.f + std::exp(-g)) * gu[2 * k + 1][r];
+          }
       }
       residual_rows(w[3], ACT, inter, R, H, X);
     }
     const int64_t L = R - logits_from;
     for (int64_t r = 0; r < L; ++r) scale[r] = inv_rms(X + (logits_from + r) * H, H, s.eps);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < s.vocab; ++i) dot_rows(s.head + i * H, X + logits_from * H, H, L, H, scale, logits + i, s.vocab);
+    matmul_rows(s.head, H, s.vocab, X + logits_from * H, H, L, scale, logits, s.vocab);
   }
   return 0;
 }
