@@ -183,9 +183,10 @@ class BatchScheduler:
         live = [active[i] for i, reason in enumerate(reasons) if reason is None]
         if live:
             try:
+                draw = getattr(getattr(self.engine.backend, "native", None), "draw", None)
                 toks = sample_batch(torch.stack([seq.logits for seq in live]), [seq.params for seq in live],
                                     [seq.generator for seq in live], [seq.seen for seq in live],
-                                    [seq.counts for seq in live])
+                                    [seq.counts for seq in live], draw)
                 ended = [_guard(seq, seq.accept, tok) for seq, tok in zip(live, toks)]
             except BaseException as e:  # noqa: BLE001 - the sampled requests fail; the scheduler goes on
                 for seq in live:

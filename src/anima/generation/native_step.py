@@ -104,6 +104,7 @@ class NativeStep:
                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         self._fn, self._rows, self.library = fn, rows, library
+        self.draw = NativeDraw(lib)
         self.backend = b = backend
         # held here: the kernel reads them through raw pointers
         self._weights = [w.contiguous() for layer in b.step_layers for w in layer]
@@ -172,6 +173,27 @@ class NativeStep:
     def _out_of_range(self, toks: list[int], positions: list[int]) -> ValueError:
         return ValueError(f"tokens {toks} at positions {positions}: outside the vocabulary of {self._vocab} or the "
                           f"context of {self._spec.max_positions}")
+
+
+class NativeDraw:
+    """``anima_draw_rows``: the draws of the full-vocabulary sampling path (``sampling._sample_full``) in one call."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        fn = lib.anima_draw_rows
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 6]
+        self._fn = fn
+
+    def __call__(self, x: torch.Tensor, probs: torch.Tensor, rows: list[int], u: torch.Tensor,
+                 top_p: list[float]) -> list[int]:
+        """Per listed row of logits ``x`` and their softmax ``probs`` (contiguous fp32, same shape), the token drawn
+        at uniform ``u[i]`` (fp32), or -1 where it falls outside the row's nucleus ``top_p[i]`` (>= 1: none)."""
+        n = len(rows)
+        ints = ctypes.c_int64 * n
+        out = ints()
+        self._fn(n, x.shape[-1], x.data_ptr(), probs.data_ptr(), ints(*rows), u.data_ptr(),
+                 (ctypes.c_float * n)(*top_p), out)
+        return list(out)
 
 
 def load_native_step(backend, cache_dir: str | Path, compiler: str | None, build: bool) -> tuple[NativeStep | None, str]:

@@ -12,7 +12,7 @@ presence and frequency penalties (over the tokens generated so far) come right a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from anima.errors import ConfigError
 
@@ -212,16 +212,35 @@ def _sample_top_k(x: torch.Tensor, k: int, params: list[SamplingParams], generat
 FULL_DRAWS = 8
 
 
-def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list) -> list[int]:
+def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list,
+                 draw: Callable | None = None) -> list[int]:
     """The full-vocabulary path for rows of ``x``: top-k (per row, rare here), then top-p by rejection: draw from
     the whole softmax and keep the token when the tokens strictly more likely than it hold < top_p of the mass
     (exactly the nucleus, renormalized). No sort of the vocabulary (about 0.6 ms a row on CPU) unless a row's
-    nucleus is so small that ``FULL_DRAWS`` draws all miss it."""
+    nucleus is so small that ``FULL_DRAWS`` draws all miss it. The draws and their checks run in ``draw`` (one
+    native call) when given, else as torch ops; either way each try takes one uniform from each row's generator."""
     import torch
 
     if any(0 < p.top_k < x.shape[-1] for p in params):
         x = torch.stack([apply_top_k(row, p.top_k) for row, p in zip(x, params)])
     probs = torch.softmax(x, -1)
+    tries = _native_tries if draw is not None else _torch_tries
+    out, rows = tries(x, probs, params, generators, draw)
+    if not rows:
+        return out  # type: ignore[return-value]
+    tail = torch.tensor([[1.0 - params[r].top_p] for r in rows], dtype=x.dtype)
+    cum = torch.softmax(_drop_tail(x[rows], tail), -1).cumsum(-1)
+    keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
+    for r, tok in zip(rows, _draw(cum, keep, [generators[r] for r in rows]).view(-1).tolist()):
+        out[r] = tok
+    return out  # type: ignore[return-value]
+
+
+def _torch_tries(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
+                 draw: None) -> tuple[list[int | None], list[int]]:
+    """Up to ``FULL_DRAWS`` rejection tries as torch ops: (tokens, the rows every try missed)."""
+    import torch
+
     cum = probs.cumsum(-1)
     top_p = torch.tensor([[p.top_p if p.top_p < 1.0 else 2.0] for p in params], dtype=x.dtype)
     out: list[int | None] = [None] * len(params)
@@ -236,19 +255,34 @@ def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list
                 out[r] = tok
         rows = [r for r in rows if out[r] is None]
         if not rows:
-            return out  # type: ignore[return-value]
-    tail = torch.tensor([[1.0 - params[r].top_p] for r in rows], dtype=x.dtype)
-    cum = torch.softmax(_drop_tail(x[rows], tail), -1).cumsum(-1)
-    keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
-    for r, tok in zip(rows, _draw(cum, keep, [generators[r] for r in rows]).view(-1).tolist()):
-        out[r] = tok
-    return out  # type: ignore[return-value]
+            break
+    return out, rows
+
+
+def _native_tries(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
+                  draw: Callable) -> tuple[list[int | None], list[int]]:
+    """The same tries through the native ``draw`` (the same uniforms, one call per try for all rows)."""
+    import torch
+
+    x, probs = x.contiguous(), probs.contiguous()
+    out: list[int | None] = [None] * len(params)
+    rows = list(range(len(params)))
+    for _ in range(FULL_DRAWS):
+        u = torch.cat([torch.rand(1, generator=generators[r], dtype=x.dtype) for r in rows])
+        for r, tok in zip(rows, draw(x, probs, rows, u, [params[r].top_p for r in rows])):
+            if tok >= 0:
+                out[r] = tok
+        rows = [r for r in rows if out[r] is None]
+        if not rows:
+            break
+    return out, rows
 
 
 def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators: list,
-                 seen: list | None = None, counts: list | None = None) -> list[int]:
+                 seen: list | None = None, counts: list | None = None, draw: Callable | None = None) -> list[int]:
     """The next token of each row of ``logits`` (B, vocab) under its own parameters, generator, repetition mask
-    (``seen[i]``) and occurrence counts (``counts[i]``), with one set of ops over all rows.
+    (``seen[i]``) and occurrence counts (``counts[i]``), with one set of ops over all rows. ``draw``: the native
+    kernel's draws for the full-vocabulary path (native_step.NativeDraw), when the backend has one.
 
     Same distribution as ``process_logits`` + softmax + multinomial (transformers' semantics), without sorting
     the vocabulary: top-k rows sample among their k best logits, top-p rows by rejection (``_sample_full``)."""
@@ -282,7 +316,7 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators:
     for k, js in groups.items():
         sub = x if len(js) == len(rows) else x[js]
         ps, gens = [params[rows[j]] for j in js], [generators[rows[j]] for j in js]
-        for j, tok in zip(js, _sample_top_k(sub, k, ps, gens) if k else _sample_full(sub, ps, gens)):
+        for j, tok in zip(js, _sample_top_k(sub, k, ps, gens) if k else _sample_full(sub, ps, gens, draw)):
             out[rows[j]] = tok
     return out
 
