@@ -107,6 +107,25 @@ def test_native_draws_are_the_torch_draws(cache_dir, cxx_compiler):
     assert all(pair[1][5] >= 680 for pair in picked)  # the ~2% most likely tokens only
 
 
+def test_native_slot_swap_is_the_torch_swap(cache_dir, cxx_compiler):
+    """Swapping two slots in place moves exactly their valid positions, as FastLlamaBackend.swap_slots does."""
+    ref, mine = FastLlamaBackend(random_llama(num_key_value_heads=2)), FastLlamaBackend(random_llama(num_key_value_heads=2))
+    native = _native(mine, cache_dir, cxx_compiler)
+    for backend in (ref, mine):
+        backend.ensure_slots(4)
+        gen = torch.Generator().manual_seed(0)
+        backend.k_slots.copy_(torch.randn(backend.k_slots.shape, generator=gen))
+        backend.v_slots.copy_(torch.randn(backend.v_slots.shape, generator=gen))
+        backend.positions[:4] = [5, 0, 17, 9]
+    for a, b in ((0, 2), (3, 1), (2, 2)):
+        ref.swap_slots(a, b)
+        native.swap_slots(a, b)
+        assert ref.positions == mine.positions
+        assert torch.equal(ref.k_slots, mine.k_slots) and torch.equal(ref.v_slots, mine.v_slots)
+    with pytest.raises(IndexError):
+        native.swap_slots(0, 4)
+
+
 def test_out_of_range_is_an_error_not_a_crash(cache_dir, cxx_compiler):
     backend = FastLlamaBackend(random_llama())
     native = _native(backend, cache_dir, cxx_compiler)

@@ -103,7 +103,10 @@ class NativeStep:
         rows.argtypes = [ctypes.POINTER(_Spec), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-        self._fn, self._rows, self.library = fn, rows, library
+        swap = lib.anima_swap_slots
+        swap.restype = None
+        swap.argtypes = [ctypes.POINTER(_Spec), *[ctypes.c_void_p] * 2, *[ctypes.c_int64] * 5, ctypes.c_int]
+        self._fn, self._rows, self._swap, self.library = fn, rows, swap, library
         self.draw = NativeDraw(lib)
         self.backend = b = backend
         # held here: the kernel reads them through raw pointers
@@ -169,6 +172,19 @@ class NativeStep:
         if status != 0:
             raise self._out_of_range(toks, list(positions))
         return logits
+
+    def swap_slots(self, a: int, b: int) -> None:
+        """Exchange slots a and b: their caches' valid positions (in place) and their positions."""
+        b_ = self.backend
+        if a == b:
+            return
+        n = max(b_.positions[a], b_.positions[b])
+        k, v = b_.k_slots, b_.v_slots
+        if not (0 <= a < k.shape[0] and 0 <= b < k.shape[0]):
+            raise IndexError(f"slots {a}, {b}: the cache has {k.shape[0]}")
+        self._swap(self._spec_ref, k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), a, b, n,
+                   torch.get_num_threads())
+        b_.positions[a], b_.positions[b] = b_.positions[b], b_.positions[a]
 
     def _out_of_range(self, toks: list[int], positions: list[int]) -> ValueError:
         return ValueError(f"tokens {toks} at positions {positions}: outside the vocabulary of {self._vocab} or the "
