@@ -52,3 +52,16 @@ def test_a_burst_of_slow_calls_does_not_hand_the_steps_to_the_slower_way():
         assert path.pick(2) == "native"
         path.record(2, "native", 4.0)
     assert _drive(path, 2, {"native": 1.1, "compiled": 1.5}, 20) == ["native"] * 20
+
+
+def test_a_lead_lost_to_a_longer_burst_comes_back_within_a_few_calls():
+    """Three slow calls in a row (the whole window) hand the lead to the slower way; the old leader is re-timed
+    after ``first_reprobe`` calls, not ``reprobe``, and takes it back; then the re-timing backs off again."""
+    path = FasterPath(("native", "compiled"), trials=3, reprobe=256, first_reprobe=8)
+    _drive(path, 2, {"native": 0.7, "compiled": 1.3}, 10)
+    for _ in range(3):
+        way = path.pick(2)
+        path.record(2, way, 4.0 if way == "native" else 1.3)
+    picked = _drive(path, 2, {"native": 0.7, "compiled": 1.3}, 300)
+    assert picked.index("native") <= 8
+    assert picked[:10].count("compiled") <= 9 and picked[10:].count("compiled") <= 6  # probes at 8, 16, 32, ...
