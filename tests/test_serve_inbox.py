@@ -69,3 +69,21 @@ def test_a_closed_loop_raises_on_every_post():
     for _ in range(2):  # a failed wake-up does not leave the inbox thinking one is on its way
         with pytest.raises(RuntimeError):
             inbox.post(print, "never")
+
+
+def test_pieces_that_wait_for_the_loop_go_out_as_one_chunk():
+    """A listened stream (runner._listened): pieces queued while the loop was busy come out merged, text and
+    log-probability entries in order; the end still comes last, on its own."""
+    from anima.generation.results import TextStream
+    from anima.serve.runner import _listened
+
+    async def main() -> list:
+        stream = TextStream(None, [1, 2])
+        for text, entries in (("Once", ["a"]), (" upon", []), (" a", ["b", "c"])):
+            stream.emit(text, entries)  # before the loop runs: all three wait
+        stream.end("stop", [])
+        return [event async for event in _listened(stream)]
+
+    events = asyncio.run(main())
+    assert [kind for kind, _ in events] == ["piece", "done"]
+    assert events[0][1] == ("Once upon a", ["a", "b", "c"])

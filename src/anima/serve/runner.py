@@ -160,9 +160,18 @@ async def _listened(stream: Any) -> AsyncIterator[tuple[str, Any]]:
             stream.cancel.set()
 
     stream.listen(on_event)
+    held = None
     while True:
-        kind, value, entries = await queue.get()
+        kind, value, entries = held or await queue.get()
+        held = None
         if kind == "piece":
+            # pieces that arrived while this loop was busy go out as one chunk: each chunk costs the loop a pass
+            # through the ASGI stack and a socket write, and under load the pieces of several steps wait here
+            while not queue.empty():
+                held = queue.get_nowait()
+                if held[0] != "piece":
+                    break
+                value, entries, held = value + held[1], entries + held[2] if held[2] else entries, None
             if value:
                 yield "piece", (value, entries)
         elif kind == "error":
