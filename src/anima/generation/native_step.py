@@ -6,13 +6,14 @@ stream memory. AOTInductor's step (compiled.py) reduces each weight row with one
 the fused inputs of a product for every row; torch's own mv/linear run a single-row product on one thread. On a
 2-core EPYC Zen 2, tiny (288x6, 29 MB of fp32 weights), 128 cached positions: the AOTI step 1.24-1.39 ms a token,
 this kernel 1.00-1.08 ms; llama2.c's run.c decodes at ~1.09 ms (``scripts/bench/decode_vs_run_c.py``). The rows
-kernel multiplies blocks of weight rows (4 with AVX-512, else 2) by four token rows at a time, so it is bound by its
-FMAs rather than its loads: 8 sequences' step 2.5-2.8 ms against the eager one's 5.8-6.6 (EPYC Zen 2, one weight row
-at a time); on a Xeon (AMX, AVX-512), 100 cached positions, 8 rows 1.9 -> 1.7 ms and 16 rows 4.6 -> 3.3 ms once
-blocked.
+kernel runs on a packed copy of the weights (``pack``: blocks of output rows stored input by input), so a tile of
+tokens x outputs accumulates in registers with no horizontal sums; on a Xeon (AMX, AVX-512), 100 cached positions,
+an 8-row step took 1.9 ms reading weight rows one at a time, 1.7 blocked four by four, 1.3 packed (the eager step
+~5-6 ms). The packed copy doubles the kernel's weight memory (29 MB more for tiny).
 
-The kernels take the fast backend's folded step weights and its KV cache as they are (no copies), write the new
-K/V in place and the logits into a fresh tensor. It is compiled with the C++ compiler AOTInductor uses (-O3
+The single-token kernel takes the fast backend's folded step weights as they are, the rows kernel their packed copy;
+both work on the backend's KV cache in place (the new K/V written by the kernel) and write the logits into a fresh
+tensor. It is compiled with the C++ compiler AOTInductor uses (-O3
 -march=native -fopenmp) into ``<cache_dir>/decode/native-<key>.so``, keyed by the source, the compiler and the CPU;
 a failed build leaves a ``.failed`` note beside it and decoding goes on without it. Its OpenMP is the libgomp torch
 has loaded already (the same soname), so it shares the engine thread's worker pool.
@@ -50,7 +51,7 @@ class _Spec(ctypes.Structure):
                 ("n_layers", "hidden", "n_heads", "n_kv", "head_dim", "inter", "vocab", "max_positions",
                  "k_layer", "k_head", "k_dim", "v_layer", "v_head", "v_pos")]
     _fields_ += [("eps", ctypes.c_double)]
-    _fields_ += [(name, ctypes.c_void_p) for name in ("embed", "cos", "sin", "head", "weights")]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("embed", "cos", "sin", "head", "weights", "packed", "packed_head")]
 
 
 def library_path(cache_dir: str | Path, compiler: str) -> Path:
@@ -87,6 +88,23 @@ def unsupported(backend) -> str | None:
     return None
 
 
+def pack(w: torch.Tensor, lanes: int) -> torch.Tensor:
+    """A (rows, n) matrix as the rows kernel reads it (native_step.cpp, ``gemm``): blocks of ``lanes`` output rows,
+    each stored input by input, (blocks, n, lanes); the last block padded with zero rows."""
+    rows, n = w.shape
+    blocks = -(-rows // lanes)
+    padded = torch.zeros(blocks * lanes, n, dtype=w.dtype)
+    padded[:rows] = w
+    return padded.view(blocks, lanes, n).transpose(1, 2).contiguous()
+
+
+def pack_gate_up(w: torch.Tensor, inter: int, lanes: int) -> torch.Tensor:
+    """The MLP's stacked gate and up rows (2 * inter, n) packed with their blocks interleaved (gate 0, up 0, gate 1,
+    ...), so one tile holds both halves of SiLU(gate) * up."""
+    gate, up = pack(w[:inter], lanes), pack(w[inter:], lanes)
+    return torch.stack([gate, up], 1).reshape(-1, *gate.shape[1:]).contiguous()
+
+
 class NativeStep:
     """The kernels bound to one fast backend's weights and KV cache: ``step`` (one token at the selected slot),
     ``step_batch`` (one token for each of slots 0..B-1) and ``prefill`` (a prompt's tokens at the selected slot),
@@ -113,11 +131,18 @@ class NativeStep:
         self._weights = [w.contiguous() for layer in b.step_layers for w in layer]
         self._tables = [t.contiguous() for t in (b.embed, b.cos, b.sin, b.step_head)]
         self._pointers = (ctypes.c_void_p * len(self._weights))(*[w.data_ptr() for w in self._weights])
+        lanes = lib.anima_pack_lanes()
+        inter = b.inter
+        self._packed = [pack(w, lanes) if i % 4 != 2 else pack_gate_up(w, inter, lanes)
+                        for i, w in enumerate(self._weights)]
+        self._packed_head = pack(self._tables[3], lanes)
+        self._packed_pointers = (ctypes.c_void_p * len(self._packed))(*[w.data_ptr() for w in self._packed])
         k, v = b.k_cache, b.v_cache
         self._spec = _Spec(len(b.step_layers), b.hidden, b.n_heads, b.n_kv, b.head_dim, b.inter,
                            int(b.embed.shape[0]), b.max_positions, k.stride(0), k.stride(1), k.stride(2),
                            v.stride(0), v.stride(1), v.stride(2), float(b.eps_h),
-                           *[t.data_ptr() for t in self._tables], ctypes.cast(self._pointers, ctypes.c_void_p))
+                           *[t.data_ptr() for t in self._tables], ctypes.cast(self._pointers, ctypes.c_void_p),
+                           ctypes.cast(self._packed_pointers, ctypes.c_void_p), self._packed_head.data_ptr())
         self._spec_ref = ctypes.byref(self._spec)
         per_head = 2 * b.head_dim + b.max_positions + 1
         # per token: x, q|k|v, attention output, MLP activation, and each query head's q, k and scores
