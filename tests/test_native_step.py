@@ -200,3 +200,26 @@ def test_the_compiled_backend_decodes_with_the_native_kernels_before_any_package
             assert torch.allclose(backend.step_batch(toks), ref.step_batch(toks), atol=1e-4, rtol=1e-5)
     assert backend.positions == ref.positions
     assert set(backend.prefill_ways._warm) == {"native", "eager"} and set(backend.batch_ways._warm) == {"eager", "native"}
+
+
+def test_a_model_too_big_to_pack_twice_keeps_the_single_token_kernel_only(tmp_path, cxx_compiler, monkeypatch):
+    """Over MAX_PACKED_BYTES of weights the rows kernel (which runs on a packed copy) is off: batches and prompts go
+    the other ways, single tokens still through the kernel."""
+    import anima.generation.native_step as native_step
+
+    monkeypatch.setattr(native_step, "MAX_PACKED_BYTES", 1024)
+    model = random_llama()
+    backend = CompiledLlamaBackend(model, None, tmp_path / "cache", build="never")
+    backend.native, _ = load_native_step(backend, tmp_path / "cache", cxx_compiler, build=True)
+    backend.batch_ways = backend._batch_ways()
+    assert backend.native is not None and not backend.native.has_rows and backend.batch_ways.ways == ("eager",)
+    with pytest.raises(RuntimeError, match="rows kernel is off"):
+        backend.native.rows([1, 2], [0, 1], [0, 0])
+    ref = FastLlamaBackend(model)
+    with torch.inference_mode():
+        for backend_ in (backend, ref):
+            backend_.ensure_slots(2)
+        a, b = backend.forward([5, 6, 7]), ref.forward([5, 6, 7])
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
+        assert torch.allclose(backend.native.step(9), ref.forward([9]), atol=1e-4, rtol=1e-5)
+        assert torch.allclose(backend.step_batch([3, 4]), ref.step_batch([3, 4]), atol=1e-4, rtol=1e-5)

@@ -262,7 +262,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         """The native kernel's rows or the eager pass (oneDNN's GEMMs), whichever has been faster here for prompts
         of about this length (``prefill_ways``; tiny, EPYC Zen 2: 8 tokens 1.9 vs 4.7 ms, 64 tokens 13.6 vs 11.0)."""
         eager, n = super()._prefill, len(ids)
-        if self.native is None or n > MAX_ROWS or self.position + n > self.max_positions:
+        if self.native is None or not self.native.has_rows or n > MAX_ROWS or self.position + n > self.max_positions:
             return eager(ids)
         native = self.native.prefill
         return self.prefill_ways.run(n.bit_length(), lambda way: native(ids) if way == "native" else eager(ids))
@@ -297,7 +297,8 @@ class CompiledLlamaBackend(FastLlamaBackend):
 
     def _batch_ways(self) -> FasterPath:
         """A fresh timer over the batched steps that are in (per row count; a new way is timed afresh)."""
-        there = {"eager": True, "compiled": self.compiled_batch is not None, "native": self.native is not None}
+        there = {"eager": True, "compiled": self.compiled_batch is not None,
+                 "native": self.native is not None and self.native.has_rows}
         return FasterPath([way for way, ok in there.items() if ok])
 
     def _compiled_step_batch(self, toks: list[int]) -> torch.Tensor:

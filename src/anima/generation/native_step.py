@@ -6,10 +6,11 @@ stream memory. AOTInductor's step (compiled.py) reduces each weight row with one
 the fused inputs of a product for every row; torch's own mv/linear run a single-row product on one thread. On a
 2-core EPYC Zen 2, tiny (288x6, 29 MB of fp32 weights), 128 cached positions: the AOTI step 1.24-1.39 ms a token,
 this kernel 1.00-1.08 ms; llama2.c's run.c decodes at ~1.09 ms (``scripts/bench/decode_vs_run_c.py``). The rows
-kernel runs on a packed copy of the weights (``pack``: blocks of output rows stored input by input), so a tile of
+kernel runs on a packed copy of the weights (``pack_blocks``: blocks of output rows stored input by input), so a tile of
 tokens x outputs accumulates in registers with no horizontal sums; on a Xeon (AMX, AVX-512), 100 cached positions,
 an 8-row step took 1.9 ms reading weight rows one at a time, 1.7 blocked four by four, 1.3 packed (the eager step
-~5-6 ms). The packed copy doubles the kernel's weight memory (29 MB more for tiny).
+~5-6 ms). The packed copy doubles the kernel's weight memory (29 MB more for tiny), so, as for the eager step's
+oneDNN copies, models with more than ``MAX_PACKED_BYTES`` of weights get the single-token kernel only.
 
 The single-token kernel takes the fast backend's folded step weights as they are, the rows kernel their packed copy;
 both work on the backend's KV cache in place (the new K/V written by the kernel) and write the logits into a fresh
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from anima.atomic import atomic_path, temp_sibling
+from anima.generation.packed import MAX_PACKED_BYTES
 from anima.generation.step_graphs import cpu_flags
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
@@ -88,7 +90,7 @@ def unsupported(backend) -> str | None:
     return None
 
 
-def pack(w: torch.Tensor, lanes: int) -> torch.Tensor:
+def pack_blocks(w: torch.Tensor, lanes: int) -> torch.Tensor:
     """A (rows, n) matrix as the rows kernel reads it (native_step.cpp, ``gemm``): blocks of ``lanes`` output rows,
     each stored input by input, (blocks, n, lanes); the last block padded with zero rows."""
     rows, n = w.shape
@@ -98,10 +100,10 @@ def pack(w: torch.Tensor, lanes: int) -> torch.Tensor:
     return padded.view(blocks, lanes, n).transpose(1, 2).contiguous()
 
 
-def pack_gate_up(w: torch.Tensor, inter: int, lanes: int) -> torch.Tensor:
+def pack_gate_up_blocks(w: torch.Tensor, inter: int, lanes: int) -> torch.Tensor:
     """The MLP's stacked gate and up rows (2 * inter, n) packed with their blocks interleaved (gate 0, up 0, gate 1,
     ...), so one tile holds both halves of SiLU(gate) * up."""
-    gate, up = pack(w[:inter], lanes), pack(w[inter:], lanes)
+    gate, up = pack_blocks(w[:inter], lanes), pack_blocks(w[inter:], lanes)
     return torch.stack([gate, up], 1).reshape(-1, *gate.shape[1:]).contiguous()
 
 
@@ -131,11 +133,12 @@ class NativeStep:
         self._weights = [w.contiguous() for layer in b.step_layers for w in layer]
         self._tables = [t.contiguous() for t in (b.embed, b.cos, b.sin, b.step_head)]
         self._pointers = (ctypes.c_void_p * len(self._weights))(*[w.data_ptr() for w in self._weights])
+        size = sum(w.numel() * w.element_size() for w in [*self._weights, self._tables[3]])
+        self.has_rows = size <= MAX_PACKED_BYTES  # the rows kernel runs on a packed copy: the same size again
         lanes = lib.anima_pack_lanes()
-        inter = b.inter
-        self._packed = [pack(w, lanes) if i % 4 != 2 else pack_gate_up(w, inter, lanes)
-                        for i, w in enumerate(self._weights)]
-        self._packed_head = pack(self._tables[3], lanes)
+        self._packed = [(pack_blocks(w, lanes) if i % 4 != 2 else pack_gate_up_blocks(w, b.inter, lanes))
+                        for i, w in enumerate(self._weights)] if self.has_rows else []
+        self._packed_head = pack_blocks(self._tables[3], lanes) if self.has_rows else torch.empty(0)
         self._packed_pointers = (ctypes.c_void_p * len(self._packed))(*[w.data_ptr() for w in self._packed])
         k, v = b.k_cache, b.v_cache
         self._spec = _Spec(len(b.step_layers), b.hidden, b.n_heads, b.n_kv, b.head_dim, b.inter,
@@ -185,6 +188,8 @@ class NativeStep:
         """Up to ``MAX_ROWS`` tokens in one pass, each in its slot at its position (a batch's decode step, or a
         prompt in one slot); their K/V go into the caches. The logits of rows ``logits_from``.. as (rows, vocab)."""
         n, b = len(toks), self.backend
+        if not self.has_rows:
+            raise RuntimeError(f"the rows kernel is off for models over {MAX_PACKED_BYTES >> 20} MB of weights")
         if not 0 < n <= MAX_ROWS:
             raise ValueError(f"{n} rows: the native kernel takes 1 to {MAX_ROWS} at once")
         if self._row_scratch.numel() < n * self._row_floats:
@@ -200,16 +205,14 @@ class NativeStep:
 
     def swap_slots(self, a: int, b: int) -> None:
         """Exchange slots a and b: their caches' valid positions (in place) and their positions."""
-        b_ = self.backend
         if a == b:
             return
-        n = max(b_.positions[a], b_.positions[b])
-        k, v = b_.k_slots, b_.v_slots
+        positions, k, v = self.backend.positions, self.backend.k_slots, self.backend.v_slots
         if not (0 <= a < k.shape[0] and 0 <= b < k.shape[0]):
             raise IndexError(f"slots {a}, {b}: the cache has {k.shape[0]}")
-        self._swap(self._spec_ref, k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), a, b, n,
-                   torch.get_num_threads())
-        b_.positions[a], b_.positions[b] = b_.positions[b], b_.positions[a]
+        self._swap(self._spec_ref, k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), a, b,
+                   max(positions[a], positions[b]), torch.get_num_threads())
+        positions[a], positions[b] = positions[b], positions[a]
 
     def _out_of_range(self, toks: list[int], positions: list[int]) -> ValueError:
         return ValueError(f"tokens {toks} at positions {positions}: outside the vocabulary of {self._vocab} or the "
