@@ -67,8 +67,7 @@ inline vf loadv(const float* p) {
 typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
 
-// The sum of v's lanes by halving (vector adds, then three scalar ones): summed lane by lane, the 16 sums that end a
-// block of 4 x 4 dot products took longer than the block's FMAs.
+// The sum of v's lanes by halving: vector adds, then three scalar ones.
 inline float hsum(vf v) {
   v8 a;
   if constexpr (kLanes == 16) {
@@ -118,7 +117,7 @@ inline vf vexp(vf x) {
 // and a token's input is a broadcast: a tile of kTileRows tokens x kTileBlocks blocks accumulates in registers with
 // no horizontal sums, and the matrix streams front to back. Against dot products of weight rows (one matrix of
 // 6,912 x 288, 2 threads, Xeon with AVX-512): 8 tokens 325 -> 140 us, 16 tokens 621 -> 255 us.
-// native_step.py packs the weights (``pack``) with kLanes (``anima_pack_lanes``).
+// native_step.py packs the weights (``pack_blocks``) with kLanes (``anima_pack_lanes``).
 enum class Out { kStore, kAdd, kSwiGLU };  // out = result * scale; out += result; out = SiLU(gate) * up
 
 inline void put_lanes(float* o, int64_t at, vf v, int64_t rows, bool add) {
@@ -204,13 +203,27 @@ inline float inv_rms(const float* x, int64_t n, double eps) {
 }
 
 
-// scores[t] = q . K^T[:, t] for t < n, a row of K^T (contiguous over positions) at a time.
-ANIMA_INLINE void q_dot_kt(const float* q, const float* kt, int64_t k_dim, int64_t hd, int64_t n, float* scores) {
-  for (int64_t t = 0; t < n; ++t) scores[t] = 0.f;
+// NV vectors of scores (positions t..) kept in registers over every dim of q: no load and store of the scores per dim.
+template <int NV>
+ANIMA_INLINE void q_dot_kt_block(const float* q, const float* kt, int64_t k_dim, int64_t hd, float* scores) {
+  vf acc[NV] = {};
   for (int64_t d = 0; d < hd; ++d) {
-    const float qd = q[d];
+    const vf qd = splat(q[d]);
     const float* row = kt + d * k_dim;
-    for (int64_t t = 0; t < n; ++t) scores[t] += qd * row[t];
+    for (int i = 0; i < NV; ++i) acc[i] += qd * loadv(row + i * kLanes);
+  }
+  std::memcpy(scores, acc, sizeof acc);
+}
+
+// scores[t] = q . K^T[:, t] for t < n (K^T rows contiguous over positions), four vectors of positions at a time.
+ANIMA_INLINE void q_dot_kt(const float* q, const float* kt, int64_t k_dim, int64_t hd, int64_t n, float* scores) {
+  int64_t t = 0;
+  for (; t + 4 * kLanes <= n; t += 4 * kLanes) q_dot_kt_block<4>(q, kt + t, k_dim, hd, scores + t);
+  for (; t + kLanes <= n; t += kLanes) q_dot_kt_block<1>(q, kt + t, k_dim, hd, scores + t);
+  for (; t < n; ++t) {
+    float s = 0.f;
+    for (int64_t d = 0; d < hd; ++d) s += q[d] * kt[d * k_dim + t];
+    scores[t] = s;
   }
 }
 
@@ -226,12 +239,33 @@ ANIMA_INLINE float exp_scores(float* scores, int64_t n) {
   return 1.f / total;
 }
 
-// out[d] += sum over t < n of p[t] * V[t, d], a row of V at a time.
-ANIMA_INLINE void p_dot_v(const float* p, const float* v, int64_t v_pos, int64_t n, int64_t hd, float* out) {
+// NV vectors of out (dims d..) kept in registers over every position.
+template <int NV>
+ANIMA_INLINE void p_dot_v_block(const float* p, const float* v, int64_t v_pos, int64_t n, float* out) {
+  vf acc[NV];
+  std::memcpy(acc, out, sizeof acc);
   for (int64_t t = 0; t < n; ++t) {
-    const float pt = p[t];
+    const vf pt = splat(p[t]);
     const float* row = v + t * v_pos;
-    for (int64_t d = 0; d < hd; ++d) out[d] += pt * row[d];
+    for (int i = 0; i < NV; ++i) acc[i] += pt * loadv(row + i * kLanes);
+  }
+  std::memcpy(out, acc, sizeof acc);
+}
+
+// out[d] += sum over t < n of p[t] * V[t, d], up to four vectors of dims at a time.
+ANIMA_INLINE void p_dot_v(const float* p, const float* v, int64_t v_pos, int64_t n, int64_t hd, float* out) {
+  int64_t d = 0;
+  for (; d + 4 * kLanes <= hd; d += 4 * kLanes) p_dot_v_block<4>(p, v + d, v_pos, n, out + d);
+  switch ((hd - d) / kLanes) {
+    case 3: p_dot_v_block<3>(p, v + d, v_pos, n, out + d); d += 3 * kLanes; break;
+    case 2: p_dot_v_block<2>(p, v + d, v_pos, n, out + d); d += 2 * kLanes; break;
+    case 1: p_dot_v_block<1>(p, v + d, v_pos, n, out + d); d += kLanes; break;
+    default: break;
+  }
+  for (; d < hd; ++d) {
+    float s = out[d];
+    for (int64_t t = 0; t < n; ++t) s += p[t] * v[t * v_pos + d];
+    out[d] = s;
   }
 }
 
