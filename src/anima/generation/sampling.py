@@ -224,10 +224,17 @@ def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list
     if any(0 < p.top_k < x.shape[-1] for p in params):
         x = torch.stack([apply_top_k(row, p.top_k) for row, p in zip(x, params)])
     probs = torch.softmax(x, -1)
-    tries = _native_tries if draw is not None else _torch_tries
-    out, rows = tries(x, probs, params, generators, draw)
-    if not rows:
-        return out  # type: ignore[return-value]
+    one_try = _native_try(x, probs, params, generators, draw) if draw is not None else \
+        _torch_try(x, probs, params, generators)
+    out: list[int | None] = [None] * len(params)
+    rows = list(range(len(params)))
+    for _ in range(FULL_DRAWS):
+        for r, tok in zip(rows, one_try(rows)):
+            if tok is not None:
+                out[r] = tok
+        rows = [r for r in rows if out[r] is None]
+        if not rows:
+            return out  # type: ignore[return-value]
     tail = torch.tensor([[1.0 - params[r].top_p] for r in rows], dtype=x.dtype)
     cum = torch.softmax(_drop_tail(x[rows], tail), -1).cumsum(-1)
     keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
@@ -236,46 +243,36 @@ def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list
     return out  # type: ignore[return-value]
 
 
-def _torch_tries(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
-                 draw: None) -> tuple[list[int | None], list[int]]:
-    """Up to ``FULL_DRAWS`` rejection tries as torch ops: (tokens, the rows every try missed)."""
+def _torch_try(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams],
+               generators: list) -> Callable[[list[int]], list[int | None]]:
+    """One rejection try for the listed rows as torch ops: each row's token, or None where it missed the nucleus."""
     import torch
 
     cum = probs.cumsum(-1)
     top_p = torch.tensor([[p.top_p if p.top_p < 1.0 else 2.0] for p in params], dtype=x.dtype)
-    out: list[int | None] = [None] * len(params)
-    rows = list(range(len(params)))
-    for _ in range(FULL_DRAWS):
+
+    def one_try(rows: list[int]) -> list[int | None]:
         sub = (x, probs, cum, top_p) if len(rows) == len(params) else (x[rows], probs[rows], cum[rows], top_p[rows])
         keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
         toks = _draw(sub[2], keep, [generators[r] for r in rows])
         above = sub[1].masked_fill(sub[0] <= sub[0].gather(1, toks), 0.0).sum(-1, keepdim=True)
-        for r, tok, ok in zip(rows, toks.view(-1).tolist(), (above < sub[3]).view(-1).tolist()):
-            if ok:
-                out[r] = tok
-        rows = [r for r in rows if out[r] is None]
-        if not rows:
-            break
-    return out, rows
+        return [tok if ok else None for tok, ok in zip(toks.view(-1).tolist(), (above < sub[3]).view(-1).tolist())]
+
+    return one_try
 
 
-def _native_tries(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
-                  draw: Callable) -> tuple[list[int | None], list[int]]:
-    """The same tries through the native ``draw`` (the same uniforms, one call per try for all rows)."""
+def _native_try(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
+                draw: Callable) -> Callable[[list[int]], list[int | None]]:
+    """The same try through the native ``draw``: the same uniforms, one call for all the listed rows."""
     import torch
 
     x, probs = x.contiguous(), probs.contiguous()
-    out: list[int | None] = [None] * len(params)
-    rows = list(range(len(params)))
-    for _ in range(FULL_DRAWS):
+
+    def one_try(rows: list[int]) -> list[int | None]:
         u = torch.cat([torch.rand(1, generator=generators[r], dtype=x.dtype) for r in rows])
-        for r, tok in zip(rows, draw(x, probs, rows, u, [params[r].top_p for r in rows])):
-            if tok >= 0:
-                out[r] = tok
-        rows = [r for r in rows if out[r] is None]
-        if not rows:
-            break
-    return out, rows
+        return [tok if tok >= 0 else None for tok in draw(x, probs, rows, u, [params[r].top_p for r in rows])]
+
+    return one_try
 
 
 def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators: list,
