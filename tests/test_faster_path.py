@@ -65,3 +65,20 @@ def test_a_lead_lost_to_a_longer_burst_comes_back_within_a_few_calls():
     picked = _drive(path, 2, {"native": 0.7, "compiled": 1.3}, 300)
     assert picked.index("native") <= 8
     assert picked[:10].count("compiled") <= 9 and picked[10:].count("compiled") <= 6  # probes at 8, 16, 32, ...
+
+
+def test_single_steps_are_compared_within_a_band_of_positions():
+    """Attention grows with the cache: a kernel timed late in one reply must not lose to one timed early in the
+    next. Keyed by step_key, the 1.3x slower kernel only runs its trials and rare re-timings."""
+    from anima.generation.compiled import step_key
+
+    path = FasterPath(("native", "compiled"), trials=3, reprobe=1024)
+    picked = []
+    for _reply in range(6):
+        for pos in range(2, 256):
+            key = step_key(2, pos)
+            way = path.pick(key)
+            path.record(key, way, (1.0 if way == "native" else 1.3) * (1 + pos / 64))
+            picked.append(way)
+    later = picked[len(picked) // 2:]  # after every band's trials
+    assert step_key(2, 250) != step_key(2, 20) and later.count("compiled") <= 8

@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {statistics.median(v):.1f} | {max(v):.1f} | {ratio} |")
         kernels = getattr(backend, "step_kernels", None)
         if kernels is not None:
-            picked = {n: kernels.best(n) for n in sorted({1, args.threads})}
-            print("the engine's kernel by thread count: " + ", ".join(f"{n}: {k or '-'}" for n, k in picked.items()))
+            picked = kernels.leaders()
+            print("the engine's kernel by (threads, position band): "
+                  + ", ".join(f"{key}: {k or '-'}" for key, k in sorted(picked.items())))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

@@ -10,7 +10,8 @@ Each step the scheduler
      its token (sequence.py: stop strings and streaming stay per request) and retires the finished, cancelled
      and timed-out ones (their slot is free for the next admission);
   3. runs ONE forward over the rest: ``backend.step_batch`` (each row at its own position, masked attention
-     over its own cache slot), or the single-sequence step (the compiled one when built) when one is left.
+     over its own cache slot). A sequence left alone with nothing waiting decodes in solo.py's leaner loop
+     (the same calls per token, no batch bookkeeping) until another request or a call arrives.
 
 Active sequences always occupy slots 0..B-1 (a leaving sequence's slot is swapped with the last active one),
 so the batched step reads plain views of the cache. A backend without slots (transformers' ``hf``) runs one
@@ -33,7 +34,8 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from anima.generation.sampling import sample_batch
-from anima.generation.sequence import CANCEL, Busy, Sequence
+from anima.generation.sequence import CANCEL, Busy, Sequence, guarded
+from anima.generation.solo import decode_alone
 from anima.generation.threads import ThreadTuner, timed_threads
 
 __all__ = ["CANCEL", "BatchScheduler", "Busy"]
@@ -96,10 +98,12 @@ class BatchScheduler:
         """Admit, sample and retire, then one forward over the active sequences (waits while there is no work)."""
         for seq in self._take_admissions():
             self._admit(seq)
-        self._sample_and_retire()
+        alone = len(self._active) == 1 and not self._pending
+        if not alone:
+            self._sample_and_retire()
         if self._active:
             try:
-                self._forward()
+                self._decode_alone() if alone else self._forward()
             except BaseException as e:  # noqa: BLE001 - every active request learns why; the caches are unknown
                 for seq in self._active:
                     seq.stream.fail(e)
@@ -179,7 +183,7 @@ class BatchScheduler:
     def _sample_and_retire(self) -> None:
         """Every active sequence's next token in one batched sampling op; retire those that ended."""
         active = self._active
-        reasons = [_guard(seq, seq.check) for seq in active]
+        reasons = [guarded(seq, seq.check) for seq in active]
         live = [active[i] for i, reason in enumerate(reasons) if reason is None]
         if live:
             try:
@@ -187,7 +191,7 @@ class BatchScheduler:
                 toks = sample_batch(torch.stack([seq.logits for seq in live]), [seq.params for seq in live],
                                     [seq.generator for seq in live], [seq.seen for seq in live],
                                     [seq.counts for seq in live], draw)
-                ended = [_guard(seq, seq.accept, tok) for seq, tok in zip(live, toks)]
+                ended = [guarded(seq, seq.accept, tok) for seq, tok in zip(live, toks)]
             except BaseException as e:  # noqa: BLE001 - the sampled requests fail; the scheduler goes on
                 for seq in live:
                     seq.stream.fail(e)
@@ -212,6 +216,20 @@ class BatchScheduler:
                 swap(a, b)
             self._cached[a], self._cached[b] = self._cached[b], self._cached[a]
 
+    def _decode_alone(self) -> None:
+        """A lone sequence's tokens without the batch's bookkeeping (solo.py), until something else waits."""
+        seq = self._active[0]
+        fed = len(seq.fed)
+        self.peak_batch = max(self.peak_batch, 1)
+        try:
+            reason = decode_alone(seq, self.engine, lambda: bool(self._pending or self._calls))
+        finally:
+            self.steps += len(seq.fed) - fed
+        if reason is not None:
+            if reason != "error":
+                seq.finish(reason)
+            self._active.pop()
+
     def _forward(self) -> None:
         engine, backend, active = self.engine, self.engine.backend, self._active
         self.steps += 1
@@ -232,15 +250,6 @@ class BatchScheduler:
                 rows = list(backend.step_batch([seq.next_tok for seq in active]))
         for seq, logits in zip(active, rows):
             seq.fed_token(logits)
-
-
-def _guard(seq: Sequence, fn: Any, *args: Any) -> str | None:
-    """``fn(*args)``'s finish reason, or "error" once the request failed (e.g. its detokenizer): this one only."""
-    try:
-        return fn(*args)
-    except BaseException as e:  # noqa: BLE001
-        seq.stream.fail(e)
-        return "error"
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

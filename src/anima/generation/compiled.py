@@ -149,6 +149,17 @@ class PackageBuild:
         return self.complete()
 
 
+POSITION_BAND = 32  # cached positions per band of step_key
+
+
+def step_key(threads: int, position: int) -> tuple[int, int]:
+    """What a single-token step's timings are compared under: the thread count and the band of 32 cached
+    positions. Why the band: attention grows with the cache, so a kernel last timed at position 250 looked slower
+    than one last timed at position 20, and the slower kernel took 5-10% of the steps of each new reply (tiny,
+    EPYC Zen 4, before: ~0.05 ms a token)."""
+    return threads, position // POSITION_BAND
+
+
 class CompiledLlamaBackend(FastLlamaBackend):
     """FastLlamaBackend whose single-token steps run the compiled package once it is loaded.
 
@@ -174,7 +185,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         self._pos = torch.zeros(1, dtype=torch.long)
         # the C++ kernels (native_step.py): built here in about a second, so they serve from the start
         self.native, self.native_note = load_native_step(self, cache_dir, compiler_available(), build != "never")
-        self.step_kernels = FasterPath(("native", "compiled"))  # per thread count, once both are in
+        self.step_kernels = FasterPath(("native", "compiled"), reprobe=1024)  # per step_key: 8 bands at 256
         self.prefill_ways = FasterPath(("native", "eager"))  # per prompt length (its bit length)
         self.batch_ways = self._batch_ways()  # per row count
         self.refresh()  # what is built already (a damaged package leaves a note, and no build starts over it)
@@ -255,7 +266,7 @@ class CompiledLlamaBackend(FastLlamaBackend):
         native = self.native.step
         if not aoti:
             return native(tok)
-        return self.step_kernels.run(torch.get_num_threads(),
+        return self.step_kernels.run(step_key(torch.get_num_threads(), pos),
                                      lambda way: native(tok) if way == "native" else self._compiled_step(tok))
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
 class FasterPath:
-    """Per key (a batch size): each way runs ``trials`` timed times first, interleaved (its first run ever is
+    """Per key (a batch size, say): each way runs ``trials`` timed times first, interleaved (its first run ever is
     warm-up and not counted), then the way with the lowest of its last ``trials`` times is used; every ``reprobe``
     calls at a key each other way runs once more, since the machine's load changes. ``fixed`` forces one way
     (tests, benchmarks).
@@ -33,15 +33,15 @@ class FasterPath:
         self.ways = tuple(ways)
         self.trials, self.reprobe, self.first_reprobe = trials, reprobe, min(first_reprobe, reprobe)
         self.fixed: str | None = None
-        self._times: dict[int, dict[str, collections.deque[float]]] = {}
+        self._times: dict[Hashable, dict[str, collections.deque[float]]] = {}
         self._warm: set[str] = set()
-        self._calls: dict[int, int] = collections.Counter()
-        self._probes: dict[int, int] = collections.Counter()
-        self._leader: dict[int, str] = {}
-        self._interval: dict[int, int] = {}
-        self._next_probe: dict[int, int] = {}
+        self._calls: dict[Hashable, int] = collections.Counter()
+        self._probes: dict[Hashable, int] = collections.Counter()
+        self._leader: dict[Hashable, str] = {}
+        self._interval: dict[Hashable, int] = {}
+        self._next_probe: dict[Hashable, int] = {}
 
-    def pick(self, key: int) -> str:
+    def pick(self, key: Hashable) -> str:
         """The way to run the next call at ``key``."""
         if self.fixed is not None:
             return self.fixed
@@ -64,7 +64,7 @@ class FasterPath:
         others = [w for w in self.ways if w != best]
         return others[self._probes[key] % len(others)] if others else best
 
-    def run(self, key: int, call: Callable[[str], T]) -> T:
+    def run(self, key: Hashable, call: Callable[[str], T]) -> T:
         """``call(way)`` for the way ``pick`` chooses at ``key``, timed by wall clock and recorded."""
         way = self.pick(key)
         t0 = time.perf_counter()
@@ -72,7 +72,7 @@ class FasterPath:
         self.record(key, way, time.perf_counter() - t0)
         return out
 
-    def record(self, key: int, way: str, seconds: float) -> None:
+    def record(self, key: Hashable, way: str, seconds: float) -> None:
         """How long a call at ``key`` took ``way``."""
         if way not in self._warm:
             self._warm.add(way)
@@ -80,9 +80,13 @@ class FasterPath:
         if key in self._times:
             self._times[key][way].append(seconds)
 
-    def best(self, key: int) -> str | None:
+    def best(self, key: Hashable) -> str | None:
         """The way with the lowest recent time at ``key`` (None before every way has one)."""
         times = self._times.get(key)
         if not times or any(not ts for ts in times.values()):
             return None
         return min(self.ways, key=lambda w: min(times[w]))
+
+    def leaders(self) -> dict[Hashable, str | None]:
+        """The faster way at every key timed so far (benchmarks report it)."""
+        return {key: self.best(key) for key in self._times}

@@ -47,6 +47,15 @@ def drain(detok: IncrementalDetokenizer, holder: StopHolder) -> tuple[str, bool]
     return out, hit
 
 
+def guarded(seq: "Sequence", fn: Any, *args: Any) -> str | None:
+    """``fn(*args)``'s finish reason, or "error" once the request failed (e.g. its detokenizer): this one only."""
+    try:
+        return fn(*args)
+    except BaseException as e:  # noqa: BLE001
+        seq.stream.fail(e)
+        return "error"
+
+
 class Sequence:
     """A request being decoded. ``ctx`` is the engine (stop ids, vocabulary, detokenizer, log-probability texts).
 
@@ -72,6 +81,9 @@ class Sequence:
         self.logits: torch.Tensor | None = None  # the next token's logits (after prefill or a step)
         self.next_tok = -1  # the token to feed at the next step
         self._entries: list = []  # log-probabilities not yet sent with a piece
+        self._held: list[str] = []  # text not yet sent (``hold``)
+        self._hold_s = 0.0
+        self._flush_at = 0.0
 
     @property
     def cancelled(self) -> bool:
@@ -121,13 +133,29 @@ class Sequence:
 
     def finish(self, reason: str) -> None:
         """Tell the consumer the reply ended (after any text ``advance`` sent)."""
+        self.flush()
         entries, self._entries = self._entries, []
         self.stream.end("stop" if reason == "cancelled" else reason, entries)
         self.ctx.last_usage = (len(self.prompt_ids), self.stream.completion_tokens, self.stream.finish_reason)
 
+    def hold(self, seconds: float) -> None:
+        """Send text at most every ``seconds`` (0: each piece at once; the first piece always goes at once). Why:
+        each piece wakes the consumer's thread, which then takes a core from the decode step's OpenMP threads;
+        a lone request's loop (solo.py) sends a piece per ~10 ms instead of per token."""
+        self._hold_s = seconds
+
+    def flush(self) -> None:
+        """Send the text held back by ``hold``."""
+        self._flush_at = time.perf_counter() + self._hold_s
+        if self._held:
+            text, self._held = "".join(self._held), []
+            entries, self._entries = self._entries, []
+            self.stream.emit(text, entries)
+
     def _emit(self, text: str) -> None:
-        entries, self._entries = self._entries, []
-        self.stream.emit(text, entries)
+        self._held.append(text)
+        if self._hold_s <= 0 or time.perf_counter() >= self._flush_at:
+            self.flush()
 
     def _end(self, reason: str) -> str:
         out, hit = drain(self.detok, self.holder)
