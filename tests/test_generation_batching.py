@@ -194,16 +194,16 @@ def test_every_torch_op_of_an_engine_runs_on_its_scheduler_thread(engine):
     assert stream.token_ids == alone
 
 
-def test_a_lone_request_streams_the_same_text_in_fewer_pieces(engine, monkeypatch):
-    """Alone, a request decodes in solo.py's loop, which sends text at most every STREAM_EVERY_S (the first piece at
-    once) and the rest when the reply ends or another request joins: the same text, tokens and log-probabilities."""
-    import anima.generation.solo as solo
+def test_a_request_streams_the_same_text_in_fewer_pieces(engine, monkeypatch):
+    """A reply's text goes out at most every STREAM_EVERY_S (the first piece at once, the rest when it ends), alone
+    (solo.py's loop) or batched: the same text, tokens and log-probabilities as piece by piece."""
+    import anima.generation.sequence as sequence
 
     params = SamplingParams(temperature=0.9, seed=5, max_new_tokens=48, logprobs=1)
-    monkeypatch.setattr(solo, "STREAM_EVERY_S", 0.0)
+    monkeypatch.setattr(sequence, "STREAM_EVERY_S", 0.0)
     each = engine.stream_completion("Once upon a time", params)
     per_token = list(each)
-    monkeypatch.setattr(solo, "STREAM_EVERY_S", 3600.0)
+    monkeypatch.setattr(sequence, "STREAM_EVERY_S", 3600.0)
     held = engine.stream_completion("Once upon a time", params)
     pieces = list(held)
     assert len(per_token) > 5 and len(pieces) == 2  # the first piece, then the rest at the end
@@ -213,8 +213,8 @@ def test_a_lone_request_streams_the_same_text_in_fewer_pieces(engine, monkeypatc
     lone = engine.stream_completion("the sea and the ships", SamplingParams(temperature=0.0, max_new_tokens=60))
     first = next(lone)
     other = engine.stream_completion("hello", SamplingParams(temperature=0.0, max_new_tokens=5))
-    assert "".join(other)  # the newcomer is served while the lone request's held text goes out
+    assert "".join(other)  # the newcomer is served beside it
     rest = "".join(lone)
-    monkeypatch.setattr(solo, "STREAM_EVERY_S", 0.0)
+    monkeypatch.setattr(sequence, "STREAM_EVERY_S", 0.0)
     alone = engine.complete("the sea and the ships", SamplingParams(temperature=0.0, max_new_tokens=60))
     assert first + rest == alone.text

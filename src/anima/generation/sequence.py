@@ -34,6 +34,12 @@ class Busy(RuntimeError):
         self.retry_after = retry_after
 
 
+#: A reply's text goes to its consumer at most this often (the first piece at once, the rest when the reply ends).
+#: Why: each piece wakes the consumer's thread (an HTTP response's event loop, a terminal), which then takes a core
+#: from the decode step's OpenMP threads, and each streamed piece costs the server an event and a JSON chunk;
+#: 10 ms is below what a reader can see.
+STREAM_EVERY_S = 0.01
+
 #: Prompt tokens a raw completion's detokenizer starts from, so its first token keeps its leading space.
 CONTINUATION_CONTEXT = 8
 
@@ -81,9 +87,9 @@ class Sequence:
         self.logits: torch.Tensor | None = None  # the next token's logits (after prefill or a step)
         self.next_tok = -1  # the token to feed at the next step
         self._entries: list = []  # log-probabilities not yet sent with a piece
-        self._held: list[str] = []  # text not yet sent (``hold``)
-        self._hold_s = 0.0
-        self._flush_at = 0.0
+        self._held: list[str] = []  # text not yet sent: at most every STREAM_EVERY_S
+        self._hold_s = STREAM_EVERY_S
+        self._flush_at = 0.0  # the first piece goes at once
 
     @property
     def cancelled(self) -> bool:
@@ -138,14 +144,8 @@ class Sequence:
         self.stream.end("stop" if reason == "cancelled" else reason, entries)
         self.ctx.last_usage = (len(self.prompt_ids), self.stream.completion_tokens, self.stream.finish_reason)
 
-    def hold(self, seconds: float) -> None:
-        """Send text at most every ``seconds`` (0: each piece at once; the first piece always goes at once). Why:
-        each piece wakes the consumer's thread, which then takes a core from the decode step's OpenMP threads;
-        a lone request's loop (solo.py) sends a piece per ~10 ms instead of per token."""
-        self._hold_s = seconds
-
     def flush(self) -> None:
-        """Send the text held back by ``hold``."""
+        """Send the text held back (STREAM_EVERY_S)."""
         self._flush_at = time.perf_counter() + self._hold_s
         if self._held:
             text, self._held = "".join(self._held), []

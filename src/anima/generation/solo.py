@@ -20,27 +20,15 @@ from anima.generation.sampling import sample_batch
 from anima.generation.sequence import Sequence, guarded
 from anima.generation.threads import timed_threads
 
-#: A lone request's text goes to its consumer at most this often (Sequence.hold; the first piece at once).
-STREAM_EVERY_S = 0.01
-
 
 def decode_alone(seq: Sequence, engine: Any, others_waiting: Callable[[], bool]) -> str | None:
     """Decode ``seq`` (in slot 0) until it ends or ``others_waiting()``: its finish reason ("error" when it
     failed), or None while it goes on (its ``logits`` are then for the next token)."""
     backend, tuner = engine.backend, engine.tuner
     draw = getattr(getattr(backend, "native", None), "draw", None)
-    backend.select(0)
-    seq.hold(STREAM_EVERY_S)
-    try:
-        return _decode(seq, backend, tuner, draw, others_waiting)
-    finally:
-        seq.hold(0.0)
-        seq.flush()
-
-
-def _decode(seq: Sequence, backend: Any, tuner: Any, draw: Any, others_waiting: Callable[[], bool]) -> str | None:
     params, generator = seq.params, seq.generator
     plain_greedy = params.greedy and seq.seen is None and seq.counts is None
+    backend.select(0)
     while True:
         reason = guarded(seq, seq.check)
         if reason is not None:
