@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from anima.generation.sampling import sample_batch
+from anima.generation.sampling import greedy_tokens, sample_batch
 from anima.generation.sequence import Sequence, guarded
 from anima.generation.threads import timed_threads
 
@@ -35,7 +35,7 @@ def decode_alone(seq: Sequence, engine: Any, others_waiting: Callable[[], bool])
             return reason
         try:
             if plain_greedy:
-                tok = int(seq.logits.argmax())
+                tok = greedy_tokens(seq.logits.float().unsqueeze(0))[0]
             else:
                 tok = sample_batch(seq.logits.unsqueeze(0), [params], [generator], [seq.seen], [seq.counts], draw)[0]
         except BaseException as e:  # noqa: BLE001 - this request fails; the scheduler goes on
