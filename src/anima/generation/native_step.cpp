@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 namespace {
 
@@ -429,63 +431,93 @@ extern "C" int anima_decode_rows(const Spec* sp, int64_t n_rows, const int64_t* 
   return 0;
 }
 
-// Inverse-CDF draws of the full-vocabulary sampling path (sampling._sample_full), one per listed row: row rows[i] of
-// `probs` (the softmax of logits `x`, both n x vocab, row-major) at uniform u[i] gives the first token whose running
-// probability exceeds u[i] times the row's total (the last token with nonzero weight when rounding leaves none),
-// kept when the tokens strictly more likely than it hold less than top_p[i] of the mass: the nucleus, by rejection.
-// out[i] is the token, or -1 when rejected (the caller draws again). In torch this was a cumsum, a masked sum and
-// ~15 more ops, 200-300 us for 8 rows of 4,096 and ~100 us for one.
-extern "C" void anima_draw_rows(int64_t n, int64_t vocab, const float* x, const float* probs, const int64_t* rows,
-                                const float* u, const float* top_p, int64_t* out) {
+// One inverse-CDF draw from unnormalized weights p (vocab of them, summing to `total`) at uniform u: the first token
+// whose running weight exceeds u * total (the last token with nonzero weight when rounding leaves none), kept when
+// the tokens with logits xr strictly above its own hold less than top_p of the mass (the nucleus, by rejection),
+// else -1 (the caller draws again).
+static int64_t draw_row(const float* p, const float* xr, int64_t vocab, float total, float u, float top_p) {
   constexpr int64_t kChunk = 4 * kLanes;
+  const float target = u * total;
+  float run = 0.f;
+  int64_t tok = -1;
+  for (int64_t j = 0; tok < 0 && j < vocab; j += kChunk) {  // skip whole chunks, then scan the one that crosses
+    const int64_t end = j + kChunk < vocab ? j + kChunk : vocab;
+    float chunk = 0.f;
+    if (end - j == kChunk) {
+      vf c = loadv(p + j) + loadv(p + j + kLanes) + loadv(p + j + 2 * kLanes) + loadv(p + j + 3 * kLanes);
+      chunk = hsum(c);
+    } else {
+      for (int64_t t = j; t < end; ++t) chunk += p[t];
+    }
+    if (run + chunk <= target) {
+      run += chunk;
+      continue;
+    }
+    for (int64_t t = j; t < end; ++t) {
+      run += p[t];
+      if (run > target) {
+        tok = t;
+        break;
+      }
+    }
+  }
+  if (tok < 0)
+    for (int64_t t = vocab - 1; t >= 0 && tok < 0; --t)
+      if (p[t] > 0.f) tok = t;
+  if (tok >= 0 && top_p < 1.f) {
+    const float xt = xr[tok];
+    const vf zero = {};
+    vf above_v = {};
+    int64_t j = 0;
+    for (; j + kLanes <= vocab; j += kLanes) {
+      const vf xv = loadv(xr + j), pv = loadv(p + j);
+      above_v += xv > xt ? pv : zero;
+    }
+    float above = hsum(above_v);
+    for (; j < vocab; ++j) above += xr[j] > xt ? p[j] : 0.f;
+    if (!(above < top_p * total)) tok = -1;
+  }
+  return tok;
+}
+
+// The full-vocabulary sampling path (sampling._sample_full), one try per listed row: row rows[i] of logits `x`
+// (n x vocab, row-major, penalties applied, not yet divided by the temperature) gives softmax(x * inv_temp[i]) and
+// the token drawn from it at uniform u[i] within nucleus top_p[i] (draw_row), or -1 when rejected. -inf logits
+// (top-k's cut) weigh exactly 0. In torch this was a division, a softmax, a cumsum, a masked sum and ~15 more ops:
+// 200-300 us for 8 rows of 4,096 and ~100 us for one; then with torch's softmax and division, ~30 us for one row.
+extern "C" void anima_sample_rows(int64_t n, int64_t vocab, const float* x, const int64_t* rows, const float* inv_temp,
+                                  const float* u, const float* top_p, int64_t* out) {
+  static thread_local std::vector<float> weights;
+  weights.resize(vocab);
+  float* p = weights.data();
+  const vf neg_inf = splat(-std::numeric_limits<float>::infinity()), zero = {};
   for (int64_t i = 0; i < n; ++i) {
-    const float* p = probs + rows[i] * vocab;
     const float* xr = x + rows[i] * vocab;
+    const float t = inv_temp[i];
+    vf mv = neg_inf;
+    int64_t k = 0;
+    for (; k + kLanes <= vocab; k += kLanes) {
+      const vf xv = loadv(xr + k);
+      mv = xv > mv ? xv : mv;
+    }
+    float m = -std::numeric_limits<float>::infinity();
+    for (int l = 0; l < kLanes; ++l) m = mv[l] > m ? mv[l] : m;
+    for (; k < vocab; ++k) m = xr[k] > m ? xr[k] : m;
+    const float shift = m * t;
     vf acc = {};
     int64_t j = 0;
-    for (; j + kLanes <= vocab; j += kLanes) acc += loadv(p + j);
+    for (; j + kLanes <= vocab; j += kLanes) {
+      const vf xv = loadv(xr + j);
+      const vf w = xv > neg_inf ? vexp(xv * t - shift) : zero;
+      std::memcpy(p + j, &w, sizeof w);
+      acc += w;
+    }
     float total = hsum(acc);
-    for (; j < vocab; ++j) total += p[j];
-    const float target = u[i] * total;
-    float run = 0.f;
-    int64_t tok = -1;
-    for (j = 0; tok < 0 && j < vocab; j += kChunk) {  // skip whole chunks, then scan the one that crosses
-      const int64_t end = j + kChunk < vocab ? j + kChunk : vocab;
-      float chunk = 0.f;
-      if (end - j == kChunk) {
-        vf c = loadv(p + j) + loadv(p + j + kLanes) + loadv(p + j + 2 * kLanes) + loadv(p + j + 3 * kLanes);
-        chunk = hsum(c);
-      } else {
-        for (int64_t t = j; t < end; ++t) chunk += p[t];
-      }
-      if (run + chunk <= target) {
-        run += chunk;
-        continue;
-      }
-      for (int64_t t = j; t < end; ++t) {
-        run += p[t];
-        if (run > target) {
-          tok = t;
-          break;
-        }
-      }
+    for (; j < vocab; ++j) {
+      p[j] = xr[j] > -std::numeric_limits<float>::infinity() ? std::exp(xr[j] * t - shift) : 0.f;
+      total += p[j];
     }
-    if (tok < 0)
-      for (int64_t t = vocab - 1; t >= 0 && tok < 0; --t)
-        if (p[t] > 0.f) tok = t;
-    if (tok >= 0 && top_p[i] < 1.f) {
-      const float xt = xr[tok];
-      const vf zero = {};
-      vf above_v = {};
-      for (j = 0; j + kLanes <= vocab; j += kLanes) {
-        const vf xv = loadv(xr + j), pv = loadv(p + j);
-        above_v += xv > xt ? pv : zero;
-      }
-      float above = hsum(above_v);
-      for (; j < vocab; ++j) above += xr[j] > xt ? p[j] : 0.f;
-      if (!(above < top_p[i])) tok = -1;
-    }
-    out[i] = tok;
+    out[i] = draw_row(p, xr, vocab, total, u[i], top_p[i]);
   }
 }
 

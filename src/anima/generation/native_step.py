@@ -220,23 +220,24 @@ class NativeStep:
 
 
 class NativeDraw:
-    """``anima_draw_rows``: the draws of the full-vocabulary sampling path (``sampling._sample_full``) in one call."""
+    """``anima_sample_rows``: one try of the full-vocabulary sampling path (``sampling._sample_full``) for every
+    listed row in one call: the tempered softmax, the draw and the nucleus check."""
 
     def __init__(self, lib: ctypes.CDLL):
-        fn = lib.anima_draw_rows
+        fn = lib.anima_sample_rows
         fn.restype = None
         fn.argtypes = [ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 6]
         self._fn = fn
 
-    def __call__(self, x: torch.Tensor, probs: torch.Tensor, rows: list[int], u: torch.Tensor,
+    def __call__(self, x: torch.Tensor, rows: list[int], inv_temp: list[float], u: torch.Tensor,
                  top_p: list[float]) -> list[int]:
-        """Per listed row of logits ``x`` and their softmax ``probs`` (contiguous fp32, same shape), the token drawn
-        at uniform ``u[i]`` (fp32), or -1 where it falls outside the row's nucleus ``top_p[i]`` (>= 1: none)."""
+        """Per listed row of logits ``x`` (contiguous fp32, (B, vocab), not divided by the temperature), the token
+        drawn from softmax(x * ``inv_temp[i]``) at uniform ``u[i]`` (fp32), or -1 where it falls outside the row's
+        nucleus ``top_p[i]`` (>= 1: none)."""
         n = len(rows)
-        ints = ctypes.c_int64 * n
+        ints, floats = ctypes.c_int64 * n, ctypes.c_float * n
         out = ints()
-        self._fn(n, x.shape[-1], x.data_ptr(), probs.data_ptr(), ints(*rows), u.data_ptr(),
-                 (ctypes.c_float * n)(*top_p), out)
+        self._fn(n, x.shape[-1], x.data_ptr(), ints(*rows), floats(*inv_temp), u.data_ptr(), floats(*top_p), out)
         return list(out)
 
 

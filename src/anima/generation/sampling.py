@@ -212,20 +212,26 @@ def _sample_top_k(x: torch.Tensor, k: int, params: list[SamplingParams], generat
 FULL_DRAWS = 8
 
 
+def _temperatures(params: list[SamplingParams], dtype: torch.dtype) -> torch.Tensor:
+    import torch
+
+    return torch.tensor([[p.temperature] for p in params], dtype=dtype)
+
+
 def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list,
                  draw: Callable | None = None) -> list[int]:
-    """The full-vocabulary path for rows of ``x``: top-k (per row, rare here), then top-p by rejection: draw from
-    the whole softmax and keep the token when the tokens strictly more likely than it hold < top_p of the mass
-    (exactly the nucleus, renormalized). No sort of the vocabulary (about 0.6 ms a row on CPU) unless a row's
-    nucleus is so small that ``FULL_DRAWS`` draws all miss it. The draws and their checks run in ``draw`` (one
-    native call) when given, else as torch ops; either way each try takes one uniform from each row's generator."""
+    """The full-vocabulary path for rows of logits ``x`` (not yet divided by the temperature): top-k (per row, rare
+    here), then top-p by rejection: draw from the whole tempered softmax and keep the token when the tokens strictly
+    more likely than it hold < top_p of the mass (exactly the nucleus, renormalized). No sort of the vocabulary
+    (about 0.6 ms a row on CPU) unless a row's nucleus is so small that ``FULL_DRAWS`` draws all miss it. A try
+    runs in ``draw`` (one native call: softmax, draw and check) when given, else as torch ops; either way each try
+    takes one uniform from each row's generator."""
     import torch
 
     if any(0 < p.top_k < x.shape[-1] for p in params):
         x = torch.stack([apply_top_k(row, p.top_k) for row, p in zip(x, params)])
-    probs = torch.softmax(x, -1)
-    one_try = _native_try(x, probs, params, generators, draw) if draw is not None else \
-        _torch_try(x, probs, params, generators)
+    one_try = _native_try(x, params, generators, draw) if draw is not None else \
+        _torch_try(x / _temperatures(params, x.dtype), params, generators)
     out: list[int | None] = [None] * len(params)
     rows = list(range(len(params)))
     for _ in range(FULL_DRAWS):
@@ -235,19 +241,22 @@ def _sample_full(x: torch.Tensor, params: list[SamplingParams], generators: list
         rows = [r for r in rows if out[r] is None]
         if not rows:
             return out  # type: ignore[return-value]
-    tail = torch.tensor([[1.0 - params[r].top_p] for r in rows], dtype=x.dtype)
-    cum = torch.softmax(_drop_tail(x[rows], tail), -1).cumsum(-1)
+    missed = [params[r] for r in rows]
+    tail = torch.tensor([[1.0 - p.top_p] for p in missed], dtype=x.dtype)
+    cum = torch.softmax(_drop_tail(x[rows] / _temperatures(missed, x.dtype), tail), -1).cumsum(-1)
     keep = torch.full((len(rows), 1), x.shape[-1], dtype=torch.long)
     for r, tok in zip(rows, _draw(cum, keep, [generators[r] for r in rows]).view(-1).tolist()):
         out[r] = tok
     return out  # type: ignore[return-value]
 
 
-def _torch_try(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams],
+def _torch_try(x: torch.Tensor, params: list[SamplingParams],
                generators: list) -> Callable[[list[int]], list[int | None]]:
-    """One rejection try for the listed rows as torch ops: each row's token, or None where it missed the nucleus."""
+    """One rejection try for the listed rows of tempered logits ``x`` as torch ops: each row's token, or None where
+    it missed the nucleus."""
     import torch
 
+    probs = torch.softmax(x, -1)
     cum = probs.cumsum(-1)
     top_p = torch.tensor([[p.top_p if p.top_p < 1.0 else 2.0] for p in params], dtype=x.dtype)
 
@@ -261,16 +270,19 @@ def _torch_try(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams
     return one_try
 
 
-def _native_try(x: torch.Tensor, probs: torch.Tensor, params: list[SamplingParams], generators: list,
+def _native_try(x: torch.Tensor, params: list[SamplingParams], generators: list,
                 draw: Callable) -> Callable[[list[int]], list[int | None]]:
-    """The same try through the native ``draw``: the same uniforms, one call for all the listed rows."""
+    """The same try through the native ``draw`` (it divides by the temperature itself): the same uniforms, one
+    call for all the listed rows."""
     import torch
 
-    x, probs = x.contiguous(), probs.contiguous()
+    x = x.contiguous()
+    inv_temp = [1.0 / p.temperature for p in params]
 
     def one_try(rows: list[int]) -> list[int | None]:
         u = torch.cat([torch.rand(1, generator=generators[r], dtype=x.dtype) for r in rows])
-        return [tok if tok >= 0 else None for tok in draw(x, probs, rows, u, [params[r].top_p for r in rows])]
+        return [tok if tok >= 0 else None
+                for tok in draw(x, rows, [inv_temp[r] for r in rows], u, [params[r].top_p for r in rows])]
 
     return one_try
 
@@ -291,8 +303,6 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators:
 
     Same distribution as ``process_logits`` + softmax + multinomial (transformers' semantics), without sorting
     the vocabulary: top-k rows sample among their k best logits, top-p rows by rejection (``_sample_full``)."""
-    import torch
-
     x, b = logits.float(), len(params)
     penalized = [i for i in range(b) if (seen and seen[i] is not None) or (counts and counts[i] is not None)]
     if penalized:
@@ -311,8 +321,7 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators:
     if len(greedy) == b:
         return out
     rows = [i for i in range(b) if not params[i].greedy]
-    temps = torch.tensor([[params[i].temperature] for i in rows], dtype=x.dtype)
-    x = (x if len(rows) == b else x[rows]) / temps
+    x = x if len(rows) == b else x[rows]
     groups: dict[int, list[int]] = {}  # top-k (0: the full-vocabulary path) -> positions in ``rows``
     for j, i in enumerate(rows):
         k = params[i].top_k
@@ -320,7 +329,9 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], generators:
     for k, js in groups.items():
         sub = x if len(js) == len(rows) else x[js]
         ps, gens = [params[rows[j]] for j in js], [generators[rows[j]] for j in js]
-        for j, tok in zip(js, _sample_top_k(sub, k, ps, gens) if k else _sample_full(sub, ps, gens, draw)):
+        picks = _sample_top_k(sub / _temperatures(ps, x.dtype), k, ps, gens) if k else \
+            _sample_full(sub, ps, gens, draw)
+        for j, tok in zip(js, picks):
             out[rows[j]] = tok
     return out
 
