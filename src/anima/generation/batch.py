@@ -35,7 +35,7 @@ import torch
 
 from anima.generation.sampling import sample_batch
 from anima.generation.sequence import CANCEL, Busy, Sequence, guarded
-from anima.generation.solo import decode_alone
+from anima.generation.solo import decode_alone, forward_one
 from anima.generation.threads import ThreadTuner, timed_threads
 
 __all__ = ["CANCEL", "BatchScheduler", "Busy"]
@@ -236,12 +236,7 @@ class BatchScheduler:
         self.peak_batch = max(self.peak_batch, len(active))
         if len(active) == 1:
             backend.select(0)
-            tuner = engine.tuner
-            if tuner is not None:
-                with timed_threads(torch, tuner):
-                    rows = [backend.forward([active[0].next_tok])]
-            else:
-                rows = [backend.forward([active[0].next_tok])]
+            rows = [forward_one(engine, active[0].next_tok)]
         else:
             # batched steps get their own 1-vs-N thread choice: on a contended machine N threads can be 10x slower
             if self._batch_tuner is None or self._batch_tuner.candidates[0] != engine.threads:

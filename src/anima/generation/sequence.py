@@ -88,7 +88,6 @@ class Sequence:
         self.next_tok = -1  # the token to feed at the next step
         self._entries: list = []  # log-probabilities not yet sent with a piece
         self._held: list[str] = []  # text not yet sent: at most every STREAM_EVERY_S
-        self._hold_s = STREAM_EVERY_S
         self._flush_at = 0.0  # the first piece goes at once
 
     @property
@@ -146,7 +145,7 @@ class Sequence:
 
     def flush(self) -> None:
         """Send the text held back (STREAM_EVERY_S)."""
-        self._flush_at = time.perf_counter() + self._hold_s
+        self._flush_at = time.perf_counter() + STREAM_EVERY_S
         if self._held:
             text, self._held = "".join(self._held), []
             entries, self._entries = self._entries, []
@@ -154,7 +153,7 @@ class Sequence:
 
     def _emit(self, text: str) -> None:
         self._held.append(text)
-        if self._hold_s <= 0 or time.perf_counter() >= self._flush_at:
+        if STREAM_EVERY_S <= 0 or time.perf_counter() >= self._flush_at:
             self.flush()
 
     def _end(self, reason: str) -> str:

@@ -24,7 +24,7 @@ from anima.generation.threads import timed_threads
 def decode_alone(seq: Sequence, engine: Any, others_waiting: Callable[[], bool]) -> str | None:
     """Decode ``seq`` (in slot 0) until it ends or ``others_waiting()``: its finish reason ("error" when it
     failed), or None while it goes on (its ``logits`` are then for the next token)."""
-    backend, tuner = engine.backend, engine.tuner
+    backend = engine.backend
     draw = getattr(getattr(backend, "native", None), "draw", None)
     params, generator = seq.params, seq.generator
     plain_greedy = params.greedy and seq.seen is None and seq.counts is None
@@ -44,12 +44,16 @@ def decode_alone(seq: Sequence, engine: Any, others_waiting: Callable[[], bool])
         reason = guarded(seq, seq.accept, tok)
         if reason is not None:
             return reason
-        if tuner is not None:
-            with timed_threads(torch, tuner):
-                logits = backend.forward([tok])
-        else:
-            logits = backend.forward([tok])
-        seq.fed_token(logits)
+        seq.fed_token(forward_one(engine, tok))
         if others_waiting():
             return None
+
+
+def forward_one(engine: Any, tok: int) -> torch.Tensor:
+    """``tok`` through the engine's backend at the selected slot, on the thread count its tuner picks (timed)."""
+    tuner = engine.tuner
+    if tuner is None:
+        return engine.backend.forward([tok])
+    with timed_threads(torch, tuner):
+        return engine.backend.forward([tok])
 
