@@ -24,7 +24,7 @@ from anima.generation.compiled import (
     StepSpec,
     step_weights,
 )
-from tests.helpers.models import random_llama
+from tests.helpers.models import random_llama, streams_queued_together
 
 needs_compiler = pytest.mark.usefixtures("cxx_compiler")  # skips without one; fails under CI=true
 
@@ -192,8 +192,8 @@ def test_background_build_is_picked_up_between_requests(built):
     # to build this model's own batched step (frozen_batch.py) once the shared packages are in
     assert engine.backend.frozen is not None and not engine.backend.batched and not engine.backend.frozen.lock.exists()
     engine.scheduler.peak_batch = 0
-    streams = [engine.stream_completion(p, SamplingParams(temperature=1.0, seed=i, max_new_tokens=30))
-               for i, p in enumerate(["Once upon a time", "the sea", "one two three four"])]
+    streams = streams_queued_together(engine, ["Once upon a time", "the sea", "one two three four"],
+                                      [SamplingParams(temperature=1.0, seed=i, max_new_tokens=30) for i in range(3)])
     for stream in streams:
         "".join(stream)
     assert engine.scheduler.peak_batch >= 2, [s.completion_tokens for s in streams]
@@ -358,7 +358,7 @@ def test_compiled_engine_batches_and_matches_solo_runs(built):
     solo = [engine.complete(p, sp).token_ids for p, sp in zip(prompts, params)]
     assert engine.backend_name == "compiled"
     engine.scheduler.peak_batch = 0
-    streams = [engine.stream_completion(p, sp) for p, sp in zip(prompts, params)]
+    streams = streams_queued_together(engine, prompts, params)
     for s in streams:
         "".join(s)
     assert engine.scheduler.peak_batch >= 2

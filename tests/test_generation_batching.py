@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers.models import nano_engine
+from tests.helpers.models import nano_engine, streams_queued_together
 import torch
 
 from anima.generation import ChatEngine, SamplingParams
@@ -42,7 +42,7 @@ def test_batched_outputs_equal_solo_outputs(engine, same_params):
     params = [_params()[1]] * 4 if same_params else _params()
     solo = [_result(engine.stream_completion(p, sp)) for p, sp in zip(PROMPTS, params)]
     steps, engine.scheduler.peak_batch = engine.scheduler.steps, 0
-    streams = [engine.stream_completion(p, sp) for p, sp in zip(PROMPTS, params)]  # all queued before any runs
+    streams = streams_queued_together(engine, PROMPTS, params)
     together = [_result(s) for s in streams]
     assert engine.scheduler.peak_batch >= 3  # they really shared steps...
     assert engine.scheduler.steps - steps < sum(len(r[1]) for r in solo)  # ...fewer forwards than one by one

@@ -131,3 +131,9 @@ def random_llama(**kw):
             if p.dim() == 2:
                 p.mul_(5.0)
     return model
+
+
+def streams_queued_together(engine, prompts, params) -> list:
+    """``engine.stream_completion`` for each prompt, all queued before the scheduler admits any: submitted from its own
+    thread (``scheduler.call``), so a fast model cannot finish the first reply before the next one is queued."""
+    return engine.scheduler.call(lambda: [engine.stream_completion(p, sp) for p, sp in zip(prompts, params)])
